@@ -1,0 +1,330 @@
+//! `POST /ingest`: validate, store durably, wake the dispatcher, answer the id.
+
+use std::fmt;
+
+use axum::Json;
+use axum::extract::State;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::body::JsonBody;
+use super::error::{ApiError, FieldError};
+use crate::domain::{IngestionId, ItemId, Priority};
+use crate::store::NewIngestion;
+
+/// How many offending ids a problem document lists before it just counts them.
+const LISTED_ID_ERRORS: usize = 10;
+
+#[derive(Debug, Serialize)]
+pub struct IngestResponse {
+    pub ingestion_id: IngestionId,
+}
+
+pub async fn ingest(
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody<IngestBody>,
+) -> Result<Json<IngestResponse>, ApiError> {
+    let (ids, priority) = body.validate(app.limits.max_ids_per_request)?;
+    let new = NewIngestion {
+        id: IngestionId::generate(),
+        priority,
+        ids,
+        batch_size: app.batch_size,
+        created_at: app.clock.now(),
+    };
+    let id = new.id;
+    let (id_count, batches) = (new.ids.len(), new.batches().len());
+    app.store.create_ingestion(new).await?;
+    app.wake.notify_one();
+    tracing::info!(ingestion_id = %id, %priority, ids = id_count, batches, "ingestion accepted");
+    Ok(Json(IngestResponse { ingestion_id: id }))
+}
+
+/// The body of `POST /ingest` as it arrived. Decoding never stops at the first
+/// problem: every offending field is kept, so one answer tells the client all
+/// it must fix. Unknown fields are ignored (SPEC.md).
+#[derive(Debug, Default)]
+pub struct IngestBody {
+    ids: Option<IdList>,
+    priority: Option<serde_json::Value>,
+}
+
+impl IngestBody {
+    /// The request's ids and priority, or every rule it breaks.
+    pub fn validate(self, max_ids: usize) -> Result<(Vec<ItemId>, Priority), ApiError> {
+        let mut errors = Vec::new();
+
+        let ids = match self.ids {
+            None => {
+                errors.push(FieldError::new("ids", "is required"));
+                None
+            }
+            Some(IdList::NotAnArray) => {
+                errors.push(FieldError::new("ids", "must be an array of integers"));
+                None
+            }
+            Some(IdList::Array { len, .. }) if len > max_ids => {
+                return Err(ApiError::too_large(format!(
+                    "{len} ids in one request; the limit is {max_ids} (--max-ids-per-request)"
+                )));
+            }
+            Some(IdList::Array { len: 0, .. }) => {
+                errors.push(FieldError::new("ids", "must not be empty"));
+                None
+            }
+            Some(IdList::Array {
+                valid,
+                invalid,
+                invalid_count,
+                ..
+            }) => {
+                errors.extend(invalid);
+                if invalid_count > LISTED_ID_ERRORS {
+                    errors.push(FieldError::new(
+                        "ids",
+                        format!(
+                            "{} more invalid ids not listed",
+                            invalid_count - LISTED_ID_ERRORS
+                        ),
+                    ));
+                }
+                Some(valid)
+            }
+        };
+
+        let priority = match self.priority {
+            None => {
+                errors.push(FieldError::new("priority", "is required"));
+                None
+            }
+            Some(value) => match value.as_str().map(str::parse::<Priority>) {
+                Some(Ok(p)) => Some(p),
+                _ => {
+                    errors.push(FieldError::new(
+                        "priority",
+                        "must be one of HIGH, MEDIUM or LOW (any letter case)",
+                    ));
+                    None
+                }
+            },
+        };
+
+        match (ids, priority) {
+            (Some(ids), Some(priority)) if errors.is_empty() => Ok((ids, priority)),
+            _ => Err(ApiError::validation(errors)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for IngestBody {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct BodyVisitor;
+        impl<'de> Visitor<'de> for BodyVisitor {
+            type Value = IngestBody;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object with `ids` and `priority`")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IngestBody, A::Error> {
+                let mut body = IngestBody::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "ids" if body.ids.is_some() => {
+                            return Err(de::Error::duplicate_field("ids"));
+                        }
+                        "ids" => body.ids = Some(map.next_value()?),
+                        "priority" if body.priority.is_some() => {
+                            return Err(de::Error::duplicate_field("priority"));
+                        }
+                        "priority" => body.priority = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(body)
+            }
+        }
+        d.deserialize_map(BodyVisitor)
+    }
+}
+
+/// The `ids` field: the valid ids in order, and the first few invalid ones.
+#[derive(Debug)]
+enum IdList {
+    NotAnArray,
+    Array {
+        len: usize,
+        valid: Vec<ItemId>,
+        invalid: Vec<FieldError>,
+        invalid_count: usize,
+    },
+}
+
+impl<'de> Deserialize<'de> for IdList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(IdListVisitor)
+    }
+}
+
+struct IdListVisitor;
+
+impl<'de> Visitor<'de> for IdListVisitor {
+    type Value = IdList;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of integers")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IdList, A::Error> {
+        let mut valid = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+        let (mut invalid, mut invalid_count, mut len) = (Vec::new(), 0, 0);
+        while let Some(element) = seq.next_element::<RawId>()? {
+            match element {
+                RawId::Valid(id) => valid.push(id),
+                RawId::Invalid(got) => {
+                    invalid_count += 1;
+                    if invalid.len() < LISTED_ID_ERRORS {
+                        invalid.push(FieldError::new(
+                            format!("ids[{len}]"),
+                            format!(
+                                "must be an integer from {} to {}, got {got}",
+                                ItemId::MIN,
+                                ItemId::MAX
+                            ),
+                        ));
+                    }
+                }
+            }
+            len += 1;
+        }
+        Ok(IdList::Array {
+            len,
+            valid,
+            invalid,
+            invalid_count,
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IdList, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(IdList::NotAnArray)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<IdList, E> {
+        Ok(IdList::NotAnArray)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<IdList, E> {
+        Ok(IdList::NotAnArray)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<IdList, E> {
+        Ok(IdList::NotAnArray)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<IdList, E> {
+        Ok(IdList::NotAnArray)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<IdList, E> {
+        Ok(IdList::NotAnArray)
+    }
+    fn visit_unit<E>(self) -> Result<IdList, E> {
+        Ok(IdList::NotAnArray)
+    }
+}
+
+/// One element of `ids`. Only a JSON integer in range is valid: `"1"`, `1.5`,
+/// `2.0`, `true` and `null` are not (serde_json reads `2.0` as a float).
+enum RawId {
+    Valid(ItemId),
+    Invalid(&'static str),
+}
+
+impl<'de> Deserialize<'de> for RawId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(RawIdVisitor)
+    }
+}
+
+struct RawIdVisitor;
+
+impl<'de> Visitor<'de> for RawIdVisitor {
+    type Value = RawId;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an integer")
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<RawId, E> {
+        Ok(ItemId::new(n).map_or(RawId::Invalid("an integer out of range"), RawId::Valid))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<RawId, E> {
+        Ok(RawId::Invalid("a negative integer"))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<RawId, E> {
+        Ok(RawId::Invalid("a number that is not a JSON integer"))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<RawId, E> {
+        Ok(RawId::Invalid("a boolean"))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<RawId, E> {
+        Ok(RawId::Invalid("a string"))
+    }
+    fn visit_unit<E>(self) -> Result<RawId, E> {
+        Ok(RawId::Invalid("null"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawId, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(RawId::Invalid("an array"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawId, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(RawId::Invalid("an object"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(json: &str) -> Result<(Vec<ItemId>, Priority), ApiError> {
+        serde_json::from_str::<IngestBody>(json)
+            .unwrap()
+            .validate(1000)
+    }
+
+    #[test]
+    fn keeps_ids_in_order_with_repeats_and_ignores_unknown_fields() {
+        let (ids, priority) =
+            decode(r#"{"ids": [5, 1, 5, 1000000007], "priority": "low", "later": {"x": 1}}"#)
+                .unwrap();
+        let raw: Vec<u32> = ids.iter().map(|i| i.get()).collect();
+        assert_eq!(raw, [5, 1, 5, 1_000_000_007]);
+        assert_eq!(priority, Priority::Low);
+    }
+
+    #[test]
+    fn lists_every_offending_field() {
+        let err = decode(
+            r#"{"ids": [1, "2", 1.5, 2.0, true, null, 0, 1000000008, -3], "priority": "urgent"}"#,
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = err.errors().iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "ids[1]", "ids[2]", "ids[3]", "ids[4]", "ids[5]", "ids[6]", "ids[7]", "ids[8]",
+                "priority"
+            ]
+        );
+    }
+
+    #[test]
+    fn too_many_ids_is_too_large() {
+        let ids: Vec<String> = (1..=1001).map(|i| i.to_string()).collect();
+        let err = decode(&format!(
+            r#"{{"ids": [{}], "priority": "HIGH"}}"#,
+            ids.join(",")
+        ))
+        .unwrap_err();
+        assert_eq!(err.status(), axum::http::StatusCode::PAYLOAD_TOO_LARGE);
+    }
+}

@@ -1,0 +1,139 @@
+//! `GET /status/{id}`, `GET /status?ingestion_id=…` and `GET /status` with a
+//! JSON body: three spellings of one read.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::body::{body_error, parse_json};
+use super::error::{ApiError, FieldError};
+use crate::domain::{
+    BatchId, BatchStatus, IngestionId, IngestionStatus, ItemId, Priority, Timestamp,
+};
+use crate::store::IngestionRecord;
+
+#[derive(Debug, Serialize)]
+pub struct StatusResponse {
+    pub ingestion_id: IngestionId,
+    pub status: IngestionStatus,
+    pub priority: Priority,
+    pub created_at: Timestamp,
+    /// When the last batch completed, once all have.
+    pub completed_at: Option<Timestamp>,
+    pub batch_counts: BatchCounts,
+    pub batches: Vec<BatchView>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct BatchCounts {
+    pub total: usize,
+    pub yet_to_start: usize,
+    pub triggered: usize,
+    pub completed: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchView {
+    pub batch_id: BatchId,
+    pub ids: Vec<ItemId>,
+    pub status: BatchStatus,
+    /// How many times processing has started (more than 1 after a crash).
+    pub attempts: u32,
+    pub started_at: Option<Timestamp>,
+    pub completed_at: Option<Timestamp>,
+}
+
+impl From<IngestionRecord> for StatusResponse {
+    fn from(record: IngestionRecord) -> Self {
+        let mut counts = BatchCounts {
+            total: record.batches.len(),
+            ..BatchCounts::default()
+        };
+        for batch in &record.batches {
+            *match batch.status {
+                BatchStatus::YetToStart => &mut counts.yet_to_start,
+                BatchStatus::Triggered => &mut counts.triggered,
+                BatchStatus::Completed => &mut counts.completed,
+            } += 1;
+        }
+        let status = IngestionStatus::derive(record.batches.iter().map(|b| b.status));
+        let completed_at = match status {
+            IngestionStatus::Completed => {
+                record.batches.iter().filter_map(|b| b.completed_at).max()
+            }
+            _ => None,
+        };
+        Self {
+            ingestion_id: record.id,
+            status,
+            priority: record.priority,
+            created_at: record.created_at,
+            completed_at,
+            batch_counts: counts,
+            batches: record
+                .batches
+                .into_iter()
+                .map(|b| BatchView {
+                    batch_id: b.id,
+                    ids: b.ids,
+                    status: b.status,
+                    attempts: b.attempts,
+                    started_at: b.started_at,
+                    completed_at: b.completed_at,
+                })
+                .collect(),
+        }
+    }
+}
+
+pub async fn status_by_path(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<StatusResponse>, ApiError> {
+    lookup(&app, &id).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StatusQuery {
+    ingestion_id: Option<String>,
+}
+
+/// `GET /status?ingestion_id=…`, or `GET /status` with `{"ingestion_id": …}`.
+///
+/// The body form is read whatever its Content-Type: some existing clients send
+/// it without one, and a read cannot be abused the way a cross-site POST can.
+pub async fn status_by_query_or_body(
+    State(app): State<AppState>,
+    query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<StatusResponse>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let body = body.map_err(body_error)?;
+    if let Some(id) = query.ingestion_id {
+        return lookup(&app, &id).await;
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "name the ingestion: /status/{id}, /status?ingestion_id={id}, \
+             or a JSON body {\"ingestion_id\": \"…\"}",
+        ));
+    }
+    let value: serde_json::Value = parse_json(&body)?;
+    match value.get("ingestion_id").and_then(|v| v.as_str()) {
+        Some(id) => lookup(&app, id).await,
+        None => Err(ApiError::validation(vec![FieldError::new(
+            "ingestion_id",
+            "is required, as a string",
+        )])),
+    }
+}
+
+async fn lookup(app: &AppState, raw_id: &str) -> Result<Json<StatusResponse>, ApiError> {
+    let not_found = || ApiError::not_found(format!("no ingestion with id {raw_id:?}"));
+    let id: IngestionId = raw_id.trim().parse().map_err(|_| not_found())?;
+    let record = app.store.ingestion(id).await?.ok_or_else(not_found)?;
+    Ok(Json(record.into()))
+}

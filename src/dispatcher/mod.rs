@@ -1,0 +1,170 @@
+//! The dispatcher: one loop that starts batches in the contract's order, no
+//! faster than the rate limit, with at most `max_in_flight` processing at once.
+//!
+//! The loop holds no queue of its own. Each turn it takes a processing permit,
+//! then asks the store to claim the next batch; the store applies the rate limit
+//! in the same commit as the claim and answers `Started`, `NotBefore(t)` or
+//! `Idle`. The loop then processes the batch, sleeps until `t`, or waits for a
+//! wake-up from the API. Nothing polls, so an idle service uses no CPU.
+//!
+//! Exactness: each start takes a *slot*, `max(previous slot + interval, the
+//! moment the dispatcher became ready)`. A backlog therefore runs on an exact
+//! grid, one interval apart, whatever each batch takes to process, and a timer
+//! that fires late does not push later slots back. Work arriving at an idle
+//! service starts at once when the last slot is at least an interval old.
+
+mod processing;
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{Clock, Interval};
+use crate::store::{ClaimOutcome, ClaimRequest, ClaimedBatch, SharedStore};
+use crate::upstream::SharedFetcher;
+
+/// How long to wait before asking a failing store again.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy)]
+pub struct DispatchSettings {
+    /// The minimum spacing between two batch starts, service-wide.
+    pub interval: Interval,
+    /// How many batches may be processing at once.
+    pub max_in_flight: NonZeroUsize,
+    /// How long a shutdown waits for batches already processing.
+    pub shutdown_grace: Duration,
+}
+
+pub struct Dispatcher {
+    store: SharedStore,
+    fetcher: SharedFetcher,
+    clock: Clock,
+    settings: DispatchSettings,
+    /// Notified by the API whenever new work is stored.
+    wake: Arc<Notify>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: SharedStore,
+        fetcher: SharedFetcher,
+        clock: Clock,
+        settings: DispatchSettings,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            fetcher,
+            clock,
+            settings,
+            wake,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled, then lets batches already processing
+    /// finish within the grace period. A batch still processing after that is
+    /// left `triggered` and is processed again on the next start.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(self.settings.max_in_flight.get()));
+        let mut processing = JoinSet::new();
+
+        while let Some(batch) = self.next_batch(&permits, &shutdown).await {
+            while processing.try_join_next().is_some() {}
+            let (store, fetcher, clock) = (
+                Arc::clone(&self.store),
+                Arc::clone(&self.fetcher),
+                self.clock,
+            );
+            let (batch, permit) = batch;
+            processing.spawn(async move {
+                processing::process(store.as_ref(), fetcher.as_ref(), clock, batch).await;
+                drop(permit);
+            });
+        }
+
+        self.drain(processing).await;
+    }
+
+    /// Waits for a processing permit and for the store to start a batch; `None`
+    /// once shutdown begins.
+    async fn next_batch(
+        &self,
+        permits: &Arc<Semaphore>,
+        shutdown: &CancellationToken,
+    ) -> Option<(ClaimedBatch, tokio::sync::OwnedSemaphorePermit)> {
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return None,
+            permit = Arc::clone(permits).acquire_owned() => permit.ok()?,
+        };
+        let mut ready_at = self.clock.now();
+        loop {
+            let request = ClaimRequest {
+                ready_at,
+                now: self.clock.now(),
+                interval: self.settings.interval,
+            };
+            let wait = match self.store.claim_next_batch(request).await {
+                Ok(ClaimOutcome::Started(batch)) => return Some((batch, permit)),
+                Ok(ClaimOutcome::NotBefore(at)) => {
+                    Wait::Until(tokio::time::sleep_until(self.clock.instant_at(at)))
+                }
+                Ok(ClaimOutcome::Idle) => Wait::ForWork,
+                Err(error) => {
+                    tracing::error!(%error, "cannot claim a batch; retrying");
+                    Wait::Until(tokio::time::sleep(STORE_RETRY))
+                }
+            };
+            match wait {
+                Wait::Until(sleep) => tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return None,
+                    _ = sleep => {}
+                },
+                Wait::ForWork => {
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => return None,
+                        _ = self.wake.notified() => {}
+                    }
+                    // Work arrived just now: this is when we became ready.
+                    ready_at = self.clock.now();
+                }
+            }
+        }
+    }
+
+    async fn drain(&self, mut processing: JoinSet<()>) {
+        while processing.try_join_next().is_some() {}
+        if processing.is_empty() {
+            return;
+        }
+        tracing::info!(
+            batches = processing.len(),
+            grace = ?self.settings.shutdown_grace,
+            "waiting for batches in flight"
+        );
+        let all_done = async { while processing.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.settings.shutdown_grace, all_done)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                batches = processing.len(),
+                "shutdown grace ran out; unfinished batches will run again at the next start"
+            );
+            processing.abort_all();
+            while processing.join_next().await.is_some() {}
+        }
+    }
+}
+
+enum Wait {
+    Until(tokio::time::Sleep),
+    ForWork,
+}

@@ -1,0 +1,14 @@
+//! The vocabulary of Sluice: types that can only be built valid, so that the
+//! HTTP layer, the store and the dispatcher never check them again.
+
+mod ids;
+mod priority;
+mod settings;
+mod status;
+mod time;
+
+pub use ids::{BatchId, IngestionId, ItemId, ItemIdError};
+pub use priority::{Priority, PriorityError};
+pub use settings::{BatchSize, Interval, SettingError};
+pub use status::{BatchStatus, IngestionStatus};
+pub use time::{Clock, Timestamp};

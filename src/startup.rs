@@ -1,0 +1,130 @@
+//! Wiring: open the store, recover, bind the listener, and run the API beside
+//! the dispatcher until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiLimits, App, AppState};
+use crate::config::Config;
+use crate::dispatcher::{DispatchSettings, Dispatcher};
+use crate::domain::Clock;
+use crate::store::{SharedStore, sqlite::SqliteStore};
+use crate::upstream::MockUpstream;
+
+/// A service that is bound and recovered, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    dispatcher: Dispatcher,
+    store: SharedStore,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store: SharedStore = Arc::new(
+            SqliteStore::open(&config.database)
+                .await
+                .with_context(|| format!("opening the database {}", config.database))?,
+        );
+        let requeued = store
+            .requeue_interrupted()
+            .await
+            .context("putting interrupted batches back in the queue")?;
+        if requeued > 0 {
+            tracing::warn!(
+                batches = requeued,
+                "batches interrupted by a crash will run again"
+            );
+        }
+
+        let clock = Clock::new();
+        let wake = Arc::new(Notify::new());
+        let dispatcher = Dispatcher::new(
+            Arc::clone(&store),
+            Arc::new(MockUpstream::new(config.mock_latency.as_duration())),
+            clock,
+            DispatchSettings {
+                interval: config.interval,
+                max_in_flight: config.max_in_flight,
+                shutdown_grace: config.shutdown_grace(),
+            },
+            Arc::clone(&wake),
+        );
+        let router = api::router(AppState::new(App {
+            store: Arc::clone(&store),
+            wake,
+            clock,
+            batch_size: config.batch_size,
+            limits: ApiLimits {
+                max_body_bytes: config.max_body_bytes,
+                max_ids_per_request: config.max_ids_per_request,
+            },
+        }));
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+
+        Ok(Self {
+            listener,
+            router,
+            dispatcher,
+            store,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The store, for tests and tools that inspect what the service holds.
+    pub fn store(&self) -> SharedStore {
+        Arc::clone(&self.store)
+    }
+
+    /// Serves until `shutdown` is cancelled: stops accepting connections, starts
+    /// no new batch, and gives batches in flight the shutdown grace to finish.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!("listening on http://{}", self.local_addr());
+        let dispatcher = tokio::spawn(self.dispatcher.run(shutdown.clone()));
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await;
+        // If the server failed on its own, the dispatcher must stop too.
+        shutdown.cancel();
+        dispatcher.await.context("the dispatcher panicked")?;
+        served.context("the HTTP server failed")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Runs `sluice serve` until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    app.run(shutdown).await
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for signals; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,23 @@
+//! How values are laid out in SQLite columns.
+
+use crate::domain::ItemId;
+use crate::store::StoreError;
+
+/// Ids as consecutive little-endian `u32`s: four bytes an id, no parsing.
+pub fn encode_ids(ids: &[ItemId]) -> Vec<u8> {
+    ids.iter().flat_map(|id| id.get().to_le_bytes()).collect()
+}
+
+pub fn decode_ids(bytes: &[u8]) -> Result<Vec<ItemId>, StoreError> {
+    if bytes.len() % 4 != 0 {
+        return Err(StoreError::Corrupt("an id list is not whole u32s".into()));
+    }
+    bytes
+        .chunks_exact(4)
+        .map(|b| {
+            let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            ItemId::new(n.into())
+                .map_err(|_| StoreError::Corrupt(format!("stored id {n} is out of range")))
+        })
+        .collect()
+}

@@ -1,0 +1,213 @@
+//! The embedded default store: one SQLite file in WAL mode with
+//! `synchronous=FULL`, so an acknowledged write survives a crash of the process
+//! or of the machine.
+//!
+//! One thread owns the only writing connection and applies every write (new
+//! requests, claims, completions) in group commits: it takes all the commands
+//! that are waiting, runs each inside its own savepoint, commits once, and only
+//! then answers each caller. One fsync thus serves many requests, and the
+//! dispatcher's claims are serialised with ingests without any lock of ours.
+//! Reads go to a small pool of read-only connections, which WAL lets run beside
+//! the writer.
+
+mod codec;
+mod reads;
+mod schema;
+mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use self::writer::Command;
+use super::{
+    BatchKey, ClaimOutcome, ClaimRequest, IngestionRecord, NewIngestion, QueueStats, Store,
+    StoreError,
+};
+use crate::domain::{BatchId, IngestionId, Timestamp};
+
+/// How many writes may wait for the writer before callers are held back.
+const WRITE_QUEUE: usize = 8192;
+/// How many read-only connections serve status reads.
+const READERS: usize = 4;
+
+pub struct SqliteStore {
+    writes: mpsc::Sender<Command>,
+    readers: Arc<ReaderPool>,
+    /// An exclusive lock on `<database>.lock`, held while the store is open: two
+    /// processes dispatching from one file would break the rate limit.
+    _lock: File,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database named by a `sqlite:` URL, such
+    /// as `sqlite://sluice.db` or `sqlite:///var/lib/sluice/sluice.db`, and
+    /// applies pending migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let path = path_from_url(url)?;
+        tokio::task::spawn_blocking(move || Self::open_blocking(&path))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+
+    fn open_blocking(path: &Path) -> Result<Self, StoreError> {
+        let lock = lock_file(path)?;
+        let mut conn = schema::open_writer(path)?;
+        schema::migrate(&mut conn)?;
+        let readers = (0..READERS)
+            .map(|_| schema::open_reader(path).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+        std::thread::Builder::new()
+            .name("sluice-sqlite-writer".into())
+            .spawn(move || writer::run(conn, queue))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
+
+        Ok(Self {
+            writes,
+            readers: Arc::new(ReaderPool {
+                connections: readers,
+                next: AtomicUsize::new(0),
+            }),
+            _lock: lock,
+        })
+    }
+
+    async fn write<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(command(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || readers.with(query))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_ingestion(&self, new: NewIngestion) -> Result<(), StoreError> {
+        self.write(|reply| Command::CreateIngestion(new, reply))
+            .await
+    }
+
+    async fn ingestion(&self, id: IngestionId) -> Result<Option<IngestionRecord>, StoreError> {
+        self.read(move |conn| reads::ingestion(conn, id)).await
+    }
+
+    async fn claim_next_batch(&self, request: ClaimRequest) -> Result<ClaimOutcome, StoreError> {
+        self.write(|reply| Command::Claim(request, reply)).await
+    }
+
+    async fn complete_batch(
+        &self,
+        batch: BatchKey,
+        results: Vec<serde_json::Value>,
+        completed_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.write(|reply| Command::Complete {
+            batch,
+            results,
+            completed_at,
+            reply,
+        })
+        .await
+    }
+
+    async fn batch_results(
+        &self,
+        batch: BatchId,
+    ) -> Result<Option<Vec<serde_json::Value>>, StoreError> {
+        self.read(move |conn| reads::batch_results(conn, batch))
+            .await
+    }
+
+    async fn requeue_interrupted(&self) -> Result<u64, StoreError> {
+        self.write(Command::RequeueInterrupted).await
+    }
+
+    async fn stats(&self) -> Result<QueueStats, StoreError> {
+        self.read(reads::stats).await
+    }
+}
+
+struct ReaderPool {
+    connections: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+}
+
+impl ReaderPool {
+    /// Runs `query` on the next connection, round robin. A std `Mutex` is right
+    /// here: the caller is already on a blocking thread, and a query holds it
+    /// for microseconds.
+    fn with<T>(
+        &self,
+        query: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+        let conn = self.connections[i]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        query(&conn)
+    }
+}
+
+fn path_from_url(url: &str) -> Result<PathBuf, StoreError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| StoreError::Unavailable(format!("not a sqlite: URL: {url}")))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Err(StoreError::Unavailable(
+            "SQLite needs a file: an in-memory database would lose acknowledged requests".into(),
+        ));
+    }
+    Ok(PathBuf::from(path))
+}
+
+fn lock_file(db: &Path) -> Result<File, StoreError> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&name)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", db.display())))?;
+    file.try_lock().map_err(|_| {
+        StoreError::Unavailable(format!(
+            "{} is in use by another Sluice process; several nodes need PostgreSQL",
+            db.display()
+        ))
+    })?;
+    Ok(file)
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests;
