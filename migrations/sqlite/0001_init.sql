@@ -15,7 +15,8 @@ CREATE TABLE batches (
     lane          INTEGER NOT NULL DEFAULT 1,  -- 0: put back after a crash, served first in its priority
     attempts      INTEGER NOT NULL DEFAULT 0,
     ids           BLOB    NOT NULL,            -- the ids as little-endian u32s
-    started_at    INTEGER,
+    scheduled_at  INTEGER,                     -- the start's slot on the rate limiter's grid
+    started_at    INTEGER,                     -- when it really started (never before its slot)
     completed_at  INTEGER,
     results       TEXT,                        -- JSON array, one entry per id
     PRIMARY KEY (ingestion_seq, position)

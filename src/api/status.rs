@@ -42,6 +42,9 @@ pub struct BatchView {
     pub status: BatchStatus,
     /// How many times processing has started (more than 1 after a crash).
     pub attempts: u32,
+    /// The start's slot on the rate limiter's grid; `started_at` is never
+    /// earlier, and later only by the dispatcher's wake-up latency.
+    pub scheduled_at: Option<Timestamp>,
     pub started_at: Option<Timestamp>,
     pub completed_at: Option<Timestamp>,
 }
@@ -81,6 +84,7 @@ impl From<IngestionRecord> for StatusResponse {
                     ids: b.ids,
                     status: b.status,
                     attempts: b.attempts,
+                    scheduled_at: b.scheduled_at,
                     started_at: b.started_at,
                     completed_at: b.completed_at,
                 })

@@ -67,6 +67,8 @@ pub struct BatchRecord {
     pub ids: Vec<ItemId>,
     pub status: BatchStatus,
     pub attempts: u32,
+    /// The slot of the latest start on the rate limiter's grid.
+    pub scheduled_at: Option<Timestamp>,
     pub started_at: Option<Timestamp>,
     pub completed_at: Option<Timestamp>,
 }

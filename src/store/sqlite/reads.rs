@@ -25,7 +25,7 @@ pub fn ingestion(
     };
 
     let mut stmt = conn.prepare_cached(
-        "SELECT position, status, attempts, ids, started_at, completed_at
+        "SELECT position, status, attempts, ids, scheduled_at, started_at, completed_at
          FROM batches WHERE ingestion_seq = ?1 ORDER BY position",
     )?;
     let mut rows = stmt.query([seq])?;
@@ -44,8 +44,9 @@ pub fn ingestion(
                     .as_blob()
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             )?,
-            started_at: row.get::<_, Option<i64>>(4)?.map(Timestamp::from_micros),
-            completed_at: row.get::<_, Option<i64>>(5)?.map(Timestamp::from_micros),
+            scheduled_at: row.get::<_, Option<i64>>(4)?.map(Timestamp::from_micros),
+            started_at: row.get::<_, Option<i64>>(5)?.map(Timestamp::from_micros),
+            completed_at: row.get::<_, Option<i64>>(6)?.map(Timestamp::from_micros),
         });
     }
 

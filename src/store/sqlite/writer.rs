@@ -210,14 +210,16 @@ fn claim_next_batch(conn: &Connection, request: ClaimRequest) -> Result<ClaimOut
     };
 
     conn.prepare_cached(
-        "UPDATE batches SET status = ?1, lane = 1, attempts = attempts + 1, started_at = ?2
+        "UPDATE batches
+         SET status = ?1, lane = 1, attempts = attempts + 1, scheduled_at = ?5, started_at = ?2
          WHERE ingestion_seq = ?3 AND position = ?4",
     )?
     .execute(params![
         BatchStatus::Triggered.code(),
         request.now.as_micros(),
         ingestion_seq,
-        position
+        position,
+        slot.as_micros()
     ])?;
     conn.prepare_cached(
         "INSERT INTO rate_limiter (id, last_slot) VALUES (1, ?1)
@@ -266,7 +268,8 @@ fn complete_batch(
 fn requeue_interrupted(conn: &Connection) -> Result<u64, StoreError> {
     let n = conn
         .prepare_cached(
-            "UPDATE batches SET status = ?1, lane = 0, started_at = NULL WHERE status = ?2",
+            "UPDATE batches SET status = ?1, lane = 0, scheduled_at = NULL, started_at = NULL
+             WHERE status = ?2",
         )?
         .execute(params![
             BatchStatus::YetToStart.code(),

@@ -1,0 +1,140 @@
+//! Crashes and restarts, with the real binary: kill -9, SIGTERM, restart.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::helpers::*;
+
+async fn ingest(client: &reqwest::Client, address: &str, ids: &[u64], priority: &str) -> String {
+    let response = client
+        .post(format!("{address}/ingest"))
+        .json(&json!({"ids": ids, "priority": priority}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    body["ingestion_id"].as_str().unwrap().to_owned()
+}
+
+async fn status(client: &reqwest::Client, address: &str, id: &str) -> Value {
+    let response = client.get(format!("{address}/status/{id}")).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{id} is known");
+    response.json().await.unwrap()
+}
+
+fn batch_layout(status: &Value) -> Vec<(String, Value)> {
+    status["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["batch_id"].as_str().unwrap().to_owned(), b["ids"].clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_restart_after_kill_9_finds_every_request_and_batch() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("sluice.db");
+    let client = reqwest::Client::new();
+    let server = ServerProcess::start(&db, &["--interval", "1h"]);
+
+    let mut before = Vec::new();
+    for (n, priority) in [(1, "HIGH"), (7, "LOW"), (30, "MEDIUM"), (4, "high")] {
+        let ids: Vec<u64> = (1..=n).collect();
+        let id = ingest(&client, &server.address, &ids, priority).await;
+        before.push((id.clone(), status(&client, &server.address, &id).await));
+    }
+    server.kill9();
+
+    let server = ServerProcess::start(&db, &["--interval", "1h"]);
+    for (id, old) in &before {
+        let new = status(&client, &server.address, id).await;
+        assert_eq!(batch_layout(&new), batch_layout(old));
+        assert_eq!(new["priority"], old["priority"]);
+        assert_eq!(new["created_at"], old["created_at"]);
+    }
+}
+
+#[tokio::test]
+async fn a_batch_interrupted_mid_processing_completes_after_restart() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("sluice.db");
+    let client = reqwest::Client::new();
+    // The mock takes a minute: the batch is surely processing at the kill.
+    let server = ServerProcess::start(&db, &["--interval", "100ms", "--mock-latency", "60s"]);
+    let id = ingest(&client, &server.address, &[1, 2, 3], "LOW").await;
+    wait_for_status(&client, &server.address, &id, "triggered", Duration::from_secs(5)).await;
+    server.kill9();
+
+    let server = ServerProcess::start(&db, &["--interval", "100ms", "--mock-latency", "5ms"]);
+    let done = wait_for_status(&client, &server.address, &id, "completed", Duration::from_secs(10)).await;
+    assert_eq!(done["batches"][0]["attempts"], 2, "processed again after the crash");
+}
+
+#[tokio::test]
+async fn a_restart_right_after_a_start_waits_out_the_interval() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("sluice.db");
+    let client = reqwest::Client::new();
+    let args = ["--interval", "3s", "--mock-latency", "5ms"];
+    let server = ServerProcess::start(&db, &args);
+    let id = ingest(&client, &server.address, &[1, 2, 3, 4], "MEDIUM").await;
+    let first = wait_for_status(&client, &server.address, &id, "triggered", Duration::from_secs(2)).await;
+    let first_slot = micros(&first["batches"][0]["scheduled_at"]);
+    server.kill9();
+
+    let server = ServerProcess::start(&db, &args);
+    let done = wait_for_status(&client, &server.address, &id, "completed", Duration::from_secs(10)).await;
+    // Whichever batch runs first after the restart, it takes the next slot of
+    // the grid, a whole interval after the start before the crash.
+    let restarted_slots: Vec<i64> = done["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| micros(&b["scheduled_at"]))
+        .filter(|&slot| slot != first_slot)
+        .collect();
+    assert!(!restarted_slots.is_empty());
+    assert_eq!(restarted_slots.iter().min().unwrap() - first_slot, 3_000_000);
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_batch_in_flight_finish_and_exits_0() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("sluice.db");
+    let client = reqwest::Client::new();
+    let server = ServerProcess::start(&db, &["--interval", "100ms", "--mock-latency", "1500ms"]);
+    let id = ingest(&client, &server.address, &[1, 2, 3, 4], "HIGH").await;
+    wait_for_status(&client, &server.address, &id, "triggered", Duration::from_secs(5)).await;
+
+    server.sigterm();
+    let exit = server.wait_exit(Duration::from_secs(10)).await;
+    assert!(exit.success(), "exit status {exit:?}");
+
+    let server = ServerProcess::start(&db, &["--interval", "1h"]);
+    let after = status(&client, &server.address, &id).await;
+    let first = &after["batches"][0];
+    assert_eq!(first["status"], "completed");
+    assert_eq!(first["attempts"], 1, "finished during shutdown, not re-run");
+    let second = &after["batches"][1];
+    assert_eq!(second["status"], "yet_to_start", "no new batch starts during shutdown");
+    assert_eq!(second["attempts"], 0);
+}
+
+#[tokio::test]
+async fn a_second_process_cannot_open_the_same_sqlite_file() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("sluice.db");
+    let _first = ServerProcess::start(&db, &[]);
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+        .arg(format!("sqlite://{}", db.display()))
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("in use by another Sluice process"), "{stderr}");
+}

@@ -1,0 +1,230 @@
+//! Test harness: an in-process app on port 0 (`spawn_app`) and the real
+//! binary as a child process (`ServerProcess`), for crashes and signals.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice::config::Config;
+use sluice::startup::Application;
+use sluice::store::SharedStore;
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub store: SharedStore,
+    shutdown: CancellationToken,
+    /// Kept so the server task lives as long as the app.
+    _server: JoinHandle<anyhow::Result<()>>,
+    _dir: TempDir,
+}
+
+/// Settings for tests: port 0, a fresh database, a short interval and a fast mock.
+pub fn test_config(db_path: &Path) -> Config {
+    let mut config = Config::defaults();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.database = format!("sqlite://{}", db_path.display());
+    config.interval = "100ms".parse().unwrap();
+    config.mock_latency = "5ms".parse().unwrap();
+    config.shutdown_grace = "5s".parse().unwrap();
+    config
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = TempDir::new().unwrap();
+    let mut config = test_config(&dir.path().join("sluice.db"));
+    configure(&mut config);
+
+    let app = Application::build(config).await.expect("the app builds");
+    let address = format!("http://{}", app.local_addr());
+    let store = app.store();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(app.run(shutdown.clone()));
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        store,
+        shutdown,
+        _server: server,
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    pub async fn post_ingest(&self, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/ingest", self.address))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A POST /ingest with exactly these bytes and this Content-Type (if any).
+    pub async fn post_ingest_raw(&self, body: impl Into<reqwest::Body>, content_type: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.post(format!("{}/ingest", self.address)).body(body);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Submits a request and returns its ingestion id.
+    pub async fn ingest(&self, ids: &[u64], priority: &str) -> String {
+        let response = self.post_ingest(&json!({"ids": ids, "priority": priority})).await;
+        assert_eq!(response.status(), 200, "{:?}", response.text().await);
+        let body: Value = response.json().await.unwrap();
+        body["ingestion_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn get_status(&self, id: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}/status/{id}", self.address))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn status(&self, id: &str) -> Value {
+        let response = self.get_status(id).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// Polls until the request is `completed`; panics after `limit`.
+    pub async fn wait_until_completed(&self, id: &str, limit: Duration) -> Value {
+        wait_for_status(&self.client, &self.address, id, "completed", limit).await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn wait_for_status(
+    client: &reqwest::Client,
+    address: &str,
+    id: &str,
+    wanted: &str,
+    limit: Duration,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let body: Value = client
+            .get(format!("{address}/status/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["status"] == wanted {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} not {wanted} after {limit:?}: {body:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every batch of these requests, sorted by start time: `(ids, started_at µs)`.
+pub fn starts_in_order(statuses: &[Value]) -> Vec<(Vec<u64>, i64)> {
+    let mut starts: Vec<(Vec<u64>, i64)> = statuses
+        .iter()
+        .flat_map(|s| s["batches"].as_array().unwrap().iter())
+        .map(|b| {
+            let ids = b["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            (ids, micros(&b["started_at"]))
+        })
+        .collect();
+    starts.sort_by_key(|(_, at)| *at);
+    starts
+}
+
+/// An RFC 3339 timestamp from a status answer, in µs since the epoch.
+pub fn micros(value: &Value) -> i64 {
+    let text = value.as_str().unwrap_or_else(|| panic!("not a timestamp: {value}"));
+    let t = humantime::parse_rfc3339(text).unwrap();
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64
+}
+
+/// The real `sluice` binary, for kill -9 and signals.
+pub struct ServerProcess {
+    pub child: Child,
+    pub address: String,
+}
+
+impl ServerProcess {
+    pub fn start(db_path: &Path, extra_args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--database")
+            .arg(format!("sqlite://{}", db_path.display()))
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the sluice binary starts");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let address = loop {
+            let line = lines
+                .next()
+                .expect("the server printed its address before exiting")
+                .unwrap();
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, address }
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; panics after `limit`.
+    pub async fn wait_exit(mut self, limit: Duration) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "server still running after {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

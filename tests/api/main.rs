@@ -1,0 +1,9 @@
+//! The contract of SPEC.md, tested through real HTTP on port 0, each test with
+//! its own database.
+
+mod durability;
+mod helpers;
+mod ingest;
+mod ordering;
+mod rate;
+mod status;

@@ -1,0 +1,119 @@
+//! The rate limit: at most one start per interval, no wasted slots, no drift.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+fn batches(status: &Value) -> Vec<Value> {
+    status["batches"].as_array().unwrap().clone()
+}
+
+/// On tokio's paused clock, a backlog of ten batches starts exactly one
+/// interval apart, although each takes 70% of an interval to process.
+#[tokio::test(start_paused = true)]
+async fn a_backlog_starts_on_an_exact_grid() {
+    let app = spawn_app_with(|c| {
+        c.interval = "1s".parse().unwrap();
+        c.mock_latency = "700ms".parse().unwrap();
+    })
+    .await;
+    let ids: Vec<u64> = (1..=30).collect();
+    let id = app.ingest(&ids, "MEDIUM").await;
+    let status = app.wait_until_completed(&id, Duration::from_secs(60)).await;
+
+    let batches = batches(&status);
+    assert_eq!(batches.len(), 10);
+    let first = micros(&batches[0]["started_at"]);
+    for (k, batch) in batches.iter().enumerate() {
+        assert_eq!(
+            micros(&batch["started_at"]) - first,
+            k as i64 * 1_000_000,
+            "start {k} is off the grid"
+        );
+        assert_eq!(batch["scheduled_at"], batch["started_at"]);
+    }
+}
+
+#[tokio::test]
+async fn starts_are_never_closer_than_the_interval() {
+    let interval = 150_000;
+    let app = spawn_app_with(|c| c.interval = "150ms".parse().unwrap()).await;
+    let ids: Vec<u64> = (1..=24).collect();
+    let id = app.ingest(&ids, "HIGH").await;
+    let status = app.wait_until_completed(&id, Duration::from_secs(10)).await;
+
+    let batches = batches(&status);
+    for pair in batches.windows(2) {
+        let gap = micros(&pair[1]["scheduled_at"]) - micros(&pair[0]["scheduled_at"]);
+        assert_eq!(gap, interval, "a backlog runs one interval apart, exactly");
+    }
+    for batch in &batches {
+        let lag = micros(&batch["started_at"]) - micros(&batch["scheduled_at"]);
+        assert!(lag >= 0, "a batch started before its slot: {batch}");
+        assert!(lag < 50_000, "a batch started {lag} µs after its slot");
+    }
+}
+
+#[tokio::test]
+async fn an_idle_service_starts_new_work_at_once() {
+    let app = spawn_app_with(|c| c.interval = "1s".parse().unwrap()).await;
+    let a = app.ingest(&[1], "LOW").await;
+    let a = app.wait_until_completed(&a, Duration::from_secs(5)).await;
+    let a_start = micros(&a["batches"][0]["started_at"]);
+    assert!(a_start - micros(&a["created_at"]) < 200_000);
+
+    // Arriving 1.3 intervals later, B starts at once, not at the next tick (2 s).
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let b = app.ingest(&[2], "LOW").await;
+    let b = app.wait_until_completed(&b, Duration::from_secs(5)).await;
+    let b_start = micros(&b["batches"][0]["started_at"]);
+    assert!(b_start - micros(&b["created_at"]) < 200_000, "{b:#}");
+    assert!(b_start - a_start >= 1_000_000);
+}
+
+#[tokio::test]
+async fn work_arriving_within_the_interval_waits_for_the_next_slot() {
+    let app = spawn_app_with(|c| c.interval = "1s".parse().unwrap()).await;
+    let a = app.ingest(&[1], "LOW").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = app.ingest(&[2], "HIGH").await;
+    let a = app.wait_until_completed(&a, Duration::from_secs(5)).await;
+    let b = app.wait_until_completed(&b, Duration::from_secs(5)).await;
+    let gap = micros(&b["batches"][0]["scheduled_at"]) - micros(&a["batches"][0]["scheduled_at"]);
+    assert_eq!(gap, 1_000_000);
+}
+
+/// Overlaps between batches' processing, from their start and completion times.
+fn max_concurrent(statuses: &[Value]) -> usize {
+    let mut events = Vec::new();
+    for batch in statuses.iter().flat_map(batches) {
+        events.push((micros(&batch["started_at"]), 1));
+        events.push((micros(&batch["completed_at"]), -1));
+    }
+    // At equal times, a completion comes before a start.
+    events.sort();
+    let (mut now, mut max) = (0i64, 0i64);
+    for (_, delta) in events {
+        now += delta;
+        max = max.max(now);
+    }
+    max as usize
+}
+
+#[tokio::test]
+async fn at_most_max_in_flight_batches_process_at_once() {
+    for limit in [1usize, 3] {
+        let app = spawn_app_with(|c| {
+            c.interval = "0".parse().unwrap();
+            c.mock_latency = "40ms".parse().unwrap();
+            c.max_in_flight = limit.try_into().unwrap();
+        })
+        .await;
+        let ids: Vec<u64> = (1..=30).collect();
+        let id = app.ingest(&ids, "MEDIUM").await;
+        let status = app.wait_until_completed(&id, Duration::from_secs(10)).await;
+        assert_eq!(max_concurrent(&[status]), limit, "max-in-flight {limit}");
+    }
+}
