@@ -16,12 +16,10 @@ async fn spawn_slow_app() -> TestApp {
 }
 
 async fn by_query(app: &TestApp, id: &str) -> reqwest::Response {
-    app.client
-        .get(format!("{}/status", app.address))
-        .query(&[("ingestion_id", id)])
-        .send()
-        .await
-        .unwrap()
+    let url =
+        reqwest::Url::parse_with_params(&format!("{}/status", app.address), [("ingestion_id", id)])
+            .unwrap();
+    app.client.get(url).send().await.unwrap()
 }
 
 async fn by_body(app: &TestApp, id: &str) -> reqwest::Response {
