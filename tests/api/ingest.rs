@@ -526,3 +526,57 @@ async fn a_million_ids_are_accepted_with_the_default_limits() {
     assert_eq!(batches[333_332]["ids"], json!([999_997, 999_998, 999_999]));
     assert_eq!(batches[333_333]["ids"], json!([1_000_000]));
 }
+
+#[tokio::test]
+async fn zz_probe() {
+    let app = spawn_app().await;
+    let deep_ids = format!(r#"{{"ids": [1, {}{}], "priority": "HIGH"}}"#, "[".repeat(5000), "]".repeat(5000));
+    let deep_extra = format!(r#"{{"ids": [1], "priority": "HIGH", "x": {}{}}}"#, "[".repeat(5000), "]".repeat(5000));
+    let deep_ids_val = format!(r#"{{"ids": {}{}, "priority": "HIGH"}}"#, "[".repeat(5000), "]".repeat(5000));
+    let cases: Vec<(Vec<u8>, Option<&str>)> = vec![
+        (deep_ids.into_bytes(), Some("application/json")),
+        (deep_extra.into_bytes(), Some("application/json")),
+        (deep_ids_val.into_bytes(), Some("application/json")),
+        (b"{\"ids\": [1], \"priority\": \"HIGH\"} xyz".to_vec(), Some("application/json")),
+        (b"{\"ids\": [1], \"priority\": \"H\xffIGH\"}".to_vec(), Some("application/json")),
+        ("\u{FEFF}{\"ids\": [1], \"priority\": \"HIGH\"}".as_bytes().to_vec(), Some("application/json")),
+        (b"{\"ids\": [1], \"ids\": [2], \"priority\": \"HIGH\"}".to_vec(), Some("application/json")),
+        (b"{\"ids\": [1e2, -0, 1E0, 100000000000000000000000000], \"priority\": \"HIGH\"}".to_vec(), Some("application/json")),
+        (b"{\"ids\": [1], \"priority\": \"HIGH\"}".to_vec(), Some("Application/JSON")),
+        (b"{\"ids\": [1], \"priority\": \"HIGH\"}".to_vec(), Some("application/merge-patch+json")),
+        (b"{\"ids\": [1], \"priority\": \"HIGH\"}".to_vec(), Some("")),
+        (b"{\"ids\": [1], \"priority\": \" HIGH\"}".to_vec(), Some("application/json")),
+        (b"{\"ids\": [1], \"priority\": \"HIGH\\u0000\"}".to_vec(), Some("application/json")),
+        (b"{\"ids\": [1], \"priority\": \"\\ud800\"}".to_vec(), Some("application/json")),
+        (b"{\"ids\": [1], \"\\ud800\": 1, \"priority\": \"HIGH\"}".to_vec(), Some("application/json")),
+        (b"{\"i\\u0064s\": [4], \"priority\": \"HIGH\"}".to_vec(), Some("application/json")),
+    ];
+    for (body, ct) in cases {
+        let shown = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
+        let r = app.post_ingest_raw(body, ct).await;
+        let code = r.status();
+        let t = r.text().await.unwrap();
+        println!("{ct:?} {shown} => {code} {}", &t[..t.len().min(300)]);
+    }
+    for path in ["/status/%20", "/status?ingestion_id=a&ingestion_id=b", "/status?ingestion_id", "/status/a/b", "/ingest"] {
+        let r = app.client.get(format!("{}{path}", app.address)).send().await.unwrap();
+        let code = r.status();
+        println!("GET {path} => {code} {}", r.text().await.unwrap());
+    }
+    let id = app.ingest(&[1], "LOW").await;
+    for form in [id.to_uppercase(), id.replace('-', ""), format!("{{{id}}}"), format!("urn:uuid:{id}"), format!(" {id} ")] {
+        let r = app.get_status(&form).await;
+        println!("status {form:?} => {}", r.status());
+        let url = reqwest::Url::parse_with_params(&format!("{}/status", app.address), [("ingestion_id", form.as_str())]).unwrap();
+        println!("  query => {}", app.client.get(url).send().await.unwrap().status());
+    }
+    let r = app.client.get(format!("{}/status", app.address)).json(&json!({"ingestion_id": 5})).send().await.unwrap();
+    println!("body number => {} {}", r.status(), r.text().await.unwrap());
+    let r = app.client.get(format!("{}/status", app.address)).json(&json!([id])).send().await.unwrap();
+    println!("body array => {} {}", r.status(), r.text().await.unwrap());
+    let r = app.client.post(format!("{}/status/{id}", app.address)).send().await.unwrap();
+    println!("post status => {} {:?} {}", r.status(), r.headers().get("content-type").cloned(), r.text().await.unwrap());
+    let r = app.client.put(format!("{}/ingest", app.address)).send().await.unwrap();
+    println!("put ingest => {} {:?} {}", r.status(), r.headers().get("allow").cloned(), r.text().await.unwrap());
+    println!("{:?}", app.store.stats().await.unwrap());
+}
