@@ -25,6 +25,9 @@ CREATE TABLE batches (
 -- The queue: only waiting batches, in dispatch order, so a claim is one index seek.
 CREATE INDEX batches_waiting ON batches (priority, lane, ingestion_seq, position) WHERE status = 0;
 
+-- Batches processing now, counted against max-in-flight at every claim.
+CREATE INDEX batches_running ON batches (ingestion_seq, position) WHERE status = 1;
+
 -- The rate limiter's state: the slot of the latest start. A restart reads it, so
 -- it never starts a batch sooner than the rate allows.
 CREATE TABLE rate_limiter (

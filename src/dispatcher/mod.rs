@@ -1,11 +1,13 @@
 //! The dispatcher: one loop that starts batches in the contract's order, no
 //! faster than the rate limit, with at most `max_in_flight` processing at once.
 //!
-//! The loop holds no queue of its own. Each turn it takes a processing permit,
-//! then asks the store to claim the next batch; the store applies the rate limit
-//! in the same commit as the claim and answers `Started`, `NotBefore(t)` or
-//! `Idle`. The loop then processes the batch, sleeps until `t`, or waits for a
-//! wake-up from the API. Nothing polls, so an idle service uses no CPU.
+//! The loop holds no queue and no counters of its own. Each turn it asks the
+//! store to claim the next batch; the store applies the rate limit and the
+//! in-flight limit in the same commit as the claim, so they hold for every
+//! process sharing the database, and answers `Started`, `NotBefore(t)`, `Busy`
+//! or `Idle`. The loop then processes the batch, sleeps until `t`, or waits for
+//! a wake-up (new work from the API, a completed batch, or the store's own
+//! notifications). Nothing polls, so an idle service uses no CPU.
 //!
 //! Exactness: each start takes a *slot*, `max(previous slot + interval, the
 //! moment the dispatcher became ready)`. A backlog therefore runs on an exact
@@ -19,7 +21,7 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +36,7 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 pub struct DispatchSettings {
     /// The minimum spacing between two batch starts, service-wide.
     pub interval: Interval,
-    /// How many batches may be processing at once.
+    /// How many batches may be processing at once, service-wide.
     pub max_in_flight: NonZeroUsize,
     /// How long a shutdown waits for batches already processing.
     pub shutdown_grace: Duration,
@@ -45,7 +47,8 @@ pub struct Dispatcher {
     fetcher: SharedFetcher,
     clock: Clock,
     settings: DispatchSettings,
-    /// Notified by the API whenever new work is stored.
+    /// Notified whenever a claim might now succeed: new work was stored, a
+    /// batch completed, or the store saw either happen elsewhere.
     wake: Arc<Notify>,
 }
 
@@ -67,54 +70,43 @@ impl Dispatcher {
     }
 
     /// Runs until `shutdown` is cancelled, then lets batches already processing
-    /// finish within the grace period. A batch still processing after that is
-    /// left `triggered` and is processed again on the next start.
+    /// finish within the grace period. A batch still processing after that goes
+    /// back to the queue, to be processed again.
     pub async fn run(self, shutdown: CancellationToken) {
-        let permits = Arc::new(Semaphore::new(self.settings.max_in_flight.get()));
         let mut processing = JoinSet::new();
-
-        while let Some(batch) = self.next_batch(&permits, &shutdown).await {
+        while let Some(batch) = self.next_batch(&shutdown).await {
             while processing.try_join_next().is_some() {}
-            let (store, fetcher, clock) = (
+            let (store, fetcher, wake) = (
                 Arc::clone(&self.store),
                 Arc::clone(&self.fetcher),
-                self.clock,
+                Arc::clone(&self.wake),
             );
-            let (batch, permit) = batch;
+            let clock = self.clock;
             processing.spawn(async move {
                 processing::process(store.as_ref(), fetcher.as_ref(), clock, batch).await;
-                drop(permit);
+                // A processing slot is free: the next claim may succeed now.
+                wake.notify_one();
             });
         }
-
         self.drain(processing).await;
     }
 
-    /// Waits for a processing permit and for the store to start a batch; `None`
-    /// once shutdown begins.
-    async fn next_batch(
-        &self,
-        permits: &Arc<Semaphore>,
-        shutdown: &CancellationToken,
-    ) -> Option<(ClaimedBatch, tokio::sync::OwnedSemaphorePermit)> {
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return None,
-            permit = Arc::clone(permits).acquire_owned() => permit.ok()?,
-        };
+    /// Waits until the store starts a batch; `None` once shutdown begins.
+    async fn next_batch(&self, shutdown: &CancellationToken) -> Option<ClaimedBatch> {
         let mut ready_at = self.clock.now();
         loop {
             let request = ClaimRequest {
                 ready_at,
                 now: self.clock.now(),
                 interval: self.settings.interval,
+                max_in_flight: self.settings.max_in_flight,
             };
             let wait = match self.store.claim_next_batch(request).await {
-                Ok(ClaimOutcome::Started(batch)) => return Some((batch, permit)),
+                Ok(ClaimOutcome::Started(batch)) => return Some(batch),
                 Ok(ClaimOutcome::NotBefore(at)) => {
                     Wait::Until(tokio::time::sleep_until(self.clock.instant_at(at)))
                 }
-                Ok(ClaimOutcome::Idle) => Wait::ForWork,
+                Ok(ClaimOutcome::Busy | ClaimOutcome::Idle) => Wait::ForWakeUp,
                 Err(error) => {
                     tracing::error!(%error, "cannot claim a batch; retrying");
                     Wait::Until(tokio::time::sleep(STORE_RETRY))
@@ -126,13 +118,14 @@ impl Dispatcher {
                     _ = shutdown.cancelled() => return None,
                     _ = sleep => {}
                 },
-                Wait::ForWork => {
+                Wait::ForWakeUp => {
                     tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => return None,
                         _ = self.wake.notified() => {}
                     }
-                    // Work arrived just now: this is when we became ready.
+                    // Work or a processing slot appeared just now: this is when
+                    // the dispatcher became ready to start.
                     ready_at = self.clock.now();
                 }
             }
@@ -141,30 +134,36 @@ impl Dispatcher {
 
     async fn drain(&self, mut processing: JoinSet<()>) {
         while processing.try_join_next().is_some() {}
-        if processing.is_empty() {
-            return;
-        }
-        tracing::info!(
-            batches = processing.len(),
-            grace = ?self.settings.shutdown_grace,
-            "waiting for batches in flight"
-        );
-        let all_done = async { while processing.join_next().await.is_some() {} };
-        if tokio::time::timeout(self.settings.shutdown_grace, all_done)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
+        if !processing.is_empty() {
+            tracing::info!(
                 batches = processing.len(),
-                "shutdown grace ran out; unfinished batches will run again at the next start"
+                grace = ?self.settings.shutdown_grace,
+                "waiting for batches in flight"
             );
-            processing.abort_all();
-            while processing.join_next().await.is_some() {}
+            let all_done = async { while processing.join_next().await.is_some() {} };
+            if tokio::time::timeout(self.settings.shutdown_grace, all_done)
+                .await
+                .is_err()
+            {
+                processing.abort_all();
+                while processing.join_next().await.is_some() {}
+            }
+        }
+        match self.store.release_unfinished().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                batches = n,
+                "shutdown grace ran out; unfinished batches are back in the queue"
+            ),
+            Err(error) => tracing::error!(
+                %error,
+                "cannot hand back unfinished batches; they will be recovered at the next start"
+            ),
         }
     }
 }
 
 enum Wait {
     Until(tokio::time::Sleep),
-    ForWork,
+    ForWakeUp,
 }

@@ -11,6 +11,7 @@
 
 pub mod sqlite;
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -91,6 +92,8 @@ pub struct ClaimRequest {
     pub now: Timestamp,
     /// The minimum spacing between two starts; zero for no limit.
     pub interval: Interval,
+    /// How many batches may be `triggered` at once, across the whole service.
+    pub max_in_flight: NonZeroUsize,
 }
 
 /// The answer to a [`ClaimRequest`].
@@ -100,6 +103,8 @@ pub enum ClaimOutcome {
     Started(ClaimedBatch),
     /// The rate limit allows no start before this time.
     NotBefore(Timestamp),
+    /// `max_in_flight` batches are processing; wait for one to complete.
+    Busy,
     /// No batch is waiting.
     Idle,
 }
@@ -162,8 +167,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Puts batches that were `triggered` when a previous process died back in
     /// the queue, ahead of other waiting batches of their priority. Returns how
-    /// many.
+    /// many. Called once, at start.
     async fn requeue_interrupted(&self) -> Result<u64, StoreError>;
+
+    /// Hands the batches this process still has `triggered` back to the queue,
+    /// ahead of other waiting batches of their priority: called at shutdown,
+    /// once the grace period is over, so nobody waits for them.
+    async fn release_unfinished(&self) -> Result<u64, StoreError>;
 
     /// Counts for operators and tests.
     async fn stats(&self) -> Result<QueueStats, StoreError>;

@@ -9,7 +9,7 @@ pub fn encode_ids(ids: &[ItemId]) -> Vec<u8> {
 }
 
 pub fn decode_ids(bytes: &[u8]) -> Result<Vec<ItemId>, StoreError> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(StoreError::Corrupt("an id list is not whole u32s".into()));
     }
     bytes

@@ -142,7 +142,11 @@ impl Store for SqliteStore {
     }
 
     async fn requeue_interrupted(&self) -> Result<u64, StoreError> {
-        self.write(Command::RequeueInterrupted).await
+        self.write(Command::RequeueTriggered).await
+    }
+
+    async fn release_unfinished(&self) -> Result<u64, StoreError> {
+        self.write(Command::RequeueTriggered).await
     }
 
     async fn stats(&self) -> Result<QueueStats, StoreError> {

@@ -23,7 +23,10 @@ pub enum Command {
         completed_at: Timestamp,
         reply: Reply<()>,
     },
-    RequeueInterrupted(Reply<u64>),
+    /// Puts every `triggered` batch back in the queue: at start, after a crash,
+    /// and at shutdown, for batches the grace period did not let finish. Only
+    /// one process uses the file (see the lock), so all of them are ours.
+    RequeueTriggered(Reply<u64>),
 }
 
 /// A command's answer, held back until its group has committed.
@@ -115,7 +118,7 @@ fn apply_in_savepoint(tx: &mut Transaction<'_>, command: Command) -> Answer {
             reply,
             complete_batch(&savepoint, batch, &results, completed_at),
         ),
-        Command::RequeueInterrupted(reply) => Answer::Count(reply, requeue_interrupted(&savepoint)),
+        Command::RequeueTriggered(reply) => Answer::Count(reply, requeue_triggered(&savepoint)),
     };
     let ok = match &answer {
         Answer::Unit(_, r) => r.is_ok(),
@@ -138,7 +141,7 @@ fn refuse(command: Command, error: StoreError) -> Answer {
             Answer::Unit(reply, Err(error))
         }
         Command::Claim(_, reply) => Answer::Claim(reply, Err(error)),
-        Command::RequeueInterrupted(reply) => Answer::Count(reply, Err(error)),
+        Command::RequeueTriggered(reply) => Answer::Count(reply, Err(error)),
     }
 }
 
@@ -184,6 +187,13 @@ fn claim_next_batch(conn: &Connection, request: ClaimRequest) -> Result<ClaimOut
             return Ok(ClaimOutcome::NotBefore(next));
         }
         slot = slot.max(next);
+    }
+
+    let running: i64 = conn
+        .prepare_cached("SELECT count(*) FROM batches WHERE status = 1")?
+        .query_row([], |row| row.get(0))?;
+    if running >= request.max_in_flight.get() as i64 {
+        return Ok(ClaimOutcome::Busy);
     }
 
     let next = conn
@@ -265,7 +275,7 @@ fn complete_batch(
     Ok(())
 }
 
-fn requeue_interrupted(conn: &Connection) -> Result<u64, StoreError> {
+fn requeue_triggered(conn: &Connection) -> Result<u64, StoreError> {
     let n = conn
         .prepare_cached(
             "UPDATE batches SET status = ?1, lane = 0, scheduled_at = NULL, started_at = NULL
