@@ -20,7 +20,11 @@ async fn ingest(client: &reqwest::Client, address: &str, ids: &[u64], priority: 
 }
 
 async fn status(client: &reqwest::Client, address: &str, id: &str) -> Value {
-    let response = client.get(format!("{address}/status/{id}")).send().await.unwrap();
+    let response = client
+        .get(format!("{address}/status/{id}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200, "{id} is known");
     response.json().await.unwrap()
 }
@@ -66,12 +70,29 @@ async fn a_batch_interrupted_mid_processing_completes_after_restart() {
     // The mock takes a minute: the batch is surely processing at the kill.
     let server = ServerProcess::start(&db, &["--interval", "100ms", "--mock-latency", "60s"]);
     let id = ingest(&client, &server.address, &[1, 2, 3], "LOW").await;
-    wait_for_status(&client, &server.address, &id, "triggered", Duration::from_secs(5)).await;
+    wait_for_status(
+        &client,
+        &server.address,
+        &id,
+        "triggered",
+        Duration::from_secs(5),
+    )
+    .await;
     server.kill9();
 
     let server = ServerProcess::start(&db, &["--interval", "100ms", "--mock-latency", "5ms"]);
-    let done = wait_for_status(&client, &server.address, &id, "completed", Duration::from_secs(10)).await;
-    assert_eq!(done["batches"][0]["attempts"], 2, "processed again after the crash");
+    let done = wait_for_status(
+        &client,
+        &server.address,
+        &id,
+        "completed",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        done["batches"][0]["attempts"], 2,
+        "processed again after the crash"
+    );
 }
 
 #[tokio::test]
@@ -82,12 +103,26 @@ async fn a_restart_right_after_a_start_waits_out_the_interval() {
     let args = ["--interval", "3s", "--mock-latency", "5ms"];
     let server = ServerProcess::start(&db, &args);
     let id = ingest(&client, &server.address, &[1, 2, 3, 4], "MEDIUM").await;
-    let first = wait_for_status(&client, &server.address, &id, "triggered", Duration::from_secs(2)).await;
+    let first = wait_for_status(
+        &client,
+        &server.address,
+        &id,
+        "triggered",
+        Duration::from_secs(2),
+    )
+    .await;
     let first_slot = micros(&first["batches"][0]["scheduled_at"]);
     server.kill9();
 
     let server = ServerProcess::start(&db, &args);
-    let done = wait_for_status(&client, &server.address, &id, "completed", Duration::from_secs(10)).await;
+    let done = wait_for_status(
+        &client,
+        &server.address,
+        &id,
+        "completed",
+        Duration::from_secs(10),
+    )
+    .await;
     // Whichever batch runs first after the restart, it takes the next slot of
     // the grid, a whole interval after the start before the crash.
     let restarted_slots: Vec<i64> = done["batches"]
@@ -98,7 +133,10 @@ async fn a_restart_right_after_a_start_waits_out_the_interval() {
         .filter(|&slot| slot != first_slot)
         .collect();
     assert!(!restarted_slots.is_empty());
-    assert_eq!(restarted_slots.iter().min().unwrap() - first_slot, 3_000_000);
+    assert_eq!(
+        restarted_slots.iter().min().unwrap() - first_slot,
+        3_000_000
+    );
 }
 
 #[tokio::test]
@@ -108,7 +146,14 @@ async fn sigterm_lets_the_batch_in_flight_finish_and_exits_0() {
     let client = reqwest::Client::new();
     let server = ServerProcess::start(&db, &["--interval", "100ms", "--mock-latency", "1500ms"]);
     let id = ingest(&client, &server.address, &[1, 2, 3, 4], "HIGH").await;
-    wait_for_status(&client, &server.address, &id, "triggered", Duration::from_secs(5)).await;
+    wait_for_status(
+        &client,
+        &server.address,
+        &id,
+        "triggered",
+        Duration::from_secs(5),
+    )
+    .await;
 
     server.sigterm();
     let exit = server.wait_exit(Duration::from_secs(10)).await;
@@ -120,7 +165,10 @@ async fn sigterm_lets_the_batch_in_flight_finish_and_exits_0() {
     assert_eq!(first["status"], "completed");
     assert_eq!(first["attempts"], 1, "finished during shutdown, not re-run");
     let second = &after["batches"][1];
-    assert_eq!(second["status"], "yet_to_start", "no new batch starts during shutdown");
+    assert_eq!(
+        second["status"], "yet_to_start",
+        "no new batch starts during shutdown"
+    );
     assert_eq!(second["attempts"], 0);
 }
 
@@ -136,5 +184,8 @@ async fn a_second_process_cannot_open_the_same_sqlite_file() {
         .unwrap();
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(stderr.contains("in use by another Sluice process"), "{stderr}");
+    assert!(
+        stderr.contains("in use by another Sluice process"),
+        "{stderr}"
+    );
 }

@@ -70,8 +70,15 @@ impl TestApp {
     }
 
     /// A POST /ingest with exactly these bytes and this Content-Type (if any).
-    pub async fn post_ingest_raw(&self, body: impl Into<reqwest::Body>, content_type: Option<&str>) -> reqwest::Response {
-        let mut request = self.client.post(format!("{}/ingest", self.address)).body(body);
+    pub async fn post_ingest_raw(
+        &self,
+        body: impl Into<reqwest::Body>,
+        content_type: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}/ingest", self.address))
+            .body(body);
         if let Some(ct) = content_type {
             request = request.header("content-type", ct);
         }
@@ -80,7 +87,9 @@ impl TestApp {
 
     /// Submits a request and returns its ingestion id.
     pub async fn ingest(&self, ids: &[u64], priority: &str) -> String {
-        let response = self.post_ingest(&json!({"ids": ids, "priority": priority})).await;
+        let response = self
+            .post_ingest(&json!({"ids": ids, "priority": priority}))
+            .await;
         assert_eq!(response.status(), 200, "{:?}", response.text().await);
         let body: Value = response.json().await.unwrap();
         body["ingestion_id"].as_str().unwrap().to_owned()
@@ -146,7 +155,12 @@ pub fn starts_in_order(statuses: &[Value]) -> Vec<(Vec<u64>, i64)> {
         .iter()
         .flat_map(|s| s["batches"].as_array().unwrap().iter())
         .map(|b| {
-            let ids = b["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            let ids = b["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
             (ids, micros(&b["started_at"]))
         })
         .collect();
@@ -156,7 +170,9 @@ pub fn starts_in_order(statuses: &[Value]) -> Vec<(Vec<u64>, i64)> {
 
 /// An RFC 3339 timestamp from a status answer, in µs since the epoch.
 pub fn micros(value: &Value) -> i64 {
-    let text = value.as_str().unwrap_or_else(|| panic!("not a timestamp: {value}"));
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a timestamp: {value}"));
     let t = humantime::parse_rfc3339(text).unwrap();
     t.duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64
 }
@@ -216,7 +232,10 @@ impl ServerProcess {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(tokio::time::Instant::now() < deadline, "server still running after {limit:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server still running after {limit:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -404,7 +404,7 @@ async fn a_body_larger_than_the_limit_is_413_and_stores_nothing() {
     assert_problem(response, 413, "body over --max-body-bytes").await;
 
     // Without a Content-Length (chunked), the limit still holds.
-    let (status, head) = post_chunked(&app.address, 4096).await;
+    let (status, head) = post_chunked(&app.address, 2048).await;
     assert_eq!(status, 413, "chunked body over --max-body-bytes: {head}");
     assert!(
         head.to_ascii_lowercase()
@@ -431,21 +431,18 @@ async fn post_chunked(address: &str, len: usize) -> (u16, String) {
             .unwrap();
         let json = r#"{"ids": [1], "priority": "HIGH"}"#;
         let body = format!("{json}{}", " ".repeat(len - json.len()));
-        let head = format!(
+        let mut request = format!(
             "POST /ingest HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
              Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
         );
-        stream.write_all(head.as_bytes()).unwrap();
         for chunk in body.as_bytes().chunks(256) {
-            // The server may answer and close before reading everything.
-            if write!(stream, "{:x}\r\n", chunk.len()).is_err()
-                || stream.write_all(chunk).is_err()
-                || stream.write_all(b"\r\n").is_err()
-            {
-                break;
-            }
+            let chunk = std::str::from_utf8(chunk).unwrap();
+            request.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
         }
-        let _ = stream.write_all(b"0\r\n\r\n");
+        request.push_str("0\r\n\r\n");
+        // One write, so the server reads the whole request at once and never
+        // closes with unread bytes (which would reset the connection).
+        stream.write_all(request.as_bytes()).unwrap();
         let mut answer = Vec::new();
         let _ = stream.read_to_end(&mut answer);
         let answer = String::from_utf8_lossy(&answer).into_owned();
@@ -525,58 +522,4 @@ async fn a_million_ids_are_accepted_with_the_default_limits() {
     assert_eq!(batches[0]["ids"], json!([1, 2, 3]));
     assert_eq!(batches[333_332]["ids"], json!([999_997, 999_998, 999_999]));
     assert_eq!(batches[333_333]["ids"], json!([1_000_000]));
-}
-
-#[tokio::test]
-async fn zz_probe() {
-    let app = spawn_app().await;
-    let deep_ids = format!(r#"{{"ids": [1, {}{}], "priority": "HIGH"}}"#, "[".repeat(5000), "]".repeat(5000));
-    let deep_extra = format!(r#"{{"ids": [1], "priority": "HIGH", "x": {}{}}}"#, "[".repeat(5000), "]".repeat(5000));
-    let deep_ids_val = format!(r#"{{"ids": {}{}, "priority": "HIGH"}}"#, "[".repeat(5000), "]".repeat(5000));
-    let cases: Vec<(Vec<u8>, Option<&str>)> = vec![
-        (deep_ids.into_bytes(), Some("application/json")),
-        (deep_extra.into_bytes(), Some("application/json")),
-        (deep_ids_val.into_bytes(), Some("application/json")),
-        (b"{\"ids\": [1], \"priority\": \"HIGH\"} xyz".to_vec(), Some("application/json")),
-        (b"{\"ids\": [1], \"priority\": \"H\xffIGH\"}".to_vec(), Some("application/json")),
-        ("\u{FEFF}{\"ids\": [1], \"priority\": \"HIGH\"}".as_bytes().to_vec(), Some("application/json")),
-        (b"{\"ids\": [1], \"ids\": [2], \"priority\": \"HIGH\"}".to_vec(), Some("application/json")),
-        (b"{\"ids\": [1e2, -0, 1E0, 100000000000000000000000000], \"priority\": \"HIGH\"}".to_vec(), Some("application/json")),
-        (b"{\"ids\": [1], \"priority\": \"HIGH\"}".to_vec(), Some("Application/JSON")),
-        (b"{\"ids\": [1], \"priority\": \"HIGH\"}".to_vec(), Some("application/merge-patch+json")),
-        (b"{\"ids\": [1], \"priority\": \"HIGH\"}".to_vec(), Some("")),
-        (b"{\"ids\": [1], \"priority\": \" HIGH\"}".to_vec(), Some("application/json")),
-        (b"{\"ids\": [1], \"priority\": \"HIGH\\u0000\"}".to_vec(), Some("application/json")),
-        (b"{\"ids\": [1], \"priority\": \"\\ud800\"}".to_vec(), Some("application/json")),
-        (b"{\"ids\": [1], \"\\ud800\": 1, \"priority\": \"HIGH\"}".to_vec(), Some("application/json")),
-        (b"{\"i\\u0064s\": [4], \"priority\": \"HIGH\"}".to_vec(), Some("application/json")),
-    ];
-    for (body, ct) in cases {
-        let shown = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
-        let r = app.post_ingest_raw(body, ct).await;
-        let code = r.status();
-        let t = r.text().await.unwrap();
-        println!("{ct:?} {shown} => {code} {}", &t[..t.len().min(300)]);
-    }
-    for path in ["/status/%20", "/status?ingestion_id=a&ingestion_id=b", "/status?ingestion_id", "/status/a/b", "/ingest"] {
-        let r = app.client.get(format!("{}{path}", app.address)).send().await.unwrap();
-        let code = r.status();
-        println!("GET {path} => {code} {}", r.text().await.unwrap());
-    }
-    let id = app.ingest(&[1], "LOW").await;
-    for form in [id.to_uppercase(), id.replace('-', ""), format!("{{{id}}}"), format!("urn:uuid:{id}"), format!(" {id} ")] {
-        let r = app.get_status(&form).await;
-        println!("status {form:?} => {}", r.status());
-        let url = reqwest::Url::parse_with_params(&format!("{}/status", app.address), [("ingestion_id", form.as_str())]).unwrap();
-        println!("  query => {}", app.client.get(url).send().await.unwrap().status());
-    }
-    let r = app.client.get(format!("{}/status", app.address)).json(&json!({"ingestion_id": 5})).send().await.unwrap();
-    println!("body number => {} {}", r.status(), r.text().await.unwrap());
-    let r = app.client.get(format!("{}/status", app.address)).json(&json!([id])).send().await.unwrap();
-    println!("body array => {} {}", r.status(), r.text().await.unwrap());
-    let r = app.client.post(format!("{}/status/{id}", app.address)).send().await.unwrap();
-    println!("post status => {} {:?} {}", r.status(), r.headers().get("content-type").cloned(), r.text().await.unwrap());
-    let r = app.client.put(format!("{}/ingest", app.address)).send().await.unwrap();
-    println!("put ingest => {} {:?} {}", r.status(), r.headers().get("allow").cloned(), r.text().await.unwrap());
-    println!("{:?}", app.store.stats().await.unwrap());
 }

@@ -26,7 +26,10 @@ async fn reference_timeline() {
 
     let a = app.wait_until_completed(&a, Duration::from_secs(15)).await;
     let b = app.wait_until_completed(&b, Duration::from_secs(15)).await;
-    let order: Vec<Vec<u64>> = starts_in_order(&[a.clone(), b]).into_iter().map(|(ids, _)| ids).collect();
+    let order: Vec<Vec<u64>> = starts_in_order(&[a.clone(), b])
+        .into_iter()
+        .map(|(ids, _)| ids)
+        .collect();
     assert_eq!(order, [vec![1, 2, 3], vec![6, 7, 8], vec![9], vec![4, 5]]);
 
     // T0: A's first batch starts at once, not at a timer tick.
@@ -87,11 +90,22 @@ async fn a_started_batch_is_never_preempted() {
     })
     .await;
     let low = app.ingest(&[1, 2, 3], "LOW").await;
-    wait_for_status(&app.client, &app.address, &low, "triggered", Duration::from_secs(5)).await;
+    wait_for_status(
+        &app.client,
+        &app.address,
+        &low,
+        "triggered",
+        Duration::from_secs(5),
+    )
+    .await;
     let high = app.ingest(&[4], "HIGH").await;
 
-    let low = app.wait_until_completed(&low, Duration::from_secs(10)).await;
-    let high = app.wait_until_completed(&high, Duration::from_secs(10)).await;
+    let low = app
+        .wait_until_completed(&low, Duration::from_secs(10))
+        .await;
+    let high = app
+        .wait_until_completed(&high, Duration::from_secs(10))
+        .await;
     let (low, high) = (&low["batches"][0], &high["batches"][0]);
     assert_eq!(low["attempts"], 1, "the LOW batch ran once, to the end");
     assert!(micros(&low["completed_at"]) - micros(&low["started_at"]) >= 600_000);
