@@ -8,6 +8,12 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::domain::{BatchSize, Interval};
+use crate::store::postgres::LeaseSettings;
+
+/// A lease shorter than this would expire under ordinary database latency.
+const MIN_LEASE: Duration = Duration::from_millis(500);
+/// How often an idle PostgreSQL node looks for work without a notification.
+const IDLE_POLL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Parser)]
 #[command(about = "Run the Sluice service")]
@@ -53,6 +59,12 @@ pub struct Config {
     #[arg(long, env = "SLUICE_MAX_IDS_PER_REQUEST", default_value = "1000000")]
     pub max_ids_per_request: usize,
 
+    /// PostgreSQL only: how long a node keeps a claimed batch without renewing
+    /// it. A node renews every fifth of this; when a node dies, another
+    /// re-queues its batches once the lease runs out.
+    #[arg(long, env = "SLUICE_LEASE", default_value = "5s")]
+    pub lease: Interval,
+
     /// Log format: `text` for people, `json` for machines.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -73,5 +85,14 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         self.shutdown_grace.as_duration()
+    }
+
+    pub fn lease_settings(&self) -> LeaseSettings {
+        let lease = self.lease.as_duration().max(MIN_LEASE);
+        LeaseSettings {
+            lease,
+            heartbeat: lease / 5,
+            poll: IDLE_POLL,
+        }
     }
 }

@@ -13,7 +13,7 @@ use crate::api::{self, ApiLimits, App, AppState};
 use crate::config::Config;
 use crate::dispatcher::{DispatchSettings, Dispatcher};
 use crate::domain::Clock;
-use crate::store::{SharedStore, sqlite::SqliteStore};
+use crate::store::{self, SharedStore};
 use crate::upstream::MockUpstream;
 
 /// A service that is bound and recovered, ready to run.
@@ -26,11 +26,9 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store: SharedStore = Arc::new(
-            SqliteStore::open(&config.database)
-                .await
-                .with_context(|| format!("opening the database {}", config.database))?,
-        );
+        let store = store::open(&config.database, config.lease_settings())
+            .await
+            .with_context(|| format!("opening the database {}", config.database))?;
         let requeued = store
             .requeue_interrupted()
             .await
@@ -92,6 +90,7 @@ impl Application {
     /// no new batch, and gives batches in flight the shutdown grace to finish.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!("listening on http://{}", self.local_addr());
+        self.store.watch(self.dispatcher.wake(), shutdown.clone());
         let dispatcher = tokio::spawn(self.dispatcher.run(shutdown.clone()));
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())

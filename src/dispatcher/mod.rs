@@ -69,6 +69,11 @@ impl Dispatcher {
         }
     }
 
+    /// The handle that wakes this dispatcher.
+    pub fn wake(&self) -> Arc<Notify> {
+        Arc::clone(&self.wake)
+    }
+
     /// Runs until `shutdown` is cancelled, then lets batches already processing
     /// finish within the grace period. A batch still processing after that goes
     /// back to the queue, to be processed again.

@@ -9,12 +9,16 @@
 //! - commit every transition before returning, so no client sees a state that a
 //!   crash could take back.
 
+mod codec;
+pub mod postgres;
 pub mod sqlite;
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::domain::{
     BatchId, BatchSize, BatchStatus, IngestionId, Interval, ItemId, Priority, Timestamp,
@@ -177,4 +181,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts for operators and tests.
     async fn stats(&self) -> Result<QueueStats, StoreError>;
+
+    /// Starts what the store runs in the background until `shutdown`, calling
+    /// `wake` whenever a claim may now succeed because of something another
+    /// process did. The PostgreSQL store listens for other nodes' work and
+    /// keeps its leases; a store used by one process needs nothing.
+    fn watch(&self, _wake: Arc<Notify>, _shutdown: CancellationToken) {}
+}
+
+/// Opens the store a database URL names: `sqlite:` or `postgres:`.
+pub async fn open(url: &str, leases: postgres::LeaseSettings) -> Result<SharedStore, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PostgresStore::open(url, leases).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "unknown database URL {url:?}: use sqlite://PATH or postgres://…"
+        )))
+    }
 }

@@ -41,7 +41,7 @@ fn batch_layout(status: &Value) -> Vec<(String, Value)> {
 #[tokio::test]
 async fn a_restart_after_kill_9_finds_every_request_and_batch() {
     let dir = TempDir::new().unwrap();
-    let db = dir.path().join("sluice.db");
+    let db = fresh_database(dir.path()).await;
     let client = reqwest::Client::new();
     let server = ServerProcess::start(&db, &["--interval", "1h"]);
 
@@ -65,7 +65,7 @@ async fn a_restart_after_kill_9_finds_every_request_and_batch() {
 #[tokio::test]
 async fn a_batch_interrupted_mid_processing_completes_after_restart() {
     let dir = TempDir::new().unwrap();
-    let db = dir.path().join("sluice.db");
+    let db = fresh_database(dir.path()).await;
     let client = reqwest::Client::new();
     // The mock takes a minute: the batch is surely processing at the kill.
     let server = ServerProcess::start(&db, &["--interval", "100ms", "--mock-latency", "60s"]);
@@ -98,7 +98,7 @@ async fn a_batch_interrupted_mid_processing_completes_after_restart() {
 #[tokio::test]
 async fn a_restart_right_after_a_start_waits_out_the_interval() {
     let dir = TempDir::new().unwrap();
-    let db = dir.path().join("sluice.db");
+    let db = fresh_database(dir.path()).await;
     let client = reqwest::Client::new();
     let args = ["--interval", "3s", "--mock-latency", "5ms"];
     let server = ServerProcess::start(&db, &args);
@@ -132,17 +132,20 @@ async fn a_restart_right_after_a_start_waits_out_the_interval() {
         .map(|b| micros(&b["scheduled_at"]))
         .filter(|&slot| slot != first_slot)
         .collect();
-    assert!(!restarted_slots.is_empty());
-    assert_eq!(
-        restarted_slots.iter().min().unwrap() - first_slot,
-        3_000_000
-    );
+    let next_slot = restarted_slots.iter().min().unwrap() - first_slot;
+    if testing_postgres() {
+        // The batch caught processing keeps its dead node's lease (5 s) and
+        // counts against max-in-flight until a node rescues it.
+        assert!(next_slot >= 3_000_000, "{next_slot} µs");
+    } else {
+        assert_eq!(next_slot, 3_000_000);
+    }
 }
 
 #[tokio::test]
 async fn sigterm_lets_the_batch_in_flight_finish_and_exits_0() {
     let dir = TempDir::new().unwrap();
-    let db = dir.path().join("sluice.db");
+    let db = fresh_database(dir.path()).await;
     let client = reqwest::Client::new();
     let server = ServerProcess::start(&db, &["--interval", "100ms", "--mock-latency", "1500ms"]);
     let id = ingest(&client, &server.address, &[1, 2, 3, 4], "HIGH").await;
@@ -170,22 +173,4 @@ async fn sigterm_lets_the_batch_in_flight_finish_and_exits_0() {
         "no new batch starts during shutdown"
     );
     assert_eq!(second["attempts"], 0);
-}
-
-#[tokio::test]
-async fn a_second_process_cannot_open_the_same_sqlite_file() {
-    let dir = TempDir::new().unwrap();
-    let db = dir.path().join("sluice.db");
-    let _first = ServerProcess::start(&db, &[]);
-    let second = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
-        .arg(format!("sqlite://{}", db.display()))
-        .output()
-        .unwrap();
-    assert!(!second.status.success());
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(
-        stderr.contains("in use by another Sluice process"),
-        "{stderr}"
-    );
 }

@@ -24,11 +24,45 @@ pub struct TestApp {
     _dir: TempDir,
 }
 
-/// Settings for tests: port 0, a fresh database, a short interval and a fast mock.
-pub fn test_config(db_path: &Path) -> Config {
+/// Which store the suite runs against: `SLUICE_TEST_STORE=postgres` for
+/// PostgreSQL, SQLite otherwise.
+pub fn testing_postgres() -> bool {
+    std::env::var("SLUICE_TEST_STORE").is_ok_and(|s| s.eq_ignore_ascii_case("postgres"))
+}
+
+/// A fresh, empty database for one test: a SQLite file in `dir`, or a new
+/// PostgreSQL database when testing PostgreSQL.
+pub async fn fresh_database(dir: &Path) -> String {
+    if testing_postgres() {
+        fresh_postgres_database().await
+    } else {
+        format!("sqlite://{}", dir.join("sluice.db").display())
+    }
+}
+
+/// A new PostgreSQL database on the server `SLUICE_TEST_POSTGRES` names
+/// (default `postgres://postgres@127.0.0.1:5432`), named `sluice_test_…`.
+pub async fn fresh_postgres_database() -> String {
+    use sqlx::Connection;
+    let server = std::env::var("SLUICE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+    let server = server.trim_end_matches('/');
+    let name = format!("sluice_test_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {server} (set SLUICE_TEST_POSTGRES): {e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    format!("{server}/{name}")
+}
+
+/// Settings for tests: port 0, the given database, a short interval and a fast mock.
+pub fn test_config(database: &str) -> Config {
     let mut config = Config::defaults();
     config.listen = "127.0.0.1:0".parse().unwrap();
-    config.database = format!("sqlite://{}", db_path.display());
+    config.database = database.to_owned();
     config.interval = "100ms".parse().unwrap();
     config.mock_latency = "5ms".parse().unwrap();
     config.shutdown_grace = "5s".parse().unwrap();
@@ -41,7 +75,7 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let dir = TempDir::new().unwrap();
-    let mut config = test_config(&dir.path().join("sluice.db"));
+    let mut config = test_config(&fresh_database(dir.path()).await);
     configure(&mut config);
 
     let app = Application::build(config).await.expect("the app builds");
@@ -184,12 +218,10 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    pub fn start(db_path: &Path, extra_args: &[&str]) -> Self {
+    pub fn start(database: &str, extra_args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .arg("--database")
-            .arg(format!("sqlite://{}", db_path.display()))
+            .args(["--listen", "127.0.0.1:0", "--database", database])
             .args(extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -10,32 +10,6 @@ fn batches(status: &Value) -> Vec<Value> {
     status["batches"].as_array().unwrap().clone()
 }
 
-/// On tokio's paused clock, a backlog of ten batches starts exactly one
-/// interval apart, although each takes 70% of an interval to process.
-#[tokio::test(start_paused = true)]
-async fn a_backlog_starts_on_an_exact_grid() {
-    let app = spawn_app_with(|c| {
-        c.interval = "1s".parse().unwrap();
-        c.mock_latency = "700ms".parse().unwrap();
-    })
-    .await;
-    let ids: Vec<u64> = (1..=30).collect();
-    let id = app.ingest(&ids, "MEDIUM").await;
-    let status = app.wait_until_completed(&id, Duration::from_secs(60)).await;
-
-    let batches = batches(&status);
-    assert_eq!(batches.len(), 10);
-    let first = micros(&batches[0]["started_at"]);
-    for (k, batch) in batches.iter().enumerate() {
-        assert_eq!(
-            micros(&batch["started_at"]) - first,
-            k as i64 * 1_000_000,
-            "start {k} is off the grid"
-        );
-        assert_eq!(batch["scheduled_at"], batch["started_at"]);
-    }
-}
-
 #[tokio::test]
 async fn starts_are_never_closer_than_the_interval() {
     let interval = 150_000;

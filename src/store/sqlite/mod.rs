@@ -10,7 +10,6 @@
 //! Reads go to a small pool of read-only connections, which WAL lets run beside
 //! the writer.
 
-mod codec;
 mod reads;
 mod schema;
 mod writer;

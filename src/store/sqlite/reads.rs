@@ -2,8 +2,8 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::codec::decode_ids;
 use crate::domain::{BatchId, BatchStatus, IngestionId, Priority, Timestamp};
+use crate::store::codec::decode_ids;
 use crate::store::{BatchRecord, IngestionRecord, QueueStats, StoreError};
 
 pub fn ingestion(

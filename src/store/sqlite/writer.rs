@@ -3,9 +3,9 @@
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{decode_ids, encode_ids};
 use super::reads::priority_of;
 use crate::domain::{BatchId, BatchStatus, IngestionId, Timestamp};
+use crate::store::codec::{decode_ids, encode_ids};
 use crate::store::{BatchKey, ClaimOutcome, ClaimRequest, ClaimedBatch, NewIngestion, StoreError};
 
 /// The most commands one commit takes: enough to spread an fsync over many

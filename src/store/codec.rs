@@ -1,4 +1,4 @@
-//! How values are laid out in SQLite columns.
+//! How values are laid out in the database, the same in every store.
 
 use crate::domain::ItemId;
 use crate::store::StoreError;

@@ -1,0 +1,106 @@
+//! A node's background duties on PostgreSQL: listen for work, renew its leases,
+//! rescue the batches of dead nodes, and poll slowly in case a notification was
+//! missed (a notification sent while the listener reconnects is lost).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgListener, PgPool};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{LeaseSettings, WAKE_CHANNEL, micros, requeue};
+
+pub async fn run(
+    pool: PgPool,
+    node: Uuid,
+    leases: LeaseSettings,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut listener = connect_listener(&pool, &shutdown).await;
+    let mut heartbeat = tokio::time::interval(leases.heartbeat);
+    let mut poll = tokio::time::interval(leases.poll);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            _ = heartbeat.tick() => {
+                if let Err(error) = renew_and_rescue(&pool, node, leases.lease, &wake).await {
+                    tracing::warn!(%error, "lease heartbeat failed");
+                }
+            }
+            _ = poll.tick() => wake.notify_one(),
+            notification = recv(&mut listener) => match notification {
+                Ok(()) => wake.notify_one(),
+                Err(error) => {
+                    tracing::warn!(%error, "lost the LISTEN connection; reconnecting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    listener = connect_listener(&pool, &shutdown).await;
+                    // Whatever was notified meanwhile is lost: look now.
+                    wake.notify_one();
+                }
+            },
+        }
+    }
+}
+
+async fn recv(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
+    match listener {
+        Some(l) => l.recv().await.map(drop),
+        None => std::future::pending().await,
+    }
+}
+
+async fn connect_listener(pool: &PgPool, shutdown: &CancellationToken) -> Option<PgListener> {
+    loop {
+        let attempt = async {
+            let mut listener = PgListener::connect_with(pool).await?;
+            listener.listen(WAKE_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match attempt.await {
+            Ok(listener) => return Some(listener),
+            Err(error) => tracing::warn!(%error, "cannot LISTEN for work; polling until it can"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn renew_and_rescue(
+    pool: &PgPool,
+    node: Uuid,
+    lease: Duration,
+    wake: &Notify,
+) -> Result<(), crate::store::StoreError> {
+    sqlx::query(
+        "UPDATE batches SET lease_expires_at = sluice_now_us() + $2
+         WHERE status = 1 AND lease_owner = $1",
+    )
+    .bind(node)
+    .bind(micros(lease))
+    .execute(pool)
+    .await
+    .map_err(super::unavailable)?;
+    let rescued = requeue(
+        pool,
+        "WHERE status = 1 AND lease_expires_at < sluice_now_us()",
+        None,
+    )
+    .await?;
+    if rescued > 0 {
+        tracing::warn!(
+            batches = rescued,
+            "re-queued batches whose node stopped renewing its lease"
+        );
+        wake.notify_one();
+    }
+    Ok(())
+}

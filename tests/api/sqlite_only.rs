@@ -1,0 +1,55 @@
+//! What only the SQLite store does. The PostgreSQL run skips this module.
+
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_second_process_cannot_open_the_same_sqlite_file() {
+    let dir = TempDir::new().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("sluice.db").display());
+    let _first = ServerProcess::start(&db, &[]);
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("in use by another Sluice process"),
+        "{stderr}"
+    );
+}
+
+/// The paused clock cannot drive the PostgreSQL store: sqlx's own timers
+/// (pool acquire timeouts) would fire as tokio skips ahead while a query waits
+/// on the network. The real-clock test `rate::starts_are_never_closer_than_the_interval`
+/// checks the same grid on both stores.
+/// On tokio's paused clock, a backlog of ten batches starts exactly one
+/// interval apart, although each takes 70% of an interval to process.
+#[tokio::test(start_paused = true)]
+async fn a_backlog_starts_on_an_exact_grid() {
+    let app = spawn_app_with(|c| {
+        c.interval = "1s".parse().unwrap();
+        c.mock_latency = "700ms".parse().unwrap();
+    })
+    .await;
+    let ids: Vec<u64> = (1..=30).collect();
+    let id = app.ingest(&ids, "MEDIUM").await;
+    let status = app.wait_until_completed(&id, Duration::from_secs(60)).await;
+
+    let batches = status["batches"].as_array().unwrap().clone();
+    assert_eq!(batches.len(), 10);
+    let first = micros(&batches[0]["started_at"]);
+    for (k, batch) in batches.iter().enumerate() {
+        assert_eq!(
+            micros(&batch["started_at"]) - first,
+            k as i64 * 1_000_000,
+            "start {k} is off the grid"
+        );
+        assert_eq!(batch["scheduled_at"], batch["started_at"]);
+    }
+}
