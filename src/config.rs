@@ -5,10 +5,16 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
 use crate::domain::{BatchSize, Interval};
+use crate::dispatcher::RetryPolicy;
 use crate::store::postgres::LeaseSettings;
+use crate::upstream::HttpUpstreamSettings;
+
+/// The longest wait between two attempts at a batch.
+const RETRY_CAP: Duration = Duration::from_secs(600);
 
 /// A lease shorter than this would expire under ordinary database latency.
 const MIN_LEASE: Duration = Duration::from_millis(500);
@@ -59,6 +65,40 @@ pub struct Config {
     #[arg(long, env = "SLUICE_MAX_IDS_PER_REQUEST", default_value = "1000000")]
     pub max_ids_per_request: usize,
 
+    /// A real upstream: a URL with `{id}` where the id goes, e.g.
+    /// `http://127.0.0.1:9000/items/{id}`. Without it, the built-in mock answers.
+    #[arg(long, env = "SLUICE_UPSTREAM_URL")]
+    pub upstream_url: Option<String>,
+
+    /// A header sent with every upstream request, `Name: value`; repeatable.
+    /// Header values are never logged.
+    #[arg(long = "upstream-header", env = "SLUICE_UPSTREAM_HEADERS", value_delimiter = '\n')]
+    pub upstream_headers: Vec<String>,
+
+    /// A file holding a bearer token for the upstream (`Authorization: Bearer
+    /// <token>`), re-read at each start; keeps the token out of the process list.
+    #[arg(long, env = "SLUICE_UPSTREAM_TOKEN_FILE")]
+    pub upstream_token_file: Option<std::path::PathBuf>,
+
+    /// How long one upstream request may take, connecting included.
+    #[arg(long, env = "SLUICE_UPSTREAM_TIMEOUT", default_value = "10s")]
+    pub upstream_timeout: Interval,
+
+    /// Attempts per batch, the first included, before a batch with transient
+    /// failures is `failed`.
+    #[arg(long, env = "SLUICE_MAX_ATTEMPTS", default_value = "5", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+
+    /// The backoff after a batch's first failed attempt; it doubles with each
+    /// attempt (with jitter, up to 10 minutes) and never undercuts the
+    /// upstream's `Retry-After`.
+    #[arg(long, env = "SLUICE_RETRY_BASE", default_value = "1s")]
+    pub retry_base: Interval,
+
+    /// How long an `Idempotency-Key` holds.
+    #[arg(long, env = "SLUICE_IDEMPOTENCY_TTL", default_value = "24h")]
+    pub idempotency_ttl: Interval,
+
     /// PostgreSQL only: how long a node keeps a claimed batch without renewing
     /// it. A node renews every fifth of this; when a node dies, another
     /// re-queues its batches once the lease runs out.
@@ -85,6 +125,38 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         self.shutdown_grace.as_duration()
+    }
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            base: self.retry_base.as_duration(),
+            cap: RETRY_CAP,
+        }
+    }
+
+    /// The upstream's settings, with the token file read; `None` for the mock.
+    pub fn http_upstream(&self) -> anyhow::Result<Option<HttpUpstreamSettings>> {
+        let Some(url_template) = self.upstream_url.clone() else {
+            return Ok(None);
+        };
+        let mut headers = Vec::new();
+        for header in &self.upstream_headers {
+            let (name, value) = header
+                .split_once(':')
+                .with_context(|| format!("--upstream-header {header:?}: use `Name: value`"))?;
+            headers.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+        if let Some(path) = &self.upstream_token_file {
+            let token = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --upstream-token-file {}", path.display()))?;
+            headers.push(("Authorization".into(), format!("Bearer {}", token.trim())));
+        }
+        Ok(Some(HttpUpstreamSettings {
+            url_template,
+            headers,
+            timeout: self.upstream_timeout.as_duration(),
+        }))
     }
 
     pub fn lease_settings(&self) -> LeaseSettings {

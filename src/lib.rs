@@ -15,10 +15,12 @@
 //! - [`upstream`]: where a batch's ids are fetched, behind the
 //!   [`upstream::Fetcher`] trait; the built-in mock by default.
 //!
+//! [`callbacks`] POSTs a request's final status to its `callback_url`.
 //! [`startup`] wires them together; [`config`] and [`cli`] are the command line;
 //! `main.rs` only parses flags and calls [`startup::serve`].
 
 pub mod api;
+pub mod callbacks;
 pub mod cli;
 pub mod config;
 pub mod dispatcher;

@@ -14,13 +14,15 @@ use crate::config::Config;
 use crate::dispatcher::{DispatchSettings, Dispatcher};
 use crate::domain::Clock;
 use crate::store::{self, SharedStore};
-use crate::upstream::MockUpstream;
+use crate::callbacks::CallbackSender;
+use crate::upstream::{HttpUpstream, MockUpstream, SharedFetcher};
 
 /// A service that is bound and recovered, ready to run.
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     dispatcher: Dispatcher,
+    callbacks: CallbackSender,
     store: SharedStore,
 }
 
@@ -40,28 +42,42 @@ impl Application {
             );
         }
 
+        let fetcher: SharedFetcher = match config.http_upstream()? {
+            Some(settings) => {
+                tracing::info!(url = %settings.url_template, "fetching from an HTTP upstream");
+                Arc::new(HttpUpstream::new(settings)?)
+            }
+            None => Arc::new(MockUpstream::new(config.mock_latency.as_duration())),
+        };
+
         let clock = Clock::new();
         let wake = Arc::new(Notify::new());
+        let request_ended = Arc::new(Notify::new());
         let dispatcher = Dispatcher::new(
             Arc::clone(&store),
-            Arc::new(MockUpstream::new(config.mock_latency.as_duration())),
+            fetcher,
             clock,
             DispatchSettings {
                 interval: config.interval,
                 max_in_flight: config.max_in_flight,
                 shutdown_grace: config.shutdown_grace(),
+                retry: config.retry_policy(),
             },
             Arc::clone(&wake),
+            Arc::clone(&request_ended),
         );
+        let callbacks = CallbackSender::new(Arc::clone(&store), clock, Arc::clone(&request_ended));
         let router = api::router(AppState::new(App {
             store: Arc::clone(&store),
             wake,
+            request_ended,
             clock,
             batch_size: config.batch_size,
             limits: ApiLimits {
                 max_body_bytes: config.max_body_bytes,
                 max_ids_per_request: config.max_ids_per_request,
             },
+            idempotency_ttl: config.idempotency_ttl.as_duration(),
         }));
         let listener = TcpListener::bind(config.listen)
             .await
@@ -71,6 +87,7 @@ impl Application {
             listener,
             router,
             dispatcher,
+            callbacks,
             store,
         })
     }
@@ -92,12 +109,14 @@ impl Application {
         tracing::info!("listening on http://{}", self.local_addr());
         self.store.watch(self.dispatcher.wake(), shutdown.clone());
         let dispatcher = tokio::spawn(self.dispatcher.run(shutdown.clone()));
+        let callbacks = tokio::spawn(self.callbacks.run(shutdown.clone()));
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;
         // If the server failed on its own, the dispatcher must stop too.
         shutdown.cancel();
         dispatcher.await.context("the dispatcher panicked")?;
+        callbacks.await.context("the callback sender panicked")?;
         served.context("the HTTP server failed")?;
         tracing::info!("stopped");
         Ok(())

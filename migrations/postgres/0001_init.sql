@@ -10,31 +10,52 @@ $$;
 
 -- Requests, in arrival order: `seq` is the arrival number the dispatcher sorts by.
 CREATE TABLE ingestions (
-    seq        BIGSERIAL PRIMARY KEY,
-    id         UUID     NOT NULL UNIQUE,
-    priority   SMALLINT NOT NULL,           -- 0 HIGH, 1 MEDIUM, 2 LOW
-    created_at BIGINT   NOT NULL
+    seq               BIGSERIAL PRIMARY KEY,
+    id                UUID     NOT NULL UNIQUE,
+    priority          SMALLINT NOT NULL,   -- 0 HIGH, 1 MEDIUM, 2 LOW
+    created_at        BIGINT   NOT NULL,
+    open_batches      INTEGER  NOT NULL,   -- batches not yet ended; 0 = the request has ended
+    finished_at       BIGINT,
+    cancelled_at      BIGINT,
+    callback_url      TEXT,
+    callback_state    SMALLINT,            -- NULL none, 0 pending, 1 delivered, 2 gave up
+    callback_due_at   BIGINT,
+    callback_attempts INTEGER  NOT NULL DEFAULT 0,
+    callback_error    TEXT
+);
+CREATE INDEX ingestions_callbacks_due ON ingestions (callback_due_at) WHERE callback_state = 0;
+
+-- Idempotency keys of POST /ingest: the same key and body give the same request.
+CREATE TABLE idempotency_keys (
+    key          TEXT   PRIMARY KEY,
+    fingerprint  BYTEA  NOT NULL,
+    ingestion_id UUID   NOT NULL,
+    expires_at   BIGINT NOT NULL
 );
 
 CREATE TABLE batches (
     ingestion_seq    BIGINT   NOT NULL REFERENCES ingestions (seq),
     position         INTEGER  NOT NULL,
     priority         SMALLINT NOT NULL,
-    status           SMALLINT NOT NULL DEFAULT 0,  -- 0 yet_to_start, 1 triggered, 2 completed
+    status           SMALLINT NOT NULL DEFAULT 0,  -- 0 yet_to_start, 1 triggered, 2 completed,
+                                                   -- 3 retrying, 4 failed, 5 cancelled
     lane             SMALLINT NOT NULL DEFAULT 1,  -- 0: handed back or rescued, served first in its priority
     attempts         INTEGER  NOT NULL DEFAULT 0,
     ids              BYTEA    NOT NULL,            -- the ids as little-endian u32s
+    retry_at         BIGINT,                       -- retrying: not claimed before this
     scheduled_at     BIGINT,                       -- the start's slot on the rate limiter's grid
     started_at       BIGINT,
     completed_at     BIGINT,
     lease_owner      UUID,                         -- the node processing it
     lease_expires_at BIGINT,                       -- past this, any node may re-queue it
-    results          JSONB,
+    results          JSONB,                        -- one outcome per id fetched so far
     PRIMARY KEY (ingestion_seq, position)
 );
 
 -- The queue, in dispatch order: a claim is one index seek.
-CREATE INDEX batches_waiting ON batches (priority, lane, ingestion_seq, position) WHERE status = 0;
+CREATE INDEX batches_waiting ON batches (priority, lane, ingestion_seq, position)
+    WHERE status IN (0, 3);
+CREATE INDEX batches_retrying ON batches (retry_at) WHERE status = 3;
 -- Batches processing now: counted against max-in-flight, renewed, rescued.
 CREATE INDEX batches_running ON batches (lease_owner, lease_expires_at) WHERE status = 1;
 
@@ -51,12 +72,15 @@ INSERT INTO rate_limiter (id, last_slot) VALUES (1, NULL);
 -- The node passes its own clock (`local_now`) so that the answer's time
 -- (`not_before`) can be given back in the node's clock, while every decision is
 -- taken on the database's clock. A start's slot is max(previous slot + interval,
--- the moment the node became ready), which keeps a backlog on an exact grid.
+-- the moment the node became ready, now - late_tolerance): a backlog keeps an
+-- exact grid, and a claim that comes late starts a new grid rather than letting
+-- the next start follow too closely.
 CREATE FUNCTION sluice_claim(
     node UUID,
     ready_at BIGINT,
     local_now BIGINT,
     rate_interval BIGINT,
+    late_tolerance BIGINT,
     max_in_flight INTEGER,
     lease BIGINT
 ) RETURNS TABLE (
@@ -68,57 +92,82 @@ CREATE FUNCTION sluice_claim(
     ids BYTEA,
     attempts INTEGER,
     ingestion_id UUID,
-    slot BIGINT
+    slot BIGINT,
+    results JSONB
 )
 LANGUAGE plpgsql AS $$
 DECLARE
-    db_now  BIGINT := sluice_now_us();
-    skew    BIGINT := db_now - local_now;
-    v_slot  BIGINT := LEAST(ready_at + skew, db_now);
-    v_last  BIGINT;
-    v_next  BIGINT;
-    running INTEGER;
-    chosen  RECORD;
+    db_now     BIGINT := sluice_now_us();
+    skew       BIGINT := db_now - local_now;
+    -- GREATEST ignores NULL: a node that waited for its slot passes no ready_at.
+    v_slot     BIGINT := GREATEST(ready_at + skew, db_now - late_tolerance);
+    v_last     BIGINT;
+    v_next     BIGINT;
+    next_retry BIGINT;
+    running    INTEGER;
+    chosen     RECORD;
 BEGIN
     SELECT r.last_slot INTO v_last FROM rate_limiter r WHERE r.id = 1 FOR UPDATE;
     IF v_last IS NOT NULL THEN
         v_next := v_last + rate_interval;
         IF db_now < v_next THEN
             RETURN QUERY SELECT 'not_before'::TEXT, v_next - skew, NULL::BIGINT, NULL::INTEGER,
-                NULL::SMALLINT, NULL::BYTEA, NULL::INTEGER, NULL::UUID, NULL::BIGINT;
+                NULL::SMALLINT, NULL::BYTEA, NULL::INTEGER, NULL::UUID, NULL::BIGINT, NULL::JSONB;
             RETURN;
         END IF;
         v_slot := GREATEST(v_slot, v_next);
     END IF;
+    v_slot := LEAST(v_slot, db_now);
 
     SELECT count(*) INTO running FROM batches b WHERE b.status = 1;
     IF running >= max_in_flight THEN
         RETURN QUERY SELECT 'busy'::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::INTEGER,
-            NULL::SMALLINT, NULL::BYTEA, NULL::INTEGER, NULL::UUID, NULL::BIGINT;
+            NULL::SMALLINT, NULL::BYTEA, NULL::INTEGER, NULL::UUID, NULL::BIGINT, NULL::JSONB;
         RETURN;
     END IF;
 
     SELECT b.ingestion_seq, b.position INTO chosen
     FROM batches b
-    WHERE b.status = 0
+    WHERE b.status IN (0, 3) AND (b.retry_at IS NULL OR b.retry_at <= db_now)
     ORDER BY b.priority, b.lane, b.ingestion_seq, b.position
     LIMIT 1
     FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
-        RETURN QUERY SELECT 'idle'::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::INTEGER,
-            NULL::SMALLINT, NULL::BYTEA, NULL::INTEGER, NULL::UUID, NULL::BIGINT;
+        SELECT min(b.retry_at) INTO next_retry FROM batches b WHERE b.status = 3;
+        RETURN QUERY SELECT CASE WHEN next_retry IS NULL THEN 'idle' ELSE 'not_before' END,
+            next_retry - skew, NULL::BIGINT, NULL::INTEGER,
+            NULL::SMALLINT, NULL::BYTEA, NULL::INTEGER, NULL::UUID, NULL::BIGINT, NULL::JSONB;
         RETURN;
     END IF;
 
     UPDATE rate_limiter SET last_slot = v_slot WHERE rate_limiter.id = 1;
     RETURN QUERY
     UPDATE batches b
-    SET status = 1, lane = 1, attempts = b.attempts + 1, scheduled_at = v_slot,
+    SET status = 1, lane = 1, attempts = b.attempts + 1, retry_at = NULL, scheduled_at = v_slot,
         started_at = db_now, lease_owner = node, lease_expires_at = db_now + lease
     FROM ingestions i
     WHERE b.ingestion_seq = chosen.ingestion_seq AND b.position = chosen.position
       AND i.seq = b.ingestion_seq
     RETURNING 'started'::TEXT, NULL::BIGINT, b.ingestion_seq, b.position, b.priority, b.ids,
-        b.attempts, i.id, v_slot;
+        b.attempts, i.id, v_slot, b.results;
+END
+$$;
+
+-- Counts `n` batches of a request as ended; when none is left open, the request
+-- has ended and its callback (if any) becomes due. Returns whether it ended.
+CREATE FUNCTION sluice_close_batches(seq_ BIGINT, n INTEGER, at BIGINT) RETURNS BOOLEAN
+LANGUAGE plpgsql AS $$
+DECLARE
+    open INTEGER;
+BEGIN
+    UPDATE ingestions SET open_batches = open_batches - n WHERE seq = seq_
+    RETURNING open_batches INTO open;
+    IF open > 0 THEN
+        RETURN FALSE;
+    END IF;
+    UPDATE ingestions
+    SET finished_at = at, callback_due_at = CASE WHEN callback_state = 0 THEN at END
+    WHERE seq = seq_;
+    RETURN TRUE;
 END
 $$;

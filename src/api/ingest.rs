@@ -4,6 +4,9 @@ use std::fmt;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +14,7 @@ use super::AppState;
 use super::body::JsonBody;
 use super::error::{ApiError, FieldError};
 use crate::domain::{IngestionId, ItemId, Priority};
-use crate::store::NewIngestion;
+use crate::store::{Created, IdempotencyKey, NewIngestion};
 
 /// How many offending ids a problem document lists before it just counts them.
 const LISTED_ID_ERRORS: usize = 10;
@@ -21,24 +24,89 @@ pub struct IngestResponse {
     pub ingestion_id: IngestionId,
 }
 
+/// The longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
 pub async fn ingest(
     State(app): State<AppState>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<IngestBody>,
-) -> Result<Json<IngestResponse>, ApiError> {
-    let (ids, priority) = body.validate(app.limits.max_ids_per_request)?;
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let request = body.validate(app.limits.max_ids_per_request)?;
+    let created_at = app.clock.now();
+    let idempotency = key.map(|key| IdempotencyKey {
+        fingerprint: request.fingerprint(),
+        key,
+        expires_at: created_at.saturating_add_micros(app.idempotency_ttl.as_micros() as i64),
+    });
     let new = NewIngestion {
         id: IngestionId::generate(),
-        priority,
-        ids,
+        priority: request.priority,
+        ids: request.ids,
         batch_size: app.batch_size,
-        created_at: app.clock.now(),
+        created_at,
+        callback_url: request.callback_url,
+        idempotency,
     };
-    let id = new.id;
-    let (id_count, batches) = (new.ids.len(), new.batches().len());
-    app.store.create_ingestion(new).await?;
-    app.wake.notify_one();
-    tracing::info!(ingestion_id = %id, %priority, ids = id_count, batches, "ingestion accepted");
-    Ok(Json(IngestResponse { ingestion_id: id }))
+    let (priority, id_count, batches) = (new.priority, new.ids.len(), new.batches().len());
+    match app.store.create_ingestion(new).await? {
+        Created::New(id) => {
+            app.wake.notify_one();
+            tracing::info!(ingestion_id = %id, %priority, ids = id_count, batches, "ingestion accepted");
+            Ok(Json(IngestResponse { ingestion_id: id }).into_response())
+        }
+        Created::Replayed(id) => {
+            tracing::info!(ingestion_id = %id, "idempotent replay");
+            let mut response = Json(IngestResponse { ingestion_id: id }).into_response();
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(response)
+        }
+        Created::KeyConflict => Err(ApiError::validation(vec![FieldError::new(
+            "Idempotency-Key",
+            "was already used with a different request; use a new key",
+        )])),
+    }
+}
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => Ok(Some(key.to_owned())),
+        _ => Err(ApiError::validation(vec![FieldError::new(
+            "Idempotency-Key",
+            format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        )])),
+    }
+}
+
+/// A request that passed validation.
+#[derive(Debug)]
+pub struct ValidIngest {
+    pub ids: Vec<ItemId>,
+    pub priority: Priority,
+    pub callback_url: Option<String>,
+}
+
+impl ValidIngest {
+    /// A digest of everything that makes two requests the same request.
+    fn fingerprint(&self) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update([self.priority.rank() as u8]);
+        hasher.update((self.ids.len() as u64).to_le_bytes());
+        for id in &self.ids {
+            hasher.update(id.get().to_le_bytes());
+        }
+        if let Some(url) = &self.callback_url {
+            hasher.update(url.as_bytes());
+        }
+        hasher.finalize().into()
+    }
 }
 
 /// The body of `POST /ingest` as it arrived. Decoding never stops at the first
@@ -48,11 +116,12 @@ pub async fn ingest(
 pub struct IngestBody {
     ids: Option<IdList>,
     priority: Option<serde_json::Value>,
+    callback_url: Option<serde_json::Value>,
 }
 
 impl IngestBody {
-    /// The request's ids and priority, or every rule it breaks.
-    pub fn validate(self, max_ids: usize) -> Result<(Vec<ItemId>, Priority), ApiError> {
+    /// The request, or every rule it breaks.
+    pub fn validate(self, max_ids: usize) -> Result<ValidIngest, ApiError> {
         let mut errors = Vec::new();
 
         let ids = match self.ids {
@@ -110,8 +179,26 @@ impl IngestBody {
             },
         };
 
+        let callback_url = match self.callback_url {
+            None | Some(serde_json::Value::Null) => None,
+            Some(value) => match value.as_str().map(reqwest::Url::parse) {
+                Some(Ok(url)) if matches!(url.scheme(), "http" | "https") => Some(url.to_string()),
+                _ => {
+                    errors.push(FieldError::new(
+                        "callback_url",
+                        "must be an absolute http:// or https:// URL",
+                    ));
+                    None
+                }
+            },
+        };
+
         match (ids, priority) {
-            (Some(ids), Some(priority)) if errors.is_empty() => Ok((ids, priority)),
+            (Some(ids), Some(priority)) if errors.is_empty() => Ok(ValidIngest {
+                ids,
+                priority,
+                callback_url,
+            }),
             _ => Err(ApiError::validation(errors)),
         }
     }
@@ -137,6 +224,10 @@ impl<'de> Deserialize<'de> for IngestBody {
                             return Err(de::Error::duplicate_field("priority"));
                         }
                         "priority" => body.priority = Some(map.next_value()?),
+                        "callback_url" if body.callback_url.is_some() => {
+                            return Err(de::Error::duplicate_field("callback_url"));
+                        }
+                        "callback_url" => body.callback_url = Some(map.next_value()?),
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -286,9 +377,10 @@ mod tests {
     use super::*;
 
     fn decode(json: &str) -> Result<(Vec<ItemId>, Priority), ApiError> {
-        serde_json::from_str::<IngestBody>(json)
+        let valid = serde_json::from_str::<IngestBody>(json)
             .unwrap()
-            .validate(1000)
+            .validate(1000)?;
+        Ok((valid.ids, valid.priority))
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod body;
 pub mod error;
 mod ingest;
+mod ingestions;
 mod status;
 
 use std::ops::Deref;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tokio::sync::Notify;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
@@ -20,7 +21,7 @@ use crate::domain::{BatchSize, Clock};
 use crate::store::SharedStore;
 
 pub use ingest::IngestResponse;
-pub use status::StatusResponse;
+pub use status::{StatusResponse, StatusSummary};
 
 /// Limits on what one request may carry.
 #[derive(Debug, Clone, Copy)]
@@ -40,11 +41,15 @@ pub struct App {
     pub store: SharedStore,
     /// Wakes the dispatcher when new work has been stored.
     pub wake: Arc<Notify>,
+    /// Wakes the callback sender when a request has ended.
+    pub request_ended: Arc<Notify>,
     /// The service's clock, shared with the dispatcher.
     pub clock: Clock,
     /// How many ids go into a batch.
     pub batch_size: BatchSize,
     pub limits: ApiLimits,
+    /// How long an `Idempotency-Key` holds.
+    pub idempotency_ttl: std::time::Duration,
 }
 
 impl AppState {
@@ -66,6 +71,9 @@ pub fn router(state: AppState) -> Router {
         .route("/ingest", post(ingest::ingest))
         .route("/status", get(status::status_by_query_or_body))
         .route("/status/{ingestion_id}", get(status::status_by_path))
+        .route("/ingestions/{ingestion_id}", delete(ingestions::cancel))
+        .route("/ingestions/{ingestion_id}/cancel", post(ingestions::cancel))
+        .route("/ingestions/{ingestion_id}/results", get(ingestions::results))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -10,20 +10,28 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::body::{body_error, parse_json};
 use super::error::{ApiError, FieldError};
-use crate::domain::{
-    BatchId, BatchStatus, IngestionId, IngestionStatus, ItemId, Priority, Timestamp,
-};
-use crate::store::IngestionRecord;
+use crate::domain::{BatchId, BatchStatus, IngestionId, IngestionStatus, ItemId, Priority, Timestamp};
+use crate::store::{CallbackRecord, CallbackState, IngestionRecord};
 
+/// A request's state without its batches: what callbacks and cancels answer.
 #[derive(Debug, Serialize)]
-pub struct StatusResponse {
+pub struct StatusSummary {
     pub ingestion_id: IngestionId,
     pub status: IngestionStatus,
     pub priority: Priority,
     pub created_at: Timestamp,
-    /// When the last batch completed, once all have.
+    /// When the last batch ended, once all have.
     pub completed_at: Option<Timestamp>,
     pub batch_counts: BatchCounts,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusResponse {
+    #[serde(flatten)]
+    pub summary: StatusSummary,
+    /// The completion callback, if the request asked for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback: Option<CallbackView>,
     pub batches: Vec<BatchView>,
 }
 
@@ -33,6 +41,8 @@ pub struct BatchCounts {
     pub yet_to_start: usize,
     pub triggered: usize,
     pub completed: usize,
+    pub failed: usize,
+    pub cancelled: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -40,17 +50,30 @@ pub struct BatchView {
     pub batch_id: BatchId,
     pub ids: Vec<ItemId>,
     pub status: BatchStatus,
-    /// How many times processing has started (more than 1 after a crash).
+    /// How many times processing has started: retries and crash recoveries
+    /// count.
     pub attempts: u32,
+    /// Between attempts: when the next one may start.
+    pub next_attempt_at: Option<Timestamp>,
     /// The start's slot on the rate limiter's grid; `started_at` is never
     /// earlier, and later only by the dispatcher's wake-up latency.
     pub scheduled_at: Option<Timestamp>,
     pub started_at: Option<Timestamp>,
+    /// When the batch ended: completed, failed or cancelled.
     pub completed_at: Option<Timestamp>,
 }
 
-impl From<IngestionRecord> for StatusResponse {
-    fn from(record: IngestionRecord) -> Self {
+#[derive(Debug, Serialize)]
+pub struct CallbackView {
+    pub url: String,
+    /// `pending`, `delivered` or `failed` (every attempt failed).
+    pub state: &'static str,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+impl StatusSummary {
+    pub fn of(record: &IngestionRecord) -> Self {
         let mut counts = BatchCounts {
             total: record.batches.len(),
             ..BatchCounts::default()
@@ -58,24 +81,29 @@ impl From<IngestionRecord> for StatusResponse {
         for batch in &record.batches {
             *match batch.status {
                 BatchStatus::YetToStart => &mut counts.yet_to_start,
-                BatchStatus::Triggered => &mut counts.triggered,
+                BatchStatus::Triggered | BatchStatus::Retrying => &mut counts.triggered,
                 BatchStatus::Completed => &mut counts.completed,
+                BatchStatus::Failed => &mut counts.failed,
+                BatchStatus::Cancelled => &mut counts.cancelled,
             } += 1;
         }
         let status = IngestionStatus::derive(record.batches.iter().map(|b| b.status));
-        let completed_at = match status {
-            IngestionStatus::Completed => {
-                record.batches.iter().filter_map(|b| b.completed_at).max()
-            }
-            _ => None,
-        };
         Self {
             ingestion_id: record.id,
             status,
             priority: record.priority,
             created_at: record.created_at,
-            completed_at,
+            completed_at: record.finished_at.filter(|_| status.is_final()),
             batch_counts: counts,
+        }
+    }
+}
+
+impl From<IngestionRecord> for StatusResponse {
+    fn from(record: IngestionRecord) -> Self {
+        Self {
+            summary: StatusSummary::of(&record),
+            callback: record.callback.map(CallbackView::from),
             batches: record
                 .batches
                 .into_iter()
@@ -84,11 +112,27 @@ impl From<IngestionRecord> for StatusResponse {
                     ids: b.ids,
                     status: b.status,
                     attempts: b.attempts,
+                    next_attempt_at: b.retry_at,
                     scheduled_at: b.scheduled_at,
                     started_at: b.started_at,
                     completed_at: b.completed_at,
                 })
                 .collect(),
+        }
+    }
+}
+
+impl From<CallbackRecord> for CallbackView {
+    fn from(callback: CallbackRecord) -> Self {
+        Self {
+            url: callback.url,
+            state: match callback.state {
+                CallbackState::Pending => "pending",
+                CallbackState::Delivered => "delivered",
+                CallbackState::GaveUp => "failed",
+            },
+            attempts: callback.attempts,
+            last_error: callback.last_error,
         }
     }
 }
@@ -136,8 +180,21 @@ pub async fn status_by_query_or_body(
 }
 
 async fn lookup(app: &AppState, raw_id: &str) -> Result<Json<StatusResponse>, ApiError> {
-    let not_found = || ApiError::not_found(format!("no ingestion with id {raw_id:?}"));
-    let id: IngestionId = raw_id.trim().parse().map_err(|_| not_found())?;
-    let record = app.store.ingestion(id).await?.ok_or_else(not_found)?;
+    let id = parse_ingestion_id(raw_id)?;
+    let record = app
+        .store
+        .ingestion(id)
+        .await?
+        .ok_or_else(|| unknown_ingestion(raw_id))?;
     Ok(Json(record.into()))
+}
+
+/// An ingestion id from a URL or body; a malformed one is as unknown as a
+/// missing one (404).
+pub fn parse_ingestion_id(raw_id: &str) -> Result<IngestionId, ApiError> {
+    raw_id.trim().parse().map_err(|_| unknown_ingestion(raw_id))
+}
+
+pub fn unknown_ingestion(raw_id: &str) -> ApiError {
+    ApiError::not_found(format!("no ingestion with id {raw_id:?}"))
 }

@@ -17,6 +17,8 @@
 
 mod processing;
 
+pub use processing::RetryPolicy;
+
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +42,8 @@ pub struct DispatchSettings {
     pub max_in_flight: NonZeroUsize,
     /// How long a shutdown waits for batches already processing.
     pub shutdown_grace: Duration,
+    /// When batches with transient failures are tried again.
+    pub retry: RetryPolicy,
 }
 
 pub struct Dispatcher {
@@ -50,6 +54,8 @@ pub struct Dispatcher {
     /// Notified whenever a claim might now succeed: new work was stored, a
     /// batch completed, or the store saw either happen elsewhere.
     wake: Arc<Notify>,
+    /// Notified when a batch ends its request (its callback may be due).
+    request_ended: Arc<Notify>,
 }
 
 impl Dispatcher {
@@ -59,6 +65,7 @@ impl Dispatcher {
         clock: Clock,
         settings: DispatchSettings,
         wake: Arc<Notify>,
+        request_ended: Arc<Notify>,
     ) -> Self {
         Self {
             store,
@@ -66,6 +73,7 @@ impl Dispatcher {
             clock,
             settings,
             wake,
+            request_ended,
         }
     }
 
@@ -81,16 +89,22 @@ impl Dispatcher {
         let mut processing = JoinSet::new();
         while let Some(batch) = self.next_batch(&shutdown).await {
             while processing.try_join_next().is_some() {}
-            let (store, fetcher, wake) = (
+            let (store, fetcher, wake, ended) = (
                 Arc::clone(&self.store),
                 Arc::clone(&self.fetcher),
                 Arc::clone(&self.wake),
+                Arc::clone(&self.request_ended),
             );
-            let clock = self.clock;
+            let (clock, retry) = (self.clock, self.settings.retry);
             processing.spawn(async move {
-                processing::process(store.as_ref(), fetcher.as_ref(), clock, batch).await;
+                let request_ended =
+                    processing::process(store.as_ref(), fetcher.as_ref(), clock, retry, batch)
+                        .await;
                 // A processing slot is free: the next claim may succeed now.
                 wake.notify_one();
+                if request_ended {
+                    ended.notify_one();
+                }
             });
         }
         self.drain(processing).await;
@@ -98,10 +112,10 @@ impl Dispatcher {
 
     /// Waits until the store starts a batch; `None` once shutdown begins.
     async fn next_batch(&self, shutdown: &CancellationToken) -> Option<ClaimedBatch> {
-        let mut ready_at = self.clock.now();
+        let mut ready_since = Some(self.clock.now());
         loop {
             let request = ClaimRequest {
-                ready_at,
+                ready_since,
                 now: self.clock.now(),
                 interval: self.settings.interval,
                 max_in_flight: self.settings.max_in_flight,
@@ -109,11 +123,15 @@ impl Dispatcher {
             let wait = match self.store.claim_next_batch(request).await {
                 Ok(ClaimOutcome::Started(batch)) => return Some(batch),
                 Ok(ClaimOutcome::NotBefore(at)) => {
+                    // We wait on the store's word, ready for the slot it named.
+                    ready_since = None;
                     Wait::Until(tokio::time::sleep_until(self.clock.instant_at(at)))
                 }
                 Ok(ClaimOutcome::Busy | ClaimOutcome::Idle) => Wait::ForWakeUp,
                 Err(error) => {
                     tracing::error!(%error, "cannot claim a batch; retrying");
+                    // Ready again only once the store answers.
+                    ready_since = None;
                     Wait::Until(tokio::time::sleep(STORE_RETRY))
                 }
             };
@@ -131,7 +149,7 @@ impl Dispatcher {
                     }
                     // Work or a processing slot appeared just now: this is when
                     // the dispatcher became ready to start.
-                    ready_at = self.clock.now();
+                    ready_since = Some(self.clock.now());
                 }
             }
         }

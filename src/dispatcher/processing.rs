@@ -1,60 +1,184 @@
-//! Processing one started batch: fetch every id, store the results.
+//! Processing one started batch: fetch the ids that still need it, store the
+//! outcomes, and decide where the batch goes next.
 
 use std::time::Duration;
 
-use serde_json::json;
 use tracing::Instrument;
 
-use crate::domain::Clock;
-use crate::store::{ClaimedBatch, Store, StoreError};
+use crate::domain::{Clock, FailureKind, IdOutcome, Outcome, Timestamp};
+use crate::store::{AttemptEnd, ClaimedBatch, Store, StoreError};
 use crate::upstream::Fetcher;
 
-/// How often, and how far apart, a completion is retried while the store fails.
-/// After that the batch stays `triggered` and runs again at the next start.
-const COMPLETE_ATTEMPTS: u32 = 5;
-const COMPLETE_BACKOFF: Duration = Duration::from_millis(200);
+/// How often, and how far apart, recording an attempt is retried while the
+/// store fails. After that the batch stays `triggered` and is recovered at the
+/// next start (or by another node, once its lease runs out).
+const RECORD_ATTEMPTS: u32 = 5;
+const RECORD_BACKOFF: Duration = Duration::from_millis(200);
 
-pub async fn process(store: &dyn Store, fetcher: &dyn Fetcher, clock: Clock, batch: ClaimedBatch) {
-    let span = tracing::info_span!("batch", batch_id = %batch.id, priority = %batch.priority);
-    run(store, fetcher, clock, batch).instrument(span).await
+/// When a batch with transient failures is tried again.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts per batch, the first included; then the batch fails.
+    pub max_attempts: u32,
+    /// The wait after the first attempt; it doubles with each attempt.
+    pub base: Duration,
+    /// The longest wait between two attempts.
+    pub cap: Duration,
 }
 
-async fn run(store: &dyn Store, fetcher: &dyn Fetcher, clock: Clock, batch: ClaimedBatch) {
-    tracing::info!(
-        ids = batch.ids.len(),
-        attempt = batch.attempt,
-        "batch triggered"
-    );
+impl RetryPolicy {
+    /// Exponential backoff with jitter (half to all of the doubled wait), never
+    /// sooner than the upstream's `Retry-After`.
+    pub fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let doubled = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+            .min(self.cap);
+        let jittered = doubled.mul_f64(0.5 + fastrand::f64() / 2.0);
+        jittered.max(retry_after.unwrap_or_default())
+    }
+}
 
-    let outcomes = fetcher.fetch_batch(&batch.ids).await;
-    let results: Vec<serde_json::Value> = batch
-        .ids
-        .iter()
-        .zip(outcomes)
-        .map(|(id, outcome)| match outcome {
-            Ok(data) => data,
-            Err(error) => json!({"id": id, "error": error.to_string()}),
-        })
+/// Processes a batch; returns whether it ended its request.
+pub async fn process(
+    store: &dyn Store,
+    fetcher: &dyn Fetcher,
+    clock: Clock,
+    retry: RetryPolicy,
+    batch: ClaimedBatch,
+) -> bool {
+    let span = tracing::info_span!("batch", batch_id = %batch.id, priority = %batch.priority);
+    run(store, fetcher, clock, retry, batch).instrument(span).await
+}
+
+async fn run(
+    store: &dyn Store,
+    fetcher: &dyn Fetcher,
+    clock: Clock,
+    retry: RetryPolicy,
+    batch: ClaimedBatch,
+) -> bool {
+    tracing::info!(ids = batch.ids.len(), attempt = batch.attempt, "batch triggered");
+    let (outcomes, end) = attempt(fetcher, clock, retry, &batch).await;
+    match &end {
+        AttemptEnd::Completed => tracing::info!("batch completed"),
+        AttemptEnd::Failed => tracing::warn!("batch failed"),
+        AttemptEnd::RetryAt(at) => tracing::info!(retry_at = %at, "batch will be retried"),
+    }
+    record(store, &batch, outcomes, end, clock).await
+}
+
+/// Fetches every id without a final outcome, and merges the new outcomes with
+/// those of earlier attempts.
+async fn attempt(
+    fetcher: &dyn Fetcher,
+    clock: Clock,
+    retry: RetryPolicy,
+    batch: &ClaimedBatch,
+) -> (Vec<IdOutcome>, AttemptEnd) {
+    let previous = |i: usize| batch.outcomes.get(i).filter(|o| o.id == batch.ids[i]);
+    let pending: Vec<bool> = (0..batch.ids.len())
+        .map(|i| previous(i).is_none_or(|o| !o.outcome.is_final()))
         .collect();
+    let ids: Vec<_> = (0..batch.ids.len())
+        .filter(|&i| pending[i])
+        .map(|i| batch.ids[i])
+        .collect();
+    let mut fetched = fetcher.fetch_all(&ids).await.into_iter();
+    let at = clock.now();
+    let last_attempt = batch.attempt >= retry.max_attempts;
 
-    let mut backoff = COMPLETE_BACKOFF;
-    for attempt in 1..=COMPLETE_ATTEMPTS {
+    let mut retry_after: Option<Duration> = None;
+    let mut outcomes = Vec::with_capacity(batch.ids.len());
+    for (i, &id) in batch.ids.iter().enumerate() {
+        let earlier = previous(i);
+        if !pending[i] {
+            outcomes.push(earlier.cloned().expect("a settled id has an outcome"));
+            continue;
+        }
+        let outcome = match fetched.next().expect("one result per fetched id") {
+            Ok(data) => Outcome::Ok { data },
+            Err(error) => {
+                let failure = error.failure();
+                if error.retry_after().is_some() {
+                    retry_after = retry_after.max(error.retry_after());
+                }
+                match failure.kind {
+                    FailureKind::Transient if !last_attempt => {
+                        Outcome::Retrying { error: failure }
+                    }
+                    _ => Outcome::Error { error: failure },
+                }
+            }
+        };
+        outcomes.push(IdOutcome {
+            id,
+            outcome,
+            attempts: earlier.map_or(0, |o| o.attempts) + 1,
+            at,
+        });
+    }
+
+    let end = if outcomes.iter().any(|o| !o.outcome.is_final()) {
+        let wait = retry.backoff(batch.attempt, retry_after);
+        AttemptEnd::RetryAt(at.saturating_add_micros(wait.as_micros() as i64))
+    } else if outcomes
+        .iter()
+        .all(|o| matches!(o.outcome, Outcome::Ok { .. }))
+    {
+        AttemptEnd::Completed
+    } else {
+        AttemptEnd::Failed
+    };
+    (outcomes, end)
+}
+
+async fn record(
+    store: &dyn Store,
+    batch: &ClaimedBatch,
+    outcomes: Vec<IdOutcome>,
+    end: AttemptEnd,
+    clock: Clock,
+) -> bool {
+    let mut backoff = RECORD_BACKOFF;
+    for attempt in 1..=RECORD_ATTEMPTS {
+        let at: Timestamp = clock.now();
         match store
-            .complete_batch(batch.key, results.clone(), clock.now())
+            .finish_attempt(batch.key, outcomes.clone(), end, at)
             .await
         {
-            Ok(()) => {
-                tracing::info!("batch completed");
-                return;
-            }
+            Ok(ended) => return ended,
             Err(StoreError::Closed) => break,
-            Err(error) if attempt < COMPLETE_ATTEMPTS => {
-                tracing::warn!(%error, attempt, "cannot record completion; retrying");
+            Err(error) if attempt < RECORD_ATTEMPTS => {
+                tracing::warn!(%error, attempt, "cannot record the attempt; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff *= 2;
             }
-            Err(error) => tracing::error!(%error, "cannot record completion"),
+            Err(error) => tracing::error!(%error, "cannot record the attempt"),
         }
     }
-    tracing::error!("batch left triggered; it will run again at the next start");
+    tracing::error!("batch left triggered; it will be recovered and run again");
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_honours_retry_after() {
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(10),
+        };
+        for _ in 0..100 {
+            let first = policy.backoff(1, None);
+            assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1));
+            let third = policy.backoff(3, None);
+            assert!(third >= Duration::from_secs(2) && third <= Duration::from_secs(4));
+            assert!(policy.backoff(30, None) <= Duration::from_secs(10));
+            assert!(policy.backoff(1, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
+        }
+    }
 }

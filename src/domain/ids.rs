@@ -1,14 +1,14 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 use uuid::Uuid;
 
 /// An id to fetch from the upstream: an integer from 1 to 1,000,000,007.
 ///
 /// The upper bound fits in a `u32`, which keeps a queued id at four bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u64")]
 pub struct ItemId(u32);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

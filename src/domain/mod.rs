@@ -2,12 +2,14 @@
 //! HTTP layer, the store and the dispatcher never check them again.
 
 mod ids;
+mod outcome;
 mod priority;
 mod settings;
 mod status;
 mod time;
 
 pub use ids::{BatchId, IngestionId, ItemId, ItemIdError};
+pub use outcome::{FailureKind, FetchFailure, IdOutcome, Outcome};
 pub use priority::{Priority, PriorityError};
 pub use settings::{BatchSize, Interval, SettingError};
 pub use status::{BatchStatus, IngestionStatus};

@@ -75,6 +75,13 @@ impl Interval {
     pub fn is_zero(self) -> bool {
         self.0.is_zero()
     }
+
+    /// How late a start may be and still keep its place on the rate grid: a
+    /// tenth of the interval, at most 25 ms. Consecutive starts are never closer
+    /// than the interval minus this.
+    pub fn late_tolerance_micros(self) -> i64 {
+        (self.as_micros() / 10).min(25_000)
+    }
 }
 
 impl FromStr for Interval {

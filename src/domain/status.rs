@@ -1,23 +1,48 @@
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
-/// Where a batch is in its life: `yet_to_start` → `triggered` → `completed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// Where a batch is in its life.
+///
+/// `yet_to_start` → `triggered` → `completed`, as in SPEC.md; a batch can also
+/// end `failed` (an id ended in error) or `cancelled` (its request was cancelled
+/// before it started). Between two attempts a batch is `Retrying` inside Sluice
+/// but `triggered` to clients: it has started and is not done, which is what
+/// `triggered` promises them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BatchStatus {
     YetToStart,
     Triggered,
     Completed,
+    /// Waiting for its next attempt after a transient upstream failure.
+    Retrying,
+    Failed,
+    Cancelled,
 }
 
 impl BatchStatus {
-    pub const ALL: [BatchStatus; 3] = [Self::YetToStart, Self::Triggered, Self::Completed];
+    /// In the order of their store codes.
+    pub const ALL: [BatchStatus; 6] = [
+        Self::YetToStart,
+        Self::Triggered,
+        Self::Completed,
+        Self::Retrying,
+        Self::Failed,
+        Self::Cancelled,
+    ];
 
+    /// The name clients see.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::YetToStart => "yet_to_start",
-            Self::Triggered => "triggered",
+            Self::Triggered | Self::Retrying => "triggered",
             Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
         }
+    }
+
+    /// Whether nothing more will happen to the batch.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
     }
 
     /// The code kept in the store.
@@ -30,30 +55,63 @@ impl BatchStatus {
     }
 }
 
-/// The status of a whole request, derived from its batches (SPEC.md):
-/// `yet_to_start` if every batch is, `completed` if every batch is, otherwise
-/// `triggered`.
+impl Serialize for BatchStatus {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// The status of a whole request, derived from its batches:
+/// - `yet_to_start` if every batch is;
+/// - `completed` if every batch is;
+/// - once every batch has ended: `failed` if any failed, else `cancelled`;
+/// - otherwise `triggered`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IngestionStatus {
     YetToStart,
     Triggered,
     Completed,
+    Failed,
+    Cancelled,
 }
 
 impl IngestionStatus {
     pub fn derive(batches: impl IntoIterator<Item = BatchStatus>) -> Self {
-        let (mut all_waiting, mut all_done) = (true, true);
+        let (mut all_waiting, mut all_done, mut all_final) = (true, true, true);
+        let (mut any_failed, mut any_cancelled) = (false, false);
         for status in batches {
             all_waiting &= status == BatchStatus::YetToStart;
             all_done &= status == BatchStatus::Completed;
+            all_final &= status.is_final();
+            any_failed |= status == BatchStatus::Failed;
+            any_cancelled |= status == BatchStatus::Cancelled;
         }
-        match (all_waiting, all_done) {
-            // An ingestion always has at least one batch; an empty list reads
-            // as nothing left to do.
-            (_, true) => Self::Completed,
-            (true, false) => Self::YetToStart,
-            (false, false) => Self::Triggered,
+        if all_done {
+            // An ingestion always has a batch; an empty list reads as done.
+            Self::Completed
+        } else if all_waiting {
+            Self::YetToStart
+        } else if all_final && any_failed {
+            Self::Failed
+        } else if all_final && any_cancelled {
+            Self::Cancelled
+        } else {
+            Self::Triggered
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::YetToStart => "yet_to_start",
+            Self::Triggered => "triggered",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
         }
     }
 }
@@ -63,23 +121,31 @@ mod tests {
     use super::BatchStatus::*;
     use super::*;
 
+    fn derive(batches: &[BatchStatus]) -> IngestionStatus {
+        IngestionStatus::derive(batches.iter().copied())
+    }
+
     #[test]
     fn overall_status_follows_the_contract() {
-        assert_eq!(
-            IngestionStatus::derive([YetToStart, YetToStart]),
-            IngestionStatus::YetToStart
-        );
-        assert_eq!(
-            IngestionStatus::derive([Completed, Completed]),
-            IngestionStatus::Completed
-        );
-        assert_eq!(
-            IngestionStatus::derive([Completed, YetToStart]),
-            IngestionStatus::Triggered
-        );
-        assert_eq!(
-            IngestionStatus::derive([Triggered, YetToStart]),
-            IngestionStatus::Triggered
-        );
+        assert_eq!(derive(&[YetToStart, YetToStart]), IngestionStatus::YetToStart);
+        assert_eq!(derive(&[Completed, Completed]), IngestionStatus::Completed);
+        assert_eq!(derive(&[Completed, YetToStart]), IngestionStatus::Triggered);
+        assert_eq!(derive(&[Triggered, YetToStart]), IngestionStatus::Triggered);
+        assert_eq!(derive(&[Retrying, Completed]), IngestionStatus::Triggered);
+    }
+
+    #[test]
+    fn ended_requests_are_failed_or_cancelled() {
+        assert_eq!(derive(&[Completed, Failed]), IngestionStatus::Failed);
+        assert_eq!(derive(&[Failed, Cancelled]), IngestionStatus::Failed);
+        assert_eq!(derive(&[Completed, Cancelled]), IngestionStatus::Cancelled);
+        assert_eq!(derive(&[Cancelled, Cancelled]), IngestionStatus::Cancelled);
+        assert_eq!(derive(&[Failed, Triggered]), IngestionStatus::Triggered);
+    }
+
+    #[test]
+    fn a_retrying_batch_reads_as_triggered() {
+        assert_eq!(Retrying.as_str(), "triggered");
+        assert!(!Retrying.is_final());
     }
 }

@@ -15,13 +15,15 @@ pub mod sqlite;
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{
-    BatchId, BatchSize, BatchStatus, IngestionId, Interval, ItemId, Priority, Timestamp,
+    BatchId, BatchSize, BatchStatus, IdOutcome, IngestionId, Interval, ItemId, Priority,
+    Timestamp,
 };
 
 /// The one store handle that the API and the dispatcher share.
@@ -48,6 +50,9 @@ pub struct NewIngestion {
     pub ids: Vec<ItemId>,
     pub batch_size: BatchSize,
     pub created_at: Timestamp,
+    /// Where to POST the final status once the request has ended.
+    pub callback_url: Option<String>,
+    pub idempotency: Option<IdempotencyKey>,
 }
 
 impl NewIngestion {
@@ -57,12 +62,37 @@ impl NewIngestion {
     }
 }
 
+/// An `Idempotency-Key` and what it promises.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// A digest of the request's content: the same key with other content is a
+    /// client error, not a replay.
+    pub fingerprint: [u8; 32],
+    /// Until when the key holds; an expired key is free for a new request.
+    pub expires_at: Timestamp,
+}
+
+/// What `create_ingestion` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// A new request, now durable.
+    New(IngestionId),
+    /// The idempotency key was used before with the same content: that request.
+    Replayed(IngestionId),
+    /// The idempotency key was used before with other content; nothing stored.
+    KeyConflict,
+}
+
 /// A stored request, as clients see it.
 #[derive(Debug, Clone)]
 pub struct IngestionRecord {
     pub id: IngestionId,
     pub priority: Priority,
     pub created_at: Timestamp,
+    /// When the last batch ended.
+    pub finished_at: Option<Timestamp>,
+    pub callback: Option<CallbackRecord>,
     pub batches: Vec<BatchRecord>,
 }
 
@@ -72,10 +102,41 @@ pub struct BatchRecord {
     pub ids: Vec<ItemId>,
     pub status: BatchStatus,
     pub attempts: u32,
+    /// Retrying: when the next attempt may start.
+    pub retry_at: Option<Timestamp>,
     /// The slot of the latest start on the rate limiter's grid.
     pub scheduled_at: Option<Timestamp>,
     pub started_at: Option<Timestamp>,
+    /// When the batch ended: completed, failed or cancelled.
     pub completed_at: Option<Timestamp>,
+}
+
+/// The completion callback of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackRecord {
+    pub url: String,
+    pub state: CallbackState,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallbackState {
+    /// The request has not ended, or delivery is under way.
+    Pending,
+    Delivered,
+    /// Every attempt failed.
+    GaveUp,
+}
+
+/// A batch with the outcomes of its ids so far, for the results API.
+#[derive(Debug, Clone)]
+pub struct BatchOutcomes {
+    pub id: BatchId,
+    pub ids: Vec<ItemId>,
+    pub status: BatchStatus,
+    /// One entry per id fetched so far, in the ids' order.
+    pub outcomes: Vec<IdOutcome>,
 }
 
 /// Where a stored batch lives: its request's arrival number and its position.
@@ -88,10 +149,12 @@ pub struct BatchKey {
 /// What the dispatcher asks for when it wants to start a batch.
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimRequest {
-    /// When the dispatcher became ready to start (it had a free processing slot
-    /// and knew of work). The start's slot is `max(ready_at, previous slot +
-    /// interval)`, so a backlog runs on an exact grid without drift.
-    pub ready_at: Timestamp,
+    /// Since when the dispatcher has been ready to start: it learnt of work or
+    /// of a free processing slot then. `None` when it has been waiting for the
+    /// time the store named (`NotBefore`), and so was ready for that slot. The
+    /// start's slot is `max(ready_since, previous slot + interval)`, so a
+    /// backlog runs on an exact grid without drift.
+    pub ready_since: Option<Timestamp>,
     /// The time now, recorded as the batch's `started_at`.
     pub now: Timestamp,
     /// The minimum spacing between two starts; zero for no limit.
@@ -100,12 +163,38 @@ pub struct ClaimRequest {
     pub max_in_flight: NonZeroUsize,
 }
 
+impl ClaimRequest {
+    /// The slot of a start claimed now, given the previous slot.
+    ///
+    /// A claim that comes later than its slot by more than a small tolerance
+    /// (a slow store, a starved process) starts a new grid at `now` instead:
+    /// the previous starts were late too, and keeping the old grid would let
+    /// the next start follow this one by less than an interval.
+    pub fn slot_after(&self, previous: Option<Timestamp>) -> Timestamp {
+        let tolerance = self.interval.late_tolerance_micros();
+        let mut slot = self.now.saturating_add_micros(-tolerance);
+        if let Some(ready_since) = self.ready_since {
+            slot = slot.max(ready_since);
+        }
+        if let Some(previous) = previous {
+            slot = slot.max(previous.saturating_add_micros(self.interval.as_micros()));
+        }
+        slot.min(self.now)
+    }
+
+    /// When the rate limit next allows a start, given the previous slot.
+    pub fn next_allowed(&self, previous: Option<Timestamp>) -> Option<Timestamp> {
+        let next = previous?.saturating_add_micros(self.interval.as_micros());
+        (self.now < next).then_some(next)
+    }
+}
+
 /// The answer to a [`ClaimRequest`].
 #[derive(Debug, Clone)]
 pub enum ClaimOutcome {
     /// The batch is now `triggered`, and the start is committed.
     Started(ClaimedBatch),
-    /// The rate limit allows no start before this time.
+    /// No start before this time: the rate limit, or the earliest retry.
     NotBefore(Timestamp),
     /// `max_in_flight` batches are processing; wait for one to complete.
     Busy,
@@ -119,10 +208,41 @@ pub struct ClaimedBatch {
     pub id: BatchId,
     pub priority: Priority,
     pub ids: Vec<ItemId>,
-    /// 1 on the first run; more when a crash interrupted earlier runs.
+    /// 1 on the first run; more after retries or a crash.
     pub attempt: u32,
     /// The slot this start took on the rate limiter's grid.
     pub slot: Timestamp,
+    /// Outcomes of earlier attempts, one per id fetched so far.
+    pub outcomes: Vec<IdOutcome>,
+}
+
+/// How an attempt at a batch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptEnd {
+    /// Every id has its data.
+    Completed,
+    /// Every id has a final outcome, and one or more is an error.
+    Failed,
+    /// Some ids failed transiently: back to the queue, in its place, not before
+    /// this time.
+    RetryAt(Timestamp),
+}
+
+/// A completion callback that is due.
+#[derive(Debug, Clone)]
+pub struct DueCallback {
+    pub ingestion: IngestionId,
+    pub url: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+/// How a callback delivery went.
+#[derive(Debug, Clone)]
+pub enum CallbackDelivery {
+    Delivered,
+    RetryAt(Timestamp, String),
+    GaveUp(String),
 }
 
 /// How many batches are in each state, per priority, and how many requests exist.
@@ -146,28 +266,43 @@ impl QueueStats {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a request and all its batches; returns once they are durable.
-    async fn create_ingestion(&self, new: NewIngestion) -> Result<(), StoreError>;
+    /// With an idempotency key, a replay stores nothing.
+    async fn create_ingestion(&self, new: NewIngestion) -> Result<Created, StoreError>;
 
     /// A request and its batches, in order; `None` if unknown.
     async fn ingestion(&self, id: IngestionId) -> Result<Option<IngestionRecord>, StoreError>;
 
-    /// Starts the next batch in dispatch order if the rate limit allows it.
+    /// Starts the next batch in dispatch order if the rate limit and the
+    /// in-flight limit allow it.
     async fn claim_next_batch(&self, request: ClaimRequest) -> Result<ClaimOutcome, StoreError>;
 
-    /// Records a batch's per-id results and marks it `completed`.
-    async fn complete_batch(
+    /// Records an attempt's outcomes (all the batch's outcomes so far) and where
+    /// the batch goes next. Returns whether this ended the whole request.
+    async fn finish_attempt(
         &self,
         batch: BatchKey,
-        results: Vec<serde_json::Value>,
-        completed_at: Timestamp,
-    ) -> Result<(), StoreError>;
+        outcomes: Vec<IdOutcome>,
+        end: AttemptEnd,
+        at: Timestamp,
+    ) -> Result<bool, StoreError>;
 
-    /// The stored per-id results of a request's batch, in id order; `None` if the
-    /// batch has not completed.
-    async fn batch_results(
+    /// Cancels the request's batches that have not started (or are waiting for
+    /// a retry); a batch processing now finishes. `None` if the request is
+    /// unknown; otherwise how many batches were cancelled (0 the second time).
+    async fn cancel_ingestion(
         &self,
-        batch: BatchId,
-    ) -> Result<Option<Vec<serde_json::Value>>, StoreError>;
+        id: IngestionId,
+        at: Timestamp,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// Up to `limit` batches of a request after position `after`, with their
+    /// outcomes; `None` if the request is unknown.
+    async fn batch_outcomes(
+        &self,
+        id: IngestionId,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Option<Vec<BatchOutcomes>>, StoreError>;
 
     /// Puts batches that were `triggered` when a previous process died back in
     /// the queue, ahead of other waiting batches of their priority. Returns how
@@ -178,6 +313,25 @@ pub trait Store: Send + Sync + 'static {
     /// ahead of other waiting batches of their priority: called at shutdown,
     /// once the grace period is over, so nobody waits for them.
     async fn release_unfinished(&self) -> Result<u64, StoreError>;
+
+    /// Takes up to `limit` callbacks due at `now`, and holds them for `hold` so
+    /// no other process delivers them meanwhile.
+    async fn claim_due_callbacks(
+        &self,
+        now: Timestamp,
+        hold: Duration,
+        limit: usize,
+    ) -> Result<Vec<DueCallback>, StoreError>;
+
+    /// Records how a delivery went.
+    async fn finish_callback(
+        &self,
+        ingestion: IngestionId,
+        delivery: CallbackDelivery,
+    ) -> Result<(), StoreError>;
+
+    /// When the next pending callback is due, if any.
+    async fn next_callback_due(&self) -> Result<Option<Timestamp>, StoreError>;
 
     /// Counts for operators and tests.
     async fn stats(&self) -> Result<QueueStats, StoreError>;

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::types::Json;
 use sqlx::{Executor, Row};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -26,10 +27,11 @@ use uuid::Uuid;
 
 use super::codec::{decode_ids, encode_ids};
 use super::{
-    BatchKey, BatchRecord, ClaimOutcome, ClaimRequest, ClaimedBatch, IngestionRecord, NewIngestion,
-    QueueStats, Store, StoreError,
+    AttemptEnd, BatchKey, BatchOutcomes, BatchRecord, CallbackDelivery, CallbackRecord,
+    CallbackState, ClaimOutcome, ClaimRequest, ClaimedBatch, Created, DueCallback,
+    IngestionRecord, NewIngestion, QueueStats, Store, StoreError,
 };
-use crate::domain::{BatchId, BatchStatus, IngestionId, Priority, Timestamp};
+use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, Priority, Timestamp};
 
 /// The channel on which nodes tell each other that a claim may now succeed.
 const WAKE_CHANNEL: &str = "sluice_work";
@@ -91,20 +93,64 @@ impl PostgresStore {
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn create_ingestion(&self, new: NewIngestion) -> Result<(), StoreError> {
+    async fn create_ingestion(&self, new: NewIngestion) -> Result<Created, StoreError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        if let Some(key) = &new.idempotency {
+            // Concurrent requests with one key queue here, one at a time.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(&key.key)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            let existing = sqlx::query(
+                "SELECT fingerprint, ingestion_id FROM idempotency_keys
+                 WHERE key = $1 AND expires_at > $2",
+            )
+            .bind(&key.key)
+            .bind(new.created_at.as_micros())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            if let Some(row) = existing {
+                let fingerprint: Vec<u8> = row.get(0);
+                let id: Uuid = row.get(1);
+                return Ok(if fingerprint == key.fingerprint {
+                    Created::Replayed(IngestionId::from_bytes(id.into_bytes()))
+                } else {
+                    Created::KeyConflict
+                });
+            }
+            sqlx::query(
+                "INSERT INTO idempotency_keys (key, fingerprint, ingestion_id, expires_at)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint,
+                     ingestion_id = excluded.ingestion_id, expires_at = excluded.expires_at",
+            )
+            .bind(&key.key)
+            .bind(key.fingerprint.as_slice())
+            .bind(uuid(new.id))
+            .bind(key.expires_at.as_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+
+        let batches: Vec<Vec<u8>> = new.batches().map(encode_ids).collect();
         let seq: i64 = sqlx::query(
-            "INSERT INTO ingestions (id, priority, created_at) VALUES ($1, $2, $3) RETURNING seq",
+            "INSERT INTO ingestions (id, priority, created_at, open_batches, callback_url, callback_state)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
         )
-        .bind(Uuid::from_bytes(*new.id.as_bytes()))
+        .bind(uuid(new.id))
         .bind(new.priority.rank() as i16)
         .bind(new.created_at.as_micros())
+        .bind(batches.len() as i32)
+        .bind(&new.callback_url)
+        .bind(new.callback_url.as_ref().map(|_| 0i16))
         .fetch_one(&mut *tx)
         .await
         .map_err(unavailable)?
         .get(0);
 
-        let batches: Vec<Vec<u8>> = new.batches().map(encode_ids).collect();
         for (chunk_index, chunk) in batches.chunks(INSERT_CHUNK).enumerate() {
             let first = (chunk_index * INSERT_CHUNK) as i32;
             sqlx::query(
@@ -120,22 +166,26 @@ impl Store for PostgresStore {
             .map_err(unavailable)?;
         }
         notify(&mut *tx).await?;
-        tx.commit().await.map_err(unavailable)
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Created::New(new.id))
     }
 
     async fn ingestion(&self, id: IngestionId) -> Result<Option<IngestionRecord>, StoreError> {
-        let Some(head) =
-            sqlx::query("SELECT seq, priority, created_at FROM ingestions WHERE id = $1")
-                .bind(Uuid::from_bytes(*id.as_bytes()))
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(unavailable)?
+        let Some(head) = sqlx::query(
+            "SELECT seq, priority, created_at, finished_at, callback_url, callback_state,
+                    callback_attempts, callback_error
+             FROM ingestions WHERE id = $1",
+        )
+        .bind(uuid(id))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
         else {
             return Ok(None);
         };
         let seq: i64 = head.get(0);
         let rows = sqlx::query(
-            "SELECT position, status, attempts, ids, scheduled_at, started_at, completed_at
+            "SELECT position, status, attempts, ids, retry_at, scheduled_at, started_at, completed_at
              FROM batches WHERE ingestion_seq = $1 ORDER BY position",
         )
         .bind(seq)
@@ -154,26 +204,41 @@ impl Store for PostgresStore {
                     status: status(row.get(1))?,
                     attempts: row.get::<i32, _>(2) as u32,
                     ids: decode_ids(row.get(3))?,
-                    scheduled_at: row.get::<Option<i64>, _>(4).map(Timestamp::from_micros),
-                    started_at: row.get::<Option<i64>, _>(5).map(Timestamp::from_micros),
-                    completed_at: row.get::<Option<i64>, _>(6).map(Timestamp::from_micros),
+                    retry_at: time(row.get(4)),
+                    scheduled_at: time(row.get(5)),
+                    started_at: time(row.get(6)),
+                    completed_at: time(row.get(7)),
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
+        let callback = head
+            .get::<Option<String>, _>(4)
+            .map(|url| {
+                Ok::<_, StoreError>(CallbackRecord {
+                    url,
+                    state: callback_state(head.get(5))?,
+                    attempts: head.get::<i32, _>(6) as u32,
+                    last_error: head.get(7),
+                })
+            })
+            .transpose()?;
         Ok(Some(IngestionRecord {
             id,
             priority: priority(head.get(1))?,
             created_at: Timestamp::from_micros(head.get(2)),
+            finished_at: time(head.get(3)),
+            callback,
             batches,
         }))
     }
 
     async fn claim_next_batch(&self, request: ClaimRequest) -> Result<ClaimOutcome, StoreError> {
-        let row = sqlx::query("SELECT * FROM sluice_claim($1, $2, $3, $4, $5, $6)")
+        let row = sqlx::query("SELECT * FROM sluice_claim($1, $2, $3, $4, $5, $6, $7)")
             .bind(self.node)
-            .bind(request.ready_at.as_micros())
+            .bind(request.ready_since.map(Timestamp::as_micros))
             .bind(request.now.as_micros())
             .bind(request.interval.as_micros())
+            .bind(request.interval.late_tolerance_micros())
             .bind(i32::try_from(request.max_in_flight.get()).unwrap_or(i32::MAX))
             .bind(micros(self.leases.lease))
             .fetch_one(&self.pool)
@@ -188,6 +253,7 @@ impl Store for PostgresStore {
                 let ingestion_seq: i64 = row.get("ingestion_seq");
                 let position = row.get::<i32, _>("batch_position") as u32;
                 let ingestion: Uuid = row.get("ingestion_id");
+                let outcomes: Option<Json<Vec<IdOutcome>>> = row.get("results");
                 ClaimOutcome::Started(ClaimedBatch {
                     key: BatchKey {
                         ingestion_seq,
@@ -201,63 +267,146 @@ impl Store for PostgresStore {
                     ids: decode_ids(row.get("ids"))?,
                     attempt: row.get::<i32, _>("attempts") as u32,
                     slot: Timestamp::from_micros(row.get("slot")),
+                    outcomes: outcomes.map(|json| json.0).unwrap_or_default(),
                 })
             }
             other => return Err(StoreError::Corrupt(format!("claim outcome {other:?}"))),
         })
     }
 
-    async fn complete_batch(
+    async fn finish_attempt(
         &self,
         batch: BatchKey,
-        results: Vec<serde_json::Value>,
-        completed_at: Timestamp,
-    ) -> Result<(), StoreError> {
-        // Only the lease holder completes: a node whose lease ran out while it
-        // worked must not overwrite the run that rescued its batch.
-        let completed = sqlx::query(
-            "WITH done AS (
-                 UPDATE batches
-                 SET status = 2, completed_at = $1, results = $2, lease_owner = NULL, lease_expires_at = NULL
-                 WHERE ingestion_seq = $3 AND position = $4 AND status = 1 AND lease_owner = $5
-                 RETURNING 1
+        outcomes: Vec<IdOutcome>,
+        end: AttemptEnd,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let (code, retry_at) = match end {
+            AttemptEnd::Completed => (BatchStatus::Completed.code(), None),
+            AttemptEnd::Failed => (BatchStatus::Failed.code(), None),
+            AttemptEnd::RetryAt(when) => (BatchStatus::Retrying.code(), Some(when.as_micros())),
+        };
+        // Only the lease holder records an attempt: a node whose lease ran out
+        // while it worked must not overwrite the run that rescued its batch. A
+        // retry of a cancelled request is cancelled instead.
+        let row = sqlx::query(
+            "WITH target AS (
+                 SELECT CASE WHEN $1 = 3 AND i.cancelled_at IS NOT NULL THEN 5 ELSE $1 END AS status
+                 FROM ingestions i WHERE i.seq = $4
+             ), done AS (
+                 UPDATE batches b
+                 SET status = t.status,
+                     retry_at = CASE WHEN t.status = 3 THEN $2 END,
+                     completed_at = CASE WHEN t.status IN (2, 4, 5) THEN $6 END,
+                     results = $3, lease_owner = NULL, lease_expires_at = NULL
+                 FROM target t
+                 WHERE b.ingestion_seq = $4 AND b.position = $5 AND b.status = 1 AND b.lease_owner = $7
+                 RETURNING b.status
              )
-             SELECT pg_notify($6, '') FROM done",
+             SELECT status, pg_notify($8, ''),
+                    CASE WHEN status IN (2, 4, 5) THEN sluice_close_batches($4, 1, $6) ELSE FALSE END
+             FROM done",
         )
-        .bind(completed_at.as_micros())
-        .bind(sqlx::types::Json(&results))
+        .bind(code as i16)
+        .bind(retry_at)
+        .bind(Json(&outcomes))
         .bind(batch.ingestion_seq)
         .bind(batch.position as i32)
+        .bind(at.as_micros())
         .bind(self.node)
         .bind(WAKE_CHANNEL)
         .fetch_optional(&self.pool)
         .await
         .map_err(unavailable)?;
-        if completed.is_none() {
-            tracing::warn!(
-                ?batch,
-                "lease lost before completion; another node re-ran the batch"
-            );
+        match row {
+            Some(row) => Ok(row.get::<bool, _>(2)),
+            None => {
+                tracing::warn!(?batch, "lease lost before the attempt was recorded; another node re-ran the batch");
+                Ok(false)
+            }
         }
-        Ok(())
     }
 
-    async fn batch_results(
+    async fn cancel_ingestion(
         &self,
-        batch: BatchId,
-    ) -> Result<Option<Vec<serde_json::Value>>, StoreError> {
-        let row = sqlx::query(
-            "SELECT b.results FROM batches b JOIN ingestions i ON i.seq = b.ingestion_seq
-             WHERE i.id = $1 AND b.position = $2",
+        id: IngestionId,
+        at: Timestamp,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let Some(seq) = sqlx::query(
+            "UPDATE ingestions SET cancelled_at = coalesce(cancelled_at, $2) WHERE id = $1 RETURNING seq",
         )
-        .bind(Uuid::from_bytes(*batch.ingestion.as_bytes()))
-        .bind(batch.position as i32)
-        .fetch_optional(&self.pool)
+        .bind(uuid(id))
+        .bind(at.as_micros())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .map(|row| row.get::<i64, _>(0)) else {
+            return Ok(None);
+        };
+        let cancelled = sqlx::query(
+            "UPDATE batches SET status = 5, retry_at = NULL, completed_at = $2
+             WHERE ingestion_seq = $1 AND status IN (0, 3)",
+        )
+        .bind(seq)
+        .bind(at.as_micros())
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        if cancelled > 0 {
+            sqlx::query("SELECT sluice_close_batches($1, $2, $3)")
+                .bind(seq)
+                .bind(cancelled as i32)
+                .bind(at.as_micros())
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Some(cancelled))
+    }
+
+    async fn batch_outcomes(
+        &self,
+        id: IngestionId,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Option<Vec<BatchOutcomes>>, StoreError> {
+        let Some(seq) = sqlx::query("SELECT seq FROM ingestions WHERE id = $1")
+            .bind(uuid(id))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .map(|row| row.get::<i64, _>(0))
+        else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(
+            "SELECT position, status, ids, results FROM batches
+             WHERE ingestion_seq = $1 AND position > $2 ORDER BY position LIMIT $3",
+        )
+        .bind(seq)
+        .bind(after.map_or(-1, |p| p as i32))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        Ok(row
-            .and_then(|r| r.get::<Option<sqlx::types::Json<Vec<serde_json::Value>>>, _>(0))
-            .map(|json| json.0))
+        rows.iter()
+            .map(|row| {
+                let outcomes: Option<Json<Vec<IdOutcome>>> = row.get(3);
+                Ok(BatchOutcomes {
+                    id: BatchId {
+                        ingestion: id,
+                        position: row.get::<i32, _>(0) as u32,
+                    },
+                    status: status(row.get(1))?,
+                    ids: decode_ids(row.get(2))?,
+                    outcomes: outcomes.map(|json| json.0).unwrap_or_default(),
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(Some)
     }
 
     async fn requeue_interrupted(&self) -> Result<u64, StoreError> {
@@ -265,12 +414,73 @@ impl Store for PostgresStore {
     }
 
     async fn release_unfinished(&self) -> Result<u64, StoreError> {
-        requeue(
-            &self.pool,
-            "WHERE status = 1 AND lease_owner = $1",
-            Some(self.node),
+        requeue(&self.pool, "WHERE status = 1 AND lease_owner = $1", Some(self.node)).await
+    }
+
+    async fn claim_due_callbacks(
+        &self,
+        now: Timestamp,
+        hold: Duration,
+        limit: usize,
+    ) -> Result<Vec<DueCallback>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE ingestions SET callback_due_at = $1
+             WHERE seq IN (SELECT seq FROM ingestions
+                           WHERE callback_state = 0 AND callback_due_at <= $2
+                           ORDER BY callback_due_at LIMIT $3
+                           FOR UPDATE SKIP LOCKED)
+             RETURNING id, callback_url, callback_attempts",
         )
+        .bind(now.saturating_add_micros(micros(hold)).as_micros())
+        .bind(now.as_micros())
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
         .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|row| DueCallback {
+                ingestion: IngestionId::from_bytes(row.get::<Uuid, _>(0).into_bytes()),
+                url: row.get(1),
+                attempts: row.get::<i32, _>(2) as u32,
+            })
+            .collect())
+    }
+
+    async fn finish_callback(
+        &self,
+        ingestion: IngestionId,
+        delivery: CallbackDelivery,
+    ) -> Result<(), StoreError> {
+        let (state, due, error) = match &delivery {
+            CallbackDelivery::Delivered => (1i16, None, None),
+            CallbackDelivery::RetryAt(at, error) => (0, Some(at.as_micros()), Some(error)),
+            CallbackDelivery::GaveUp(error) => (2, None, Some(error)),
+        };
+        sqlx::query(
+            "UPDATE ingestions
+             SET callback_state = $1, callback_due_at = $2, callback_error = $3,
+                 callback_attempts = callback_attempts + 1
+             WHERE id = $4",
+        )
+        .bind(state)
+        .bind(due)
+        .bind(error)
+        .bind(uuid(ingestion))
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn next_callback_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        let due: Option<i64> =
+            sqlx::query("SELECT min(callback_due_at) FROM ingestions WHERE callback_state = 0")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)?
+                .get(0);
+        Ok(time(due))
     }
 
     async fn stats(&self) -> Result<QueueStats, StoreError> {
@@ -279,20 +489,13 @@ impl Store for PostgresStore {
             .await
             .map_err(unavailable)?
             .get(0);
-        let rows =
-            sqlx::query("SELECT priority, status, count(*) FROM batches GROUP BY priority, status")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(unavailable)?;
+        let rows = sqlx::query("SELECT priority, status, count(*) FROM batches GROUP BY priority, status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
         let batches = rows
             .iter()
-            .map(|row| {
-                Ok((
-                    priority(row.get(0))?,
-                    status(row.get(1))?,
-                    row.get::<i64, _>(2) as u64,
-                ))
-            })
+            .map(|row| Ok((priority(row.get(0))?, status(row.get(1))?, row.get::<i64, _>(2) as u64)))
             .collect::<Result<_, StoreError>>()?;
         Ok(QueueStats {
             ingestions: ingestions as u64,
@@ -341,6 +544,23 @@ async fn notify<'e>(
         .await
         .map_err(unavailable)?;
     Ok(())
+}
+
+fn uuid(id: IngestionId) -> Uuid {
+    Uuid::from_bytes(*id.as_bytes())
+}
+
+fn time(micros: Option<i64>) -> Option<Timestamp> {
+    micros.map(Timestamp::from_micros)
+}
+
+fn callback_state(code: Option<i16>) -> Result<CallbackState, StoreError> {
+    match code {
+        Some(0) | None => Ok(CallbackState::Pending),
+        Some(1) => Ok(CallbackState::Delivered),
+        Some(2) => Ok(CallbackState::GaveUp),
+        Some(other) => Err(StoreError::Corrupt(format!("callback state {other}"))),
+    }
 }
 
 fn micros(d: Duration) -> i64 {

@@ -13,23 +13,25 @@
 mod reads;
 mod schema;
 mod writer;
+mod writes;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use self::writer::Command;
+use self::writer::Job;
 use super::{
-    BatchKey, ClaimOutcome, ClaimRequest, IngestionRecord, NewIngestion, QueueStats, Store,
-    StoreError,
+    AttemptEnd, BatchKey, BatchOutcomes, CallbackDelivery, ClaimOutcome, ClaimRequest, Created,
+    DueCallback, IngestionRecord, NewIngestion, QueueStats, Store, StoreError,
 };
-use crate::domain::{BatchId, IngestionId, Timestamp};
+use crate::domain::{IdOutcome, IngestionId, Timestamp};
 
 /// How many writes may wait for the writer before callers are held back.
 const WRITE_QUEUE: usize = 8192;
@@ -37,7 +39,7 @@ const WRITE_QUEUE: usize = 8192;
 const READERS: usize = 4;
 
 pub struct SqliteStore {
-    writes: mpsc::Sender<Command>,
+    writes: mpsc::Sender<Job>,
     readers: Arc<ReaderPool>,
     /// An exclusive lock on `<database>.lock`, held while the store is open: two
     /// processes dispatching from one file would break the rate limit.
@@ -79,18 +81,20 @@ impl SqliteStore {
         })
     }
 
-    async fn write<T>(
+    /// Runs `op` on the writer thread, in the next group commit.
+    async fn write<T: Send + 'static>(
         &self,
-        command: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+        op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.writes
-            .send(command(reply))
+            .send(Job::new(op, reply))
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Runs `query` on a reader connection, on a blocking thread.
     async fn read<T: Send + 'static>(
         &self,
         query: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -104,8 +108,8 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn create_ingestion(&self, new: NewIngestion) -> Result<(), StoreError> {
-        self.write(|reply| Command::CreateIngestion(new, reply))
+    async fn create_ingestion(&self, new: NewIngestion) -> Result<Created, StoreError> {
+        self.write(move |conn| writes::create_ingestion(conn, &new))
             .await
     }
 
@@ -114,38 +118,71 @@ impl Store for SqliteStore {
     }
 
     async fn claim_next_batch(&self, request: ClaimRequest) -> Result<ClaimOutcome, StoreError> {
-        self.write(|reply| Command::Claim(request, reply)).await
-    }
-
-    async fn complete_batch(
-        &self,
-        batch: BatchKey,
-        results: Vec<serde_json::Value>,
-        completed_at: Timestamp,
-    ) -> Result<(), StoreError> {
-        self.write(|reply| Command::Complete {
-            batch,
-            results,
-            completed_at,
-            reply,
-        })
-        .await
-    }
-
-    async fn batch_results(
-        &self,
-        batch: BatchId,
-    ) -> Result<Option<Vec<serde_json::Value>>, StoreError> {
-        self.read(move |conn| reads::batch_results(conn, batch))
+        self.write(move |conn| writes::claim_next_batch(conn, request))
             .await
     }
 
+    async fn finish_attempt(
+        &self,
+        batch: BatchKey,
+        outcomes: Vec<IdOutcome>,
+        end: AttemptEnd,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.write(move |conn| writes::finish_attempt(conn, batch, &outcomes, end, at))
+            .await
+    }
+
+    async fn cancel_ingestion(
+        &self,
+        id: IngestionId,
+        at: Timestamp,
+    ) -> Result<Option<u64>, StoreError> {
+        self.write(move |conn| writes::cancel_ingestion(conn, id, at))
+            .await
+    }
+
+    async fn batch_outcomes(
+        &self,
+        id: IngestionId,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Option<Vec<BatchOutcomes>>, StoreError> {
+        self.read(move |conn| reads::batch_outcomes(conn, id, after, limit))
+            .await
+    }
+
+    /// Only one process uses the file (see the lock), so every `triggered`
+    /// batch belonged to a process that is gone.
     async fn requeue_interrupted(&self) -> Result<u64, StoreError> {
-        self.write(Command::RequeueTriggered).await
+        self.write(writes::requeue_triggered).await
     }
 
     async fn release_unfinished(&self) -> Result<u64, StoreError> {
-        self.write(Command::RequeueTriggered).await
+        self.write(writes::requeue_triggered).await
+    }
+
+    async fn claim_due_callbacks(
+        &self,
+        now: Timestamp,
+        hold: Duration,
+        limit: usize,
+    ) -> Result<Vec<DueCallback>, StoreError> {
+        self.write(move |conn| writes::claim_due_callbacks(conn, now, hold, limit))
+            .await
+    }
+
+    async fn finish_callback(
+        &self,
+        ingestion: IngestionId,
+        delivery: CallbackDelivery,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| writes::finish_callback(conn, ingestion, &delivery))
+            .await
+    }
+
+    async fn next_callback_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.read(reads::next_callback_due).await
     }
 
     async fn stats(&self) -> Result<QueueStats, StoreError> {

@@ -1,0 +1,225 @@
+//! `GET /ingestions/{id}/results` and cancelling: `DELETE /ingestions/{id}` or
+//! `POST /ingestions/{id}/cancel`.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::error::ApiError;
+use super::status::{StatusSummary, parse_ingestion_id, unknown_ingestion};
+use crate::domain::{BatchId, BatchStatus, FetchFailure, IngestionId, ItemId, Outcome, Timestamp};
+use crate::store::{BatchOutcomes, SharedStore};
+
+/// Batches read from the store at a time while streaming: memory stays
+/// bounded whatever the request's size.
+const STREAM_PAGE: usize = 256;
+const DEFAULT_PAGE: usize = 1000;
+const MAX_PAGE: usize = 10_000;
+
+/// One id's outcome, as the results API serves it.
+#[derive(Debug, Serialize)]
+pub struct ResultLine {
+    pub id: ItemId,
+    pub batch_id: BatchId,
+    /// `ok`, `error`, `retrying`, `pending` (not fetched yet) or `cancelled`.
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<FetchFailure>,
+    /// How many times the id was fetched.
+    pub attempts: u32,
+    /// When the last fetch ended.
+    pub at: Option<Timestamp>,
+}
+
+fn lines(batch: BatchOutcomes) -> impl Iterator<Item = ResultLine> {
+    let BatchOutcomes {
+        id: batch_id,
+        ids,
+        status,
+        outcomes,
+    } = batch;
+    let mut outcomes = outcomes.into_iter().peekable();
+    ids.into_iter().map(move |id| {
+        match outcomes.next_if(|o| o.id == id) {
+            Some(done) => {
+                let (outcome, data, error) = match done.outcome {
+                    Outcome::Ok { data } => ("ok", Some(data), None),
+                    Outcome::Error { error } => ("error", None, Some(error)),
+                    Outcome::Retrying { error } => ("retrying", None, Some(error)),
+                };
+                ResultLine {
+                    id,
+                    batch_id,
+                    outcome,
+                    data,
+                    error,
+                    attempts: done.attempts,
+                    at: Some(done.at),
+                }
+            }
+            None => ResultLine {
+                id,
+                batch_id,
+                outcome: if status == BatchStatus::Cancelled {
+                    "cancelled"
+                } else {
+                    "pending"
+                },
+                data: None,
+                error: None,
+                attempts: 0,
+                at: None,
+            },
+        }
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ResultsQuery {
+    /// `ndjson` streams every result, one JSON object a line.
+    format: Option<String>,
+    /// Paginated JSON: the `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Paginated JSON: batches per page (1 to 10,000; default 1,000).
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ResultsPage {
+    pub ingestion_id: IngestionId,
+    pub results: Vec<ResultLine>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Every id of a request with its outcome, in the request's order: as NDJSON
+/// (`?format=ndjson` or `Accept: application/x-ndjson`), streamed in constant
+/// memory, or as pages of JSON.
+pub async fn results(
+    State(app): State<AppState>,
+    Path(raw_id): Path<String>,
+    query: Result<Query<ResultsQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let id = parse_ingestion_id(&raw_id)?;
+    let wants_ndjson = query.format.as_deref() == Some("ndjson")
+        || headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("application/x-ndjson"));
+    if wants_ndjson {
+        // Read the first page now, so that an unknown id is a 404, not an
+        // empty stream.
+        let first = app
+            .store
+            .batch_outcomes(id, None, STREAM_PAGE)
+            .await?
+            .ok_or_else(|| unknown_ingestion(&raw_id))?;
+        return Ok(ndjson(app.store.clone(), id, first));
+    }
+
+    let after = match query.cursor.as_deref() {
+        None => None,
+        Some(cursor) => Some(
+            cursor
+                .parse::<u32>()
+                .map_err(|_| ApiError::bad_request("cursor: use the next_cursor of a page"))?,
+        ),
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit: batches per page, from 1 to {MAX_PAGE}"
+        )));
+    }
+    let page = app
+        .store
+        .batch_outcomes(id, after, limit)
+        .await?
+        .ok_or_else(|| unknown_ingestion(&raw_id))?;
+    let next_cursor = (page.len() == limit)
+        .then(|| page.last().map(|b| b.id.position.to_string()))
+        .flatten();
+    Ok(Json(ResultsPage {
+        ingestion_id: id,
+        results: page.into_iter().flat_map(lines).collect(),
+        next_cursor,
+    })
+    .into_response())
+}
+
+fn ndjson(store: SharedStore, id: IngestionId, first: Vec<BatchOutcomes>) -> Response {
+    let pages = stream::unfold(Some((first, store)), move |state| async move {
+        let (page, store) = state?;
+        if page.is_empty() {
+            return None;
+        }
+        let mut text = String::new();
+        let last = page.last().map(|b| b.id.position);
+        let full = page.len() == STREAM_PAGE;
+        for line in page.into_iter().flat_map(lines) {
+            // A ResultLine always serializes.
+            text.push_str(&serde_json::to_string(&line).unwrap_or_default());
+            text.push('\n');
+        }
+        let next = if full {
+            match store.batch_outcomes(id, last, STREAM_PAGE).await {
+                Ok(Some(next)) => Some((next, store)),
+                // The stream is already under way: all we can do is stop.
+                Ok(None) | Err(_) => None,
+            }
+        } else {
+            None
+        };
+        Some((Ok::<_, std::io::Error>(text), next))
+    });
+    let mut response = Body::from_stream(pages.boxed()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
+}
+
+#[derive(Debug, Serialize)]
+pub struct CancelResponse {
+    #[serde(flatten)]
+    pub summary: StatusSummary,
+    /// How many batches this call cancelled (0 when repeated).
+    pub cancelled_batches: u64,
+}
+
+/// Cancels the batches that have not started; a batch processing now
+/// finishes. Cancelling twice is harmless.
+pub async fn cancel(
+    State(app): State<AppState>,
+    Path(raw_id): Path<String>,
+) -> Result<Json<CancelResponse>, ApiError> {
+    let id = parse_ingestion_id(&raw_id)?;
+    let cancelled = app
+        .store
+        .cancel_ingestion(id, app.clock.now())
+        .await?
+        .ok_or_else(|| unknown_ingestion(&raw_id))?;
+    if cancelled > 0 {
+        tracing::info!(ingestion_id = %id, batches = cancelled, "ingestion cancelled");
+        app.request_ended.notify_one();
+    }
+    let record = app
+        .store
+        .ingestion(id)
+        .await?
+        .ok_or_else(|| unknown_ingestion(&raw_id))?;
+    Ok(Json(CancelResponse {
+        summary: StatusSummary::of(&record),
+        cancelled_batches: cancelled,
+    }))
+}

@@ -1,0 +1,313 @@
+//! The writes, each run by the writer thread inside its own savepoint.
+
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::reads::{outcomes_of, priority_of};
+use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, Timestamp};
+use crate::store::codec::{decode_ids, encode_ids};
+use crate::store::{
+    AttemptEnd, BatchKey, CallbackDelivery, ClaimOutcome, ClaimRequest, ClaimedBatch, Created,
+    DueCallback, NewIngestion, StoreError,
+};
+
+const YET_TO_START: i64 = 0;
+const TRIGGERED: i64 = 1;
+const RETRYING: i64 = 3;
+const CANCELLED: i64 = 5;
+
+/// Callback states.
+const CALLBACK_PENDING: i64 = 0;
+const CALLBACK_DELIVERED: i64 = 1;
+const CALLBACK_GAVE_UP: i64 = 2;
+
+pub fn create_ingestion(conn: &Connection, new: &NewIngestion) -> Result<Created, StoreError> {
+    if let Some(key) = &new.idempotency {
+        let existing: Option<(Vec<u8>, [u8; 16])> = conn
+            .prepare_cached(
+                "SELECT fingerprint, ingestion_id FROM idempotency_keys
+                 WHERE key = ?1 AND expires_at > ?2",
+            )?
+            .query_row(params![key.key, new.created_at.as_micros()], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()?;
+        if let Some((fingerprint, id)) = existing {
+            return Ok(if fingerprint == key.fingerprint {
+                Created::Replayed(IngestionId::from_bytes(id))
+            } else {
+                Created::KeyConflict
+            });
+        }
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, ingestion_id, expires_at)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            key.key,
+            key.fingerprint.as_slice(),
+            new.id.as_bytes(),
+            key.expires_at.as_micros()
+        ])?;
+    }
+
+    let batches = new.batches();
+    conn.prepare_cached(
+        "INSERT INTO ingestions (id, priority, created_at, open_batches, callback_url, callback_state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        new.id.as_bytes(),
+        new.priority.rank(),
+        new.created_at.as_micros(),
+        batches.len() as i64,
+        new.callback_url,
+        new.callback_url.as_ref().map(|_| CALLBACK_PENDING),
+    ])?;
+    let seq = conn.last_insert_rowid();
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO batches (ingestion_seq, position, priority, ids) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (position, ids) in batches.enumerate() {
+        insert.execute(params![seq, position as i64, new.priority.rank(), encode_ids(ids)])?;
+    }
+    Ok(Created::New(new.id))
+}
+
+pub fn claim_next_batch(
+    conn: &Connection,
+    request: ClaimRequest,
+) -> Result<ClaimOutcome, StoreError> {
+    let last_slot: Option<Timestamp> = conn
+        .prepare_cached("SELECT last_slot FROM rate_limiter WHERE id = 1")?
+        .query_row([], |row| row.get(0))
+        .optional()?
+        .map(Timestamp::from_micros);
+    if let Some(next) = request.next_allowed(last_slot) {
+        return Ok(ClaimOutcome::NotBefore(next));
+    }
+
+    let running: i64 = conn
+        .prepare_cached("SELECT count(*) FROM batches WHERE status = 1")?
+        .query_row([], |row| row.get(0))?;
+    if running >= request.max_in_flight.get() as i64 {
+        return Ok(ClaimOutcome::Busy);
+    }
+
+    let next = conn
+        .prepare_cached(
+            "SELECT b.ingestion_seq, b.position, b.priority, b.ids, b.attempts, b.results, i.id
+             FROM batches b JOIN ingestions i ON i.seq = b.ingestion_seq
+             WHERE b.status IN (0, 3) AND (b.retry_at IS NULL OR b.retry_at <= ?1)
+             ORDER BY b.priority, b.lane, b.ingestion_seq, b.position
+             LIMIT 1",
+        )?
+        .query_row([request.now.as_micros()], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, u32>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, Vec<u8>>(3)?,
+                row.get::<_, u32>(4)?,
+                row.get::<_, Option<String>>(5)?,
+                row.get::<_, [u8; 16]>(6)?,
+            ))
+        })
+        .optional()?;
+    let Some((ingestion_seq, position, priority, ids, attempts, results, ingestion_id)) = next
+    else {
+        let next_retry: Option<i64> = conn
+            .prepare_cached("SELECT min(retry_at) FROM batches WHERE status = 3")?
+            .query_row([], |row| row.get(0))?;
+        return Ok(match next_retry {
+            Some(at) => ClaimOutcome::NotBefore(Timestamp::from_micros(at)),
+            None => ClaimOutcome::Idle,
+        });
+    };
+
+    let slot = request.slot_after(last_slot);
+    conn.prepare_cached(
+        "UPDATE batches
+         SET status = 1, lane = 1, attempts = attempts + 1, retry_at = NULL,
+             scheduled_at = ?1, started_at = ?2
+         WHERE ingestion_seq = ?3 AND position = ?4",
+    )?
+    .execute(params![
+        slot.as_micros(),
+        request.now.as_micros(),
+        ingestion_seq,
+        position
+    ])?;
+    conn.prepare_cached(
+        "INSERT INTO rate_limiter (id, last_slot) VALUES (1, ?1)
+         ON CONFLICT (id) DO UPDATE SET last_slot = excluded.last_slot",
+    )?
+    .execute([slot.as_micros()])?;
+
+    Ok(ClaimOutcome::Started(ClaimedBatch {
+        key: BatchKey {
+            ingestion_seq,
+            position,
+        },
+        id: BatchId {
+            ingestion: IngestionId::from_bytes(ingestion_id),
+            position,
+        },
+        priority: priority_of(priority)?,
+        ids: decode_ids(&ids)?,
+        attempt: attempts + 1,
+        slot,
+        outcomes: outcomes_of(results.as_deref())?,
+    }))
+}
+
+pub fn finish_attempt(
+    conn: &Connection,
+    batch: BatchKey,
+    outcomes: &[IdOutcome],
+    end: AttemptEnd,
+    at: Timestamp,
+) -> Result<bool, StoreError> {
+    let results =
+        serde_json::to_string(outcomes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let cancelled = conn
+        .prepare_cached("SELECT cancelled_at IS NOT NULL FROM ingestions WHERE seq = ?1")?
+        .query_row([batch.ingestion_seq], |row| row.get::<_, bool>(0))?;
+    let (status, retry_at, completed_at) = match end {
+        AttemptEnd::Completed => (BatchStatus::Completed, None, Some(at)),
+        AttemptEnd::Failed => (BatchStatus::Failed, None, Some(at)),
+        // The request was cancelled while this attempt ran: no more attempts.
+        AttemptEnd::RetryAt(_) if cancelled => (BatchStatus::Cancelled, None, Some(at)),
+        AttemptEnd::RetryAt(when) => (BatchStatus::Retrying, Some(when), None),
+    };
+    let changed = conn
+        .prepare_cached(
+            "UPDATE batches SET status = ?1, retry_at = ?2, completed_at = ?3, results = ?4
+             WHERE ingestion_seq = ?5 AND position = ?6 AND status = 1",
+        )?
+        .execute(params![
+            status.code(),
+            retry_at.map(Timestamp::as_micros),
+            completed_at.map(Timestamp::as_micros),
+            results,
+            batch.ingestion_seq,
+            batch.position
+        ])?;
+    if changed == 0 || !status.is_final() {
+        return Ok(false);
+    }
+    close_batches(conn, batch.ingestion_seq, 1, at)
+}
+
+/// Counts `n` batches of a request as ended; when none is left open, the
+/// request has ended and its callback (if any) becomes due. Returns whether
+/// the request ended.
+fn close_batches(conn: &Connection, seq: i64, n: i64, at: Timestamp) -> Result<bool, StoreError> {
+    let open: i64 = conn
+        .prepare_cached(
+            "UPDATE ingestions SET open_batches = open_batches - ?1 WHERE seq = ?2
+             RETURNING open_batches",
+        )?
+        .query_row(params![n, seq], |row| row.get(0))?;
+    if open > 0 {
+        return Ok(false);
+    }
+    conn.prepare_cached(
+        "UPDATE ingestions
+         SET finished_at = ?1,
+             callback_due_at = CASE WHEN callback_state = 0 THEN ?1 END
+         WHERE seq = ?2",
+    )?
+    .execute(params![at.as_micros(), seq])?;
+    Ok(true)
+}
+
+pub fn cancel_ingestion(
+    conn: &Connection,
+    id: IngestionId,
+    at: Timestamp,
+) -> Result<Option<u64>, StoreError> {
+    let Some(seq) = conn
+        .prepare_cached("SELECT seq FROM ingestions WHERE id = ?1")?
+        .query_row([id.as_bytes()], |row| row.get::<_, i64>(0))
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    conn.prepare_cached("UPDATE ingestions SET cancelled_at = coalesce(cancelled_at, ?1) WHERE seq = ?2")?
+        .execute(params![at.as_micros(), seq])?;
+    let cancelled = conn
+        .prepare_cached(
+            "UPDATE batches SET status = ?1, retry_at = NULL, completed_at = ?2
+             WHERE ingestion_seq = ?3 AND status IN (?4, ?5)",
+        )?
+        .execute(params![
+            CANCELLED,
+            at.as_micros(),
+            seq,
+            YET_TO_START,
+            RETRYING
+        ])? as i64;
+    if cancelled > 0 {
+        close_batches(conn, seq, cancelled, at)?;
+    }
+    Ok(Some(cancelled as u64))
+}
+
+pub fn requeue_triggered(conn: &Connection) -> Result<u64, StoreError> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE batches SET status = ?1, lane = 0, scheduled_at = NULL, started_at = NULL
+             WHERE status = ?2",
+        )?
+        .execute(params![YET_TO_START, TRIGGERED])?;
+    Ok(n as u64)
+}
+
+pub fn claim_due_callbacks(
+    conn: &Connection,
+    now: Timestamp,
+    hold: Duration,
+    limit: usize,
+) -> Result<Vec<DueCallback>, StoreError> {
+    let held_until = now.saturating_add_micros(hold.as_micros() as i64);
+    let mut stmt = conn.prepare_cached(
+        "UPDATE ingestions SET callback_due_at = ?1
+         WHERE seq IN (SELECT seq FROM ingestions
+                       WHERE callback_state = 0 AND callback_due_at <= ?2
+                       ORDER BY callback_due_at LIMIT ?3)
+         RETURNING id, callback_url, callback_attempts",
+    )?;
+    let rows = stmt.query_map(
+        params![held_until.as_micros(), now.as_micros(), limit as i64],
+        |row| {
+            Ok(DueCallback {
+                ingestion: IngestionId::from_bytes(row.get(0)?),
+                url: row.get(1)?,
+                attempts: row.get(2)?,
+            })
+        },
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn finish_callback(
+    conn: &Connection,
+    ingestion: IngestionId,
+    delivery: &CallbackDelivery,
+) -> Result<(), StoreError> {
+    let (state, due, error) = match delivery {
+        CallbackDelivery::Delivered => (CALLBACK_DELIVERED, None, None),
+        CallbackDelivery::RetryAt(at, error) => (CALLBACK_PENDING, Some(at.as_micros()), Some(error)),
+        CallbackDelivery::GaveUp(error) => (CALLBACK_GAVE_UP, None, Some(error)),
+    };
+    conn.prepare_cached(
+        "UPDATE ingestions
+         SET callback_state = ?1, callback_due_at = ?2, callback_error = ?3,
+             callback_attempts = callback_attempts + 1
+         WHERE id = ?4",
+    )?
+    .execute(params![state, due, error, ingestion.as_bytes()])?;
+    Ok(())
+}

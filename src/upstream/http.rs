@@ -1,0 +1,206 @@
+//! A real upstream over HTTP: `GET <url with {id} replaced>`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+
+use super::{FetchError, Fetcher};
+use crate::domain::ItemId;
+
+/// How much of an error body is kept in the outcome.
+const BODY_EXCERPT: usize = 200;
+/// The longest `Retry-After` honoured; a larger one is read as this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone)]
+pub struct HttpUpstreamSettings {
+    /// A URL with `{id}` where the id goes, e.g. `http://api.internal/items/{id}`.
+    pub url_template: String,
+    /// Headers sent with every request, e.g. `Authorization`. Values are
+    /// marked sensitive, so they never appear in logs.
+    pub headers: Vec<(String, String)>,
+    /// How long one request may take, connection included.
+    pub timeout: Duration,
+}
+
+pub struct HttpUpstream {
+    client: reqwest::Client,
+    /// The template split around `{id}`: `prefix{id}suffix`.
+    prefix: String,
+    suffix: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpUpstreamError {
+    #[error("--upstream-url must contain {{id}} once: {0}")]
+    Template(String),
+    #[error("--upstream-url is not a valid URL: {0}")]
+    Url(String),
+    #[error("bad upstream header {0:?}: {1}")]
+    Header(String, String),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+impl HttpUpstream {
+    pub fn new(settings: HttpUpstreamSettings) -> Result<Self, HttpUpstreamError> {
+        let template = &settings.url_template;
+        let (prefix, suffix) = template
+            .split_once("{id}")
+            .filter(|(_, rest)| !rest.contains("{id}"))
+            .ok_or_else(|| HttpUpstreamError::Template(template.clone()))?;
+        let example = format!("{prefix}1{suffix}");
+        reqwest::Url::parse(&example).map_err(|e| HttpUpstreamError::Url(format!("{example}: {e}")))?;
+
+        let mut headers = HeaderMap::new();
+        for (name, value) in &settings.headers {
+            let header = HeaderName::try_from(name.as_str())
+                .map_err(|e| HttpUpstreamError::Header(name.clone(), e.to_string()))?;
+            let mut value = HeaderValue::try_from(value.as_str())
+                .map_err(|e| HttpUpstreamError::Header(name.clone(), e.to_string()))?;
+            value.set_sensitive(true);
+            headers.insert(header, value);
+        }
+        // One client for the process: it keeps connections alive and reuses them.
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(settings.timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| HttpUpstreamError::Client(e.to_string()))?;
+        Ok(Self {
+            client,
+            prefix: prefix.to_owned(),
+            suffix: suffix.to_owned(),
+        })
+    }
+
+    fn url(&self, id: ItemId) -> String {
+        format!("{}{id}{}", self.prefix, self.suffix)
+    }
+}
+
+#[async_trait]
+impl Fetcher for HttpUpstream {
+    async fn fetch(&self, id: ItemId) -> Result<serde_json::Value, FetchError> {
+        let response = self.client.get(self.url(id)).send().await.map_err(|e| {
+            let reason = if e.is_timeout() {
+                "timed out".to_owned()
+            } else if e.is_connect() {
+                "cannot connect to the upstream".to_owned()
+            } else {
+                format!("request failed: {e}")
+            };
+            FetchError::Transient {
+                reason,
+                status: None,
+                retry_after: None,
+            }
+        })?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let body = response.bytes().await.map_err(|e| FetchError::Transient {
+            reason: if e.is_timeout() {
+                "timed out reading the body".into()
+            } else {
+                format!("reading the body failed: {e}")
+            },
+            status: Some(status.as_u16()),
+            retry_after: None,
+        })?;
+
+        if status.is_success() {
+            return Ok(serde_json::from_slice(&body).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
+            }));
+        }
+        let excerpt = excerpt(&body);
+        if is_transient(status) {
+            Err(FetchError::Transient {
+                reason: format!("HTTP {}: {excerpt}", status.as_u16()),
+                status: Some(status.as_u16()),
+                retry_after,
+            })
+        } else {
+            Err(FetchError::Permanent {
+                status: status.as_u16(),
+                body_excerpt: excerpt,
+            })
+        }
+    }
+}
+
+/// 5xx, 408 and 429 may pass; every other non-2xx answer is final.
+fn is_transient(status: StatusCode) -> bool {
+    status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// `Retry-After` in seconds, or as an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate_wait(value)?,
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+fn httpdate_wait(value: &str) -> Option<Duration> {
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+}
+
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(BODY_EXCERPT) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"));
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO), "a date in the past");
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("99999999"));
+        assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn which_statuses_are_worth_retrying() {
+        for code in [500, 502, 503, 504, 408, 429] {
+            assert!(is_transient(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+        for code in [400, 401, 403, 404, 410, 422] {
+            assert!(!is_transient(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+    }
+
+    #[test]
+    fn the_template_needs_one_id() {
+        let settings = |url: &str| HttpUpstreamSettings {
+            url_template: url.into(),
+            headers: vec![],
+            timeout: Duration::from_secs(1),
+        };
+        assert!(HttpUpstream::new(settings("http://127.0.0.1:9/items/{id}")).is_ok());
+        assert!(HttpUpstream::new(settings("http://127.0.0.1:9/items")).is_err());
+        assert!(HttpUpstream::new(settings("http://127.0.0.1:9/{id}/{id}")).is_err());
+        assert!(HttpUpstream::new(settings("not a url {id}")).is_err());
+    }
+}
