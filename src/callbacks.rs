@@ -104,11 +104,18 @@ impl CallbackSender {
                     .min(BACKOFF_CAP)
                     .mul_f64(0.5 + fastrand::f64() / 2.0);
                 tracing::info!(ingestion_id = %callback.ingestion, %error, ?wait, "callback failed; will retry");
-                let at = self.clock.now().saturating_add_micros(wait.as_micros() as i64);
+                let at = self
+                    .clock
+                    .now()
+                    .saturating_add_micros(wait.as_micros() as i64);
                 CallbackDelivery::RetryAt(at, error)
             }
         };
-        if let Err(error) = self.store.finish_callback(callback.ingestion, outcome).await {
+        if let Err(error) = self
+            .store
+            .finish_callback(callback.ingestion, outcome)
+            .await
+        {
             tracing::warn!(%error, "cannot record a callback delivery; it will be tried again");
         }
     }
@@ -126,7 +133,13 @@ impl CallbackSender {
             .json(&StatusSummary::of(&record))
             .send()
             .await
-            .map_err(|e| if e.is_timeout() { "timed out".into() } else { e.to_string() })?;
+            .map_err(|e| {
+                if e.is_timeout() {
+                    "timed out".into()
+                } else {
+                    e.to_string()
+                }
+            })?;
         if response.status().is_success() {
             Ok(())
         } else {

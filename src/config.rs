@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
-use crate::domain::{BatchSize, Interval};
 use crate::dispatcher::RetryPolicy;
+use crate::domain::{BatchSize, Interval};
 use crate::store::postgres::LeaseSettings;
 use crate::upstream::HttpUpstreamSettings;
 
@@ -72,7 +72,11 @@ pub struct Config {
 
     /// A header sent with every upstream request, `Name: value`; repeatable.
     /// Header values are never logged.
-    #[arg(long = "upstream-header", env = "SLUICE_UPSTREAM_HEADERS", value_delimiter = '\n')]
+    #[arg(
+        long = "upstream-header",
+        env = "SLUICE_UPSTREAM_HEADERS",
+        value_delimiter = '\n'
+    )]
     pub upstream_headers: Vec<String>,
 
     /// A file holding a bearer token for the upstream (`Authorization: Bearer

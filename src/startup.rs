@@ -10,11 +10,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiLimits, App, AppState};
+use crate::callbacks::CallbackSender;
 use crate::config::Config;
 use crate::dispatcher::{DispatchSettings, Dispatcher};
 use crate::domain::Clock;
 use crate::store::{self, SharedStore};
-use crate::callbacks::CallbackSender;
 use crate::upstream::{HttpUpstream, MockUpstream, SharedFetcher};
 
 /// A service that is bound and recovered, ready to run.

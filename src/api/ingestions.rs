@@ -46,8 +46,8 @@ fn lines(batch: BatchOutcomes) -> impl Iterator<Item = ResultLine> {
         outcomes,
     } = batch;
     let mut outcomes = outcomes.into_iter().peekable();
-    ids.into_iter().map(move |id| {
-        match outcomes.next_if(|o| o.id == id) {
+    ids.into_iter()
+        .map(move |id| match outcomes.next_if(|o| o.id == id) {
             Some(done) => {
                 let (outcome, data, error) = match done.outcome {
                     Outcome::Ok { data } => ("ok", Some(data), None),
@@ -77,8 +77,7 @@ fn lines(batch: BatchOutcomes) -> impl Iterator<Item = ResultLine> {
                 attempts: 0,
                 at: None,
             },
-        }
-    })
+        })
 }
 
 #[derive(Debug, Deserialize)]

@@ -72,8 +72,14 @@ pub fn router(state: AppState) -> Router {
         .route("/status", get(status::status_by_query_or_body))
         .route("/status/{ingestion_id}", get(status::status_by_path))
         .route("/ingestions/{ingestion_id}", delete(ingestions::cancel))
-        .route("/ingestions/{ingestion_id}/cancel", post(ingestions::cancel))
-        .route("/ingestions/{ingestion_id}/results", get(ingestions::results))
+        .route(
+            "/ingestions/{ingestion_id}/cancel",
+            post(ingestions::cancel),
+        )
+        .route(
+            "/ingestions/{ingestion_id}/results",
+            get(ingestions::results),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::body::{body_error, parse_json};
 use super::error::{ApiError, FieldError};
-use crate::domain::{BatchId, BatchStatus, IngestionId, IngestionStatus, ItemId, Priority, Timestamp};
+use crate::domain::{
+    BatchId, BatchStatus, IngestionId, IngestionStatus, ItemId, Priority, Timestamp,
+};
 use crate::store::{CallbackRecord, CallbackState, IngestionRecord};
 
 /// A request's state without its batches: what callbacks and cancels answer.

@@ -48,7 +48,9 @@ pub async fn process(
     batch: ClaimedBatch,
 ) -> bool {
     let span = tracing::info_span!("batch", batch_id = %batch.id, priority = %batch.priority);
-    run(store, fetcher, clock, retry, batch).instrument(span).await
+    run(store, fetcher, clock, retry, batch)
+        .instrument(span)
+        .await
 }
 
 async fn run(
@@ -58,7 +60,11 @@ async fn run(
     retry: RetryPolicy,
     batch: ClaimedBatch,
 ) -> bool {
-    tracing::info!(ids = batch.ids.len(), attempt = batch.attempt, "batch triggered");
+    tracing::info!(
+        ids = batch.ids.len(),
+        attempt = batch.attempt,
+        "batch triggered"
+    );
     let (outcomes, end) = attempt(fetcher, clock, retry, &batch).await;
     match &end {
         AttemptEnd::Completed => tracing::info!("batch completed"),
@@ -104,9 +110,7 @@ async fn attempt(
                     retry_after = retry_after.max(error.retry_after());
                 }
                 match failure.kind {
-                    FailureKind::Transient if !last_attempt => {
-                        Outcome::Retrying { error: failure }
-                    }
+                    FailureKind::Transient if !last_attempt => Outcome::Retrying { error: failure },
                     _ => Outcome::Error { error: failure },
                 }
             }

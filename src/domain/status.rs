@@ -127,7 +127,10 @@ mod tests {
 
     #[test]
     fn overall_status_follows_the_contract() {
-        assert_eq!(derive(&[YetToStart, YetToStart]), IngestionStatus::YetToStart);
+        assert_eq!(
+            derive(&[YetToStart, YetToStart]),
+            IngestionStatus::YetToStart
+        );
         assert_eq!(derive(&[Completed, Completed]), IngestionStatus::Completed);
         assert_eq!(derive(&[Completed, YetToStart]), IngestionStatus::Triggered);
         assert_eq!(derive(&[Triggered, YetToStart]), IngestionStatus::Triggered);

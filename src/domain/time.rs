@@ -56,7 +56,9 @@ impl<'de> Deserialize<'de> for Timestamp {
             .duration_since(UNIX_EPOCH)
             .map_err(serde::de::Error::custom)?
             .as_micros();
-        Ok(Self(i64::try_from(micros).map_err(serde::de::Error::custom)?))
+        Ok(Self(
+            i64::try_from(micros).map_err(serde::de::Error::custom)?,
+        ))
     }
 }
 

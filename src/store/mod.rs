@@ -22,8 +22,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{
-    BatchId, BatchSize, BatchStatus, IdOutcome, IngestionId, Interval, ItemId, Priority,
-    Timestamp,
+    BatchId, BatchSize, BatchStatus, IdOutcome, IngestionId, Interval, ItemId, Priority, Timestamp,
 };
 
 /// The one store handle that the API and the dispatcher share.

@@ -52,7 +52,8 @@ impl HttpUpstream {
             .filter(|(_, rest)| !rest.contains("{id}"))
             .ok_or_else(|| HttpUpstreamError::Template(template.clone()))?;
         let example = format!("{prefix}1{suffix}");
-        reqwest::Url::parse(&example).map_err(|e| HttpUpstreamError::Url(format!("{example}: {e}")))?;
+        reqwest::Url::parse(&example)
+            .map_err(|e| HttpUpstreamError::Url(format!("{example}: {e}")))?;
 
         let mut headers = HeaderMap::new();
         for (name, value) in &settings.headers {
@@ -152,7 +153,10 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 fn httpdate_wait(value: &str) -> Option<Duration> {
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 fn excerpt(body: &[u8]) -> String {
@@ -173,8 +177,15 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"));
-        assert_eq!(retry_after(&headers), Some(Duration::ZERO), "a date in the past");
+        headers.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+        );
+        assert_eq!(
+            retry_after(&headers),
+            Some(Duration::ZERO),
+            "a date in the past"
+        );
         headers.insert(RETRY_AFTER, HeaderValue::from_static("99999999"));
         assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER));
         headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));

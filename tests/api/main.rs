@@ -10,3 +10,4 @@ mod ordering;
 mod rate;
 mod sqlite_only;
 mod status;
+mod upstream;

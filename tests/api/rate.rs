@@ -30,7 +30,10 @@ async fn starts_are_never_closer_than_the_interval() {
             assert_eq!(gap, interval, "a backlog runs one interval apart, exactly");
         }
         let started_gap = micros(&pair[1]["started_at"]) - micros(&pair[0]["started_at"]);
-        assert!(started_gap >= interval - tolerance, "starts {started_gap} µs apart");
+        assert!(
+            started_gap >= interval - tolerance,
+            "starts {started_gap} µs apart"
+        );
     }
     for batch in &batches {
         let lag = micros(&batch["started_at"]) - micros(&batch["scheduled_at"]);

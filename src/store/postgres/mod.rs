@@ -28,8 +28,8 @@ use uuid::Uuid;
 use super::codec::{decode_ids, encode_ids};
 use super::{
     AttemptEnd, BatchKey, BatchOutcomes, BatchRecord, CallbackDelivery, CallbackRecord,
-    CallbackState, ClaimOutcome, ClaimRequest, ClaimedBatch, Created, DueCallback,
-    IngestionRecord, NewIngestion, QueueStats, Store, StoreError,
+    CallbackState, ClaimOutcome, ClaimRequest, ClaimedBatch, Created, DueCallback, IngestionRecord,
+    NewIngestion, QueueStats, Store, StoreError,
 };
 use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, Priority, Timestamp};
 
@@ -321,7 +321,10 @@ impl Store for PostgresStore {
         match row {
             Some(row) => Ok(row.get::<bool, _>(2)),
             None => {
-                tracing::warn!(?batch, "lease lost before the attempt was recorded; another node re-ran the batch");
+                tracing::warn!(
+                    ?batch,
+                    "lease lost before the attempt was recorded; another node re-ran the batch"
+                );
                 Ok(false)
             }
         }
@@ -414,7 +417,12 @@ impl Store for PostgresStore {
     }
 
     async fn release_unfinished(&self) -> Result<u64, StoreError> {
-        requeue(&self.pool, "WHERE status = 1 AND lease_owner = $1", Some(self.node)).await
+        requeue(
+            &self.pool,
+            "WHERE status = 1 AND lease_owner = $1",
+            Some(self.node),
+        )
+        .await
     }
 
     async fn claim_due_callbacks(
@@ -489,13 +497,20 @@ impl Store for PostgresStore {
             .await
             .map_err(unavailable)?
             .get(0);
-        let rows = sqlx::query("SELECT priority, status, count(*) FROM batches GROUP BY priority, status")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let rows =
+            sqlx::query("SELECT priority, status, count(*) FROM batches GROUP BY priority, status")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
         let batches = rows
             .iter()
-            .map(|row| Ok((priority(row.get(0))?, status(row.get(1))?, row.get::<i64, _>(2) as u64)))
+            .map(|row| {
+                Ok((
+                    priority(row.get(0))?,
+                    status(row.get(1))?,
+                    row.get::<i64, _>(2) as u64,
+                ))
+            })
             .collect::<Result<_, StoreError>>()?;
         Ok(QueueStats {
             ingestions: ingestions as u64,

@@ -9,7 +9,10 @@ use crate::store::{
     StoreError,
 };
 
-pub fn ingestion(conn: &Connection, id: IngestionId) -> Result<Option<IngestionRecord>, StoreError> {
+pub fn ingestion(
+    conn: &Connection,
+    id: IngestionId,
+) -> Result<Option<IngestionRecord>, StoreError> {
     let head = conn
         .prepare_cached(
             "SELECT seq, priority, created_at, finished_at, callback_url, callback_state,
@@ -96,11 +99,7 @@ pub fn batch_outcomes(
         "SELECT position, status, ids, results FROM batches
          WHERE ingestion_seq = ?1 AND position > ?2 ORDER BY position LIMIT ?3",
     )?;
-    let mut rows = stmt.query(params![
-        seq,
-        after.map_or(-1, i64::from),
-        limit as i64
-    ])?;
+    let mut rows = stmt.query(params![seq, after.map_or(-1, i64::from), limit as i64])?;
     let mut page = Vec::new();
     while let Some(row) = rows.next()? {
         page.push(BatchOutcomes {
@@ -138,7 +137,11 @@ pub fn stats(conn: &Connection) -> Result<QueueStats, StoreError> {
     let mut batches = Vec::new();
     while let Some(row) = rows.next()? {
         let count: i64 = row.get(2)?;
-        batches.push((priority_of(row.get(0)?)?, status(row.get(1)?)?, count as u64));
+        batches.push((
+            priority_of(row.get(0)?)?,
+            status(row.get(1)?)?,
+            count as u64,
+        ));
     }
     Ok(QueueStats {
         ingestions: ingestions as u64,

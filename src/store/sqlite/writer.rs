@@ -17,8 +17,11 @@ const MAX_GROUP: usize = 1024;
 /// Sends a job's answer once its group's commit is known.
 type Answer = Box<dyn FnOnce(&Result<(), StoreError>) + Send>;
 
+/// Runs a write (if given a connection) and says whether it succeeded.
+type Run = Box<dyn FnOnce(Option<&Connection>) -> (bool, Answer) + Send>;
+
 /// A write waiting for the writer thread.
-pub struct Job(Box<dyn FnOnce(Option<&Connection>) -> (bool, Answer) + Send>);
+pub struct Job(Run);
 
 impl Job {
     /// Wraps `op`; its result reaches `reply` after the commit. `op` runs only

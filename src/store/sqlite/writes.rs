@@ -70,7 +70,12 @@ pub fn create_ingestion(conn: &Connection, new: &NewIngestion) -> Result<Created
         "INSERT INTO batches (ingestion_seq, position, priority, ids) VALUES (?1, ?2, ?3, ?4)",
     )?;
     for (position, ids) in batches.enumerate() {
-        insert.execute(params![seq, position as i64, new.priority.rank(), encode_ids(ids)])?;
+        insert.execute(params![
+            seq,
+            position as i64,
+            new.priority.rank(),
+            encode_ids(ids)
+        ])?;
     }
     Ok(Created::New(new.id))
 }
@@ -235,8 +240,10 @@ pub fn cancel_ingestion(
     else {
         return Ok(None);
     };
-    conn.prepare_cached("UPDATE ingestions SET cancelled_at = coalesce(cancelled_at, ?1) WHERE seq = ?2")?
-        .execute(params![at.as_micros(), seq])?;
+    conn.prepare_cached(
+        "UPDATE ingestions SET cancelled_at = coalesce(cancelled_at, ?1) WHERE seq = ?2",
+    )?
+    .execute(params![at.as_micros(), seq])?;
     let cancelled = conn
         .prepare_cached(
             "UPDATE batches SET status = ?1, retry_at = NULL, completed_at = ?2
@@ -299,7 +306,9 @@ pub fn finish_callback(
 ) -> Result<(), StoreError> {
     let (state, due, error) = match delivery {
         CallbackDelivery::Delivered => (CALLBACK_DELIVERED, None, None),
-        CallbackDelivery::RetryAt(at, error) => (CALLBACK_PENDING, Some(at.as_micros()), Some(error)),
+        CallbackDelivery::RetryAt(at, error) => {
+            (CALLBACK_PENDING, Some(at.as_micros()), Some(error))
+        }
         CallbackDelivery::GaveUp(error) => (CALLBACK_GAVE_UP, None, Some(error)),
     };
     conn.prepare_cached(
