@@ -31,8 +31,9 @@ impl Application {
         let store = store::open(&config.database, config.lease_settings())
             .await
             .with_context(|| format!("opening the database {}", config.database))?;
+        let clock = Clock::new();
         let requeued = store
-            .requeue_interrupted()
+            .requeue_interrupted(clock.now())
             .await
             .context("putting interrupted batches back in the queue")?;
         if requeued > 0 {
@@ -50,7 +51,6 @@ impl Application {
             None => Arc::new(MockUpstream::new(config.mock_latency.as_duration())),
         };
 
-        let clock = Clock::new();
         let wake = Arc::new(Notify::new());
         let request_ended = Arc::new(Notify::new());
         let dispatcher = Dispatcher::new(

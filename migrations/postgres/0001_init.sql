@@ -17,6 +17,7 @@ CREATE TABLE ingestions (
     open_batches      INTEGER  NOT NULL,   -- batches not yet ended; 0 = the request has ended
     finished_at       BIGINT,
     cancelled_at      BIGINT,
+    started           BOOLEAN  NOT NULL DEFAULT FALSE,  -- once a batch has started
     callback_url      TEXT,
     callback_state    SMALLINT,            -- NULL none, 0 pending, 1 delivered, 2 gave up
     callback_due_at   BIGINT,
@@ -58,6 +59,29 @@ CREATE INDEX batches_waiting ON batches (priority, lane, ingestion_seq, position
 CREATE INDEX batches_retrying ON batches (retry_at) WHERE status = 3;
 -- Batches processing now: counted against max-in-flight, renewed, rescued.
 CREATE INDEX batches_running ON batches (lease_owner, lease_expires_at) WHERE status = 1;
+
+-- Every status change, in commit order: the source of the live progress streams
+-- (SSE), so a client that reconnects with Last-Event-ID loses nothing.
+CREATE TABLE events (
+    seq           BIGSERIAL PRIMARY KEY,   -- the SSE event id
+    ingestion_seq BIGINT   NOT NULL,
+    position      INTEGER,                 -- the batch; NULL for the request itself
+    status        SMALLINT NOT NULL,       -- a batch status code, or a request's (same codes)
+    at            BIGINT   NOT NULL
+);
+CREATE INDEX events_by_ingestion ON events (ingestion_seq, seq);
+
+-- Appends an event. Writers of events queue on one transaction-scoped lock, so
+-- sequence numbers are handed out in commit order: a reader that has seen event
+-- n will never later find an event below n.
+CREATE FUNCTION sluice_event(seq_ BIGINT, position_ INTEGER, status_ INTEGER, at_ BIGINT)
+RETURNS VOID
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(7311001);
+    INSERT INTO events (ingestion_seq, position, status, at) VALUES (seq_, position_, status_, at_);
+END
+$$;
 
 -- The rate limiter's state, one row for the cluster. Every claim locks it, so
 -- claims are serialised and the rate and the in-flight limit hold cluster-wide.
@@ -126,7 +150,7 @@ BEGIN
         RETURN;
     END IF;
 
-    SELECT b.ingestion_seq, b.position INTO chosen
+    SELECT b.ingestion_seq, b.position, b.status INTO chosen
     FROM batches b
     WHERE b.status IN (0, 3) AND (b.retry_at IS NULL OR b.retry_at <= db_now)
     ORDER BY b.priority, b.lane, b.ingestion_seq, b.position
@@ -141,15 +165,24 @@ BEGIN
     END IF;
 
     UPDATE rate_limiter SET last_slot = v_slot WHERE rate_limiter.id = 1;
-    RETURN QUERY
     UPDATE batches b
     SET status = 1, lane = 1, attempts = b.attempts + 1, retry_at = NULL, scheduled_at = v_slot,
         started_at = db_now, lease_owner = node, lease_expires_at = db_now + lease
-    FROM ingestions i
-    WHERE b.ingestion_seq = chosen.ingestion_seq AND b.position = chosen.position
-      AND i.seq = b.ingestion_seq
-    RETURNING 'started'::TEXT, NULL::BIGINT, b.ingestion_seq, b.position, b.priority, b.ids,
-        b.attempts, i.id, v_slot, b.results;
+    WHERE b.ingestion_seq = chosen.ingestion_seq AND b.position = chosen.position;
+    -- Between attempts a batch already reads `triggered`: no change to announce.
+    IF chosen.status <> 3 THEN
+        PERFORM sluice_event(chosen.ingestion_seq, chosen.position, 1, db_now);
+    END IF;
+    UPDATE ingestions i SET started = TRUE WHERE i.seq = chosen.ingestion_seq AND NOT i.started;
+    IF FOUND THEN
+        PERFORM sluice_event(chosen.ingestion_seq, NULL, 1, db_now);
+    END IF;
+
+    RETURN QUERY
+    SELECT 'started'::TEXT, NULL::BIGINT, b.ingestion_seq, b.position, b.priority, b.ids,
+        b.attempts, i.id, v_slot, b.results
+    FROM batches b JOIN ingestions i ON i.seq = b.ingestion_seq
+    WHERE b.ingestion_seq = chosen.ingestion_seq AND b.position = chosen.position;
 END
 $$;
 
@@ -168,6 +201,21 @@ BEGIN
     UPDATE ingestions
     SET finished_at = at, callback_due_at = CASE WHEN callback_state = 0 THEN at END
     WHERE seq = seq_;
+    PERFORM sluice_event(seq_, NULL,
+        (SELECT CASE WHEN bool_or(status = 4) THEN 4 WHEN bool_or(status = 5) THEN 5 ELSE 2 END
+         FROM batches WHERE ingestion_seq = seq_),
+        at);
     RETURN TRUE;
+END
+$$;
+
+-- A batch has ended (completed, failed or cancelled): announce it and close it.
+-- Returns whether this ended the whole request.
+CREATE FUNCTION sluice_batch_ended(seq_ BIGINT, position_ INTEGER, status_ INTEGER, at BIGINT)
+RETURNS BOOLEAN
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM sluice_event(seq_, position_, status_, at);
+    RETURN sluice_close_batches(seq_, 1, at);
 END
 $$;

@@ -7,6 +7,7 @@ CREATE TABLE ingestions (
     open_batches      INTEGER NOT NULL,          -- batches not yet ended; 0 = the request has ended
     finished_at       INTEGER,
     cancelled_at      INTEGER,
+    started           INTEGER NOT NULL DEFAULT 0, -- 1 once a batch has started
     callback_url      TEXT,
     callback_state    INTEGER,                   -- NULL none, 0 pending, 1 delivered, 2 gave up
     callback_due_at   INTEGER,                   -- next delivery attempt (pending only)
@@ -58,3 +59,14 @@ CREATE TABLE idempotency_keys (
     ingestion_id BLOB    NOT NULL,
     expires_at   INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- Every status change, in commit order: the source of the live progress streams
+-- (SSE), so a client that reconnects with Last-Event-ID loses nothing.
+CREATE TABLE events (
+    seq           INTEGER PRIMARY KEY,   -- the SSE event id
+    ingestion_seq INTEGER NOT NULL,
+    position      INTEGER,               -- the batch; NULL for the request itself
+    status        INTEGER NOT NULL,      -- a batch status code, or a request's (same codes)
+    at            INTEGER NOT NULL
+);
+CREATE INDEX events_by_ingestion ON events (ingestion_seq, seq);

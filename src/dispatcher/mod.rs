@@ -172,7 +172,7 @@ impl Dispatcher {
                 while processing.join_next().await.is_some() {}
             }
         }
-        match self.store.release_unfinished().await {
+        match self.store.release_unfinished(self.clock.now()).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
                 batches = n,

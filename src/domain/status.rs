@@ -105,6 +105,28 @@ impl IngestionStatus {
         matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
     }
 
+    /// The code kept in the store: the same as the batch status of that name.
+    pub fn code(self) -> i64 {
+        match self {
+            Self::YetToStart => BatchStatus::YetToStart.code(),
+            Self::Triggered => BatchStatus::Triggered.code(),
+            Self::Completed => BatchStatus::Completed.code(),
+            Self::Failed => BatchStatus::Failed.code(),
+            Self::Cancelled => BatchStatus::Cancelled.code(),
+        }
+    }
+
+    pub fn from_code(code: i64) -> Option<Self> {
+        match BatchStatus::from_code(code)? {
+            BatchStatus::YetToStart => Some(Self::YetToStart),
+            BatchStatus::Triggered => Some(Self::Triggered),
+            BatchStatus::Completed => Some(Self::Completed),
+            BatchStatus::Failed => Some(Self::Failed),
+            BatchStatus::Cancelled => Some(Self::Cancelled),
+            BatchStatus::Retrying => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::YetToStart => "yet_to_start",

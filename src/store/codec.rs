@@ -1,7 +1,7 @@
 //! How values are laid out in the database, the same in every store.
 
-use crate::domain::ItemId;
-use crate::store::StoreError;
+use crate::domain::{BatchStatus, IngestionId, IngestionStatus, ItemId, Timestamp};
+use crate::store::{Event, EventSubject, StoreError};
 
 /// Ids as consecutive little-endian `u32`s: four bytes an id, no parsing.
 pub fn encode_ids(ids: &[ItemId]) -> Vec<u8> {
@@ -21,3 +21,30 @@ pub fn decode_ids(bytes: &[u8]) -> Result<Vec<ItemId>, StoreError> {
         })
         .collect()
 }
+
+/// An event from its stored columns.
+pub fn event(
+    seq: i64,
+    ingestion: IngestionId,
+    position: Option<u32>,
+    code: i64,
+    at: i64,
+) -> Result<Event, StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("event status {code}"));
+    let subject = match position {
+        Some(position) => EventSubject::Batch {
+            position,
+            status: BatchStatus::from_code(code).ok_or_else(corrupt)?,
+        },
+        None => EventSubject::Ingestion {
+            status: IngestionStatus::from_code(code).ok_or_else(corrupt)?,
+        },
+    };
+    Ok(Event {
+        seq: seq as u64,
+        ingestion,
+        subject,
+        at: Timestamp::from_micros(at),
+    })
+}
+

@@ -22,7 +22,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{
-    BatchId, BatchSize, BatchStatus, IdOutcome, IngestionId, Interval, ItemId, Priority, Timestamp,
+    BatchId, BatchSize, BatchStatus, IdOutcome, IngestionId, IngestionStatus, Interval, ItemId,
+    Priority, Timestamp,
 };
 
 /// The one store handle that the API and the dispatcher share.
@@ -244,6 +245,34 @@ pub enum CallbackDelivery {
     GaveUp(String),
 }
 
+/// One status change, as the live progress streams serve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Increasing in commit order: the SSE event id.
+    pub seq: u64,
+    pub ingestion: IngestionId,
+    pub subject: EventSubject,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSubject {
+    Batch { position: u32, status: BatchStatus },
+    Ingestion { status: IngestionStatus },
+}
+
+/// A request in a list: its state without its batches.
+#[derive(Debug, Clone)]
+pub struct IngestionSummary {
+    pub id: IngestionId,
+    pub priority: Priority,
+    pub created_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    pub ids: u64,
+    /// `(status, number of batches)` for the statuses it has.
+    pub batches: Vec<(BatchStatus, u64)>,
+}
+
 /// How many batches are in each state, per priority, and how many requests exist.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueStats {
@@ -306,12 +335,12 @@ pub trait Store: Send + Sync + 'static {
     /// Puts batches that were `triggered` when a previous process died back in
     /// the queue, ahead of other waiting batches of their priority. Returns how
     /// many. Called once, at start.
-    async fn requeue_interrupted(&self) -> Result<u64, StoreError>;
+    async fn requeue_interrupted(&self, at: Timestamp) -> Result<u64, StoreError>;
 
     /// Hands the batches this process still has `triggered` back to the queue,
     /// ahead of other waiting batches of their priority: called at shutdown,
     /// once the grace period is over, so nobody waits for them.
-    async fn release_unfinished(&self) -> Result<u64, StoreError>;
+    async fn release_unfinished(&self, at: Timestamp) -> Result<u64, StoreError>;
 
     /// Takes up to `limit` callbacks due at `now`, and holds them for `hold` so
     /// no other process delivers them meanwhile.
@@ -331,6 +360,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// When the next pending callback is due, if any.
     async fn next_callback_due(&self) -> Result<Option<Timestamp>, StoreError>;
+
+    /// Up to `limit` events after `after`, of one request or of all.
+    async fn events_after(
+        &self,
+        after: u64,
+        ingestion: Option<IngestionId>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError>;
+
+    /// The id of the latest event (0 if none).
+    async fn latest_event(&self) -> Result<u64, StoreError>;
+
+    /// The most recent requests, newest first, without their batches.
+    async fn recent_ingestions(&self, limit: usize) -> Result<Vec<IngestionSummary>, StoreError>;
+
+    /// Whether the store answers and its schema is current.
+    async fn check_ready(&self) -> Result<(), StoreError>;
 
     /// Counts for operators and tests.
     async fn stats(&self) -> Result<QueueStats, StoreError>;

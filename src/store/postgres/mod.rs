@@ -25,11 +25,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::codec::{decode_ids, encode_ids};
+use super::codec::{decode_ids, encode_ids, event};
 use super::{
     AttemptEnd, BatchKey, BatchOutcomes, BatchRecord, CallbackDelivery, CallbackRecord,
-    CallbackState, ClaimOutcome, ClaimRequest, ClaimedBatch, Created, DueCallback, IngestionRecord,
-    NewIngestion, QueueStats, Store, StoreError,
+    CallbackState, ClaimOutcome, ClaimRequest, ClaimedBatch, Created, DueCallback, Event,
+    IngestionRecord, IngestionSummary, NewIngestion, QueueStats, Store, StoreError,
 };
 use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, Priority, Timestamp};
 
@@ -150,6 +150,12 @@ impl Store for PostgresStore {
         .await
         .map_err(unavailable)?
         .get(0);
+        sqlx::query("SELECT sluice_event($1, NULL, 0, $2)")
+            .bind(seq)
+            .bind(new.created_at.as_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
 
         for (chunk_index, chunk) in batches.chunks(INSERT_CHUNK).enumerate() {
             let first = (chunk_index * INSERT_CHUNK) as i32;
@@ -304,7 +310,7 @@ impl Store for PostgresStore {
                  RETURNING b.status
              )
              SELECT status, pg_notify($8, ''),
-                    CASE WHEN status IN (2, 4, 5) THEN sluice_close_batches($4, 1, $6) ELSE FALSE END
+                    CASE WHEN status IN (2, 4, 5) THEN sluice_batch_ended($4, $5, status, $6) ELSE FALSE END
              FROM done",
         )
         .bind(code as i16)
@@ -347,16 +353,23 @@ impl Store for PostgresStore {
         .map(|row| row.get::<i64, _>(0)) else {
             return Ok(None);
         };
-        let cancelled = sqlx::query(
-            "UPDATE batches SET status = 5, retry_at = NULL, completed_at = $2
-             WHERE ingestion_seq = $1 AND status IN (0, 3)",
+        let cancelled: i64 = sqlx::query(
+            "WITH cancelled AS (
+                 UPDATE batches SET status = 5, retry_at = NULL, completed_at = $2
+                 WHERE ingestion_seq = $1 AND status IN (0, 3)
+                 RETURNING position
+             ), announced AS (
+                 SELECT sluice_event($1, position, 5, $2) FROM cancelled
+             )
+             SELECT count(*) FROM announced",
         )
         .bind(seq)
         .bind(at.as_micros())
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(unavailable)?
-        .rows_affected();
+        .get(0);
+        let cancelled = cancelled as u64;
         if cancelled > 0 {
             sqlx::query("SELECT sluice_close_batches($1, $2, $3)")
                 .bind(seq)
@@ -412,17 +425,102 @@ impl Store for PostgresStore {
             .map(Some)
     }
 
-    async fn requeue_interrupted(&self) -> Result<u64, StoreError> {
+    async fn requeue_interrupted(&self, _at: Timestamp) -> Result<u64, StoreError> {
         self.requeue_expired().await
     }
 
-    async fn release_unfinished(&self) -> Result<u64, StoreError> {
-        requeue(
-            &self.pool,
-            "WHERE status = 1 AND lease_owner = $1",
-            Some(self.node),
+    async fn release_unfinished(&self, _at: Timestamp) -> Result<u64, StoreError> {
+        requeue(&self.pool, "WHERE status = 1 AND lease_owner = $1", Some(self.node)).await
+    }
+
+    async fn events_after(
+        &self,
+        after: u64,
+        ingestion: Option<IngestionId>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT e.seq, i.id, e.position, e.status, e.at FROM events e
+             JOIN ingestions i ON i.seq = e.ingestion_seq
+             WHERE ($1::uuid IS NULL OR i.id = $1) AND e.seq > $2 ORDER BY e.seq LIMIT $3",
         )
+        .bind(ingestion.map(uuid))
+        .bind(after as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
         .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                let position: Option<i32> = row.get(2);
+                event(
+                    row.get(0),
+                    IngestionId::from_bytes(row.get::<Uuid, _>(1).into_bytes()),
+                    position.map(|p| p as u32),
+                    row.get::<i16, _>(3).into(),
+                    row.get(4),
+                )
+            })
+            .collect()
+    }
+
+    async fn latest_event(&self) -> Result<u64, StoreError> {
+        let seq: Option<i64> = sqlx::query("SELECT max(seq) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        Ok(seq.unwrap_or(0) as u64)
+    }
+
+    async fn recent_ingestions(&self, limit: usize) -> Result<Vec<IngestionSummary>, StoreError> {
+        let heads = sqlx::query(
+            "SELECT seq, id, priority, created_at, finished_at FROM ingestions
+             ORDER BY seq DESC LIMIT $1",
+        )
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let mut summaries = Vec::with_capacity(heads.len());
+        for head in &heads {
+            let counts = sqlx::query(
+                "SELECT status, count(*), (sum(length(ids)) / 4)::BIGINT FROM batches
+                 WHERE ingestion_seq = $1 GROUP BY status",
+            )
+            .bind(head.get::<i64, _>(0))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            summaries.push(IngestionSummary {
+                id: IngestionId::from_bytes(head.get::<Uuid, _>(1).into_bytes()),
+                priority: priority(head.get(2))?,
+                created_at: Timestamp::from_micros(head.get(3)),
+                finished_at: time(head.get(4)),
+                ids: counts.iter().map(|c| c.get::<i64, _>(2) as u64).sum(),
+                batches: counts
+                    .iter()
+                    .map(|c| Ok((status(c.get(0))?, c.get::<i64, _>(1) as u64)))
+                    .collect::<Result<_, StoreError>>()?,
+            });
+        }
+        Ok(summaries)
+    }
+
+    async fn check_ready(&self) -> Result<(), StoreError> {
+        let applied: i64 = sqlx::query("SELECT count(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        let known = sqlx::migrate!("./migrations/postgres").migrations.len() as i64;
+        if applied == known {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(format!(
+                "{applied} of {known} migrations applied"
+            )))
+        }
     }
 
     async fn claim_due_callbacks(
@@ -538,8 +636,10 @@ async fn requeue(pool: &PgPool, filter: &str, node: Option<Uuid>) -> Result<u64,
              SET status = 0, lane = 0, lease_owner = NULL, lease_expires_at = NULL,
                  scheduled_at = NULL, started_at = NULL
              {filter}
-             RETURNING 1
-         ), counted AS (SELECT count(*) AS n FROM back)
+             RETURNING ingestion_seq, position
+         ), announced AS (
+             SELECT sluice_event(ingestion_seq, position, 0, sluice_now_us()) FROM back
+         ), counted AS (SELECT count(*) AS n FROM announced)
          SELECT n, CASE WHEN n > 0 THEN pg_notify('{WAKE_CHANNEL}', '') END FROM counted"
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));

@@ -29,7 +29,8 @@ use tokio::sync::{mpsc, oneshot};
 use self::writer::Job;
 use super::{
     AttemptEnd, BatchKey, BatchOutcomes, CallbackDelivery, ClaimOutcome, ClaimRequest, Created,
-    DueCallback, IngestionRecord, NewIngestion, QueueStats, Store, StoreError,
+    DueCallback, Event, IngestionRecord, IngestionSummary, NewIngestion, QueueStats, Store,
+    StoreError,
 };
 use crate::domain::{IdOutcome, IngestionId, Timestamp};
 
@@ -154,12 +155,37 @@ impl Store for SqliteStore {
 
     /// Only one process uses the file (see the lock), so every `triggered`
     /// batch belonged to a process that is gone.
-    async fn requeue_interrupted(&self) -> Result<u64, StoreError> {
-        self.write(writes::requeue_triggered).await
+    async fn requeue_interrupted(&self, at: Timestamp) -> Result<u64, StoreError> {
+        self.write(move |conn| writes::requeue_triggered(conn, at))
+            .await
     }
 
-    async fn release_unfinished(&self) -> Result<u64, StoreError> {
-        self.write(writes::requeue_triggered).await
+    async fn release_unfinished(&self, at: Timestamp) -> Result<u64, StoreError> {
+        self.write(move |conn| writes::requeue_triggered(conn, at))
+            .await
+    }
+
+    async fn events_after(
+        &self,
+        after: u64,
+        ingestion: Option<IngestionId>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.read(move |conn| reads::events_after(conn, after, ingestion, limit))
+            .await
+    }
+
+    async fn latest_event(&self) -> Result<u64, StoreError> {
+        self.read(reads::latest_event).await
+    }
+
+    async fn recent_ingestions(&self, limit: usize) -> Result<Vec<IngestionSummary>, StoreError> {
+        self.read(move |conn| reads::recent_ingestions(conn, limit))
+            .await
+    }
+
+    async fn check_ready(&self) -> Result<(), StoreError> {
+        self.read(schema::check_current).await
     }
 
     async fn claim_due_callbacks(

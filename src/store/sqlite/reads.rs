@@ -2,11 +2,13 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, Priority, Timestamp};
-use crate::store::codec::decode_ids;
+use crate::domain::{
+    BatchId, BatchStatus, IdOutcome, IngestionId, Priority, Timestamp,
+};
+use crate::store::codec::{decode_ids, event};
 use crate::store::{
-    BatchOutcomes, BatchRecord, CallbackRecord, CallbackState, IngestionRecord, QueueStats,
-    StoreError,
+    BatchOutcomes, BatchRecord, CallbackRecord, CallbackState, Event,
+    IngestionRecord, IngestionSummary, QueueStats, StoreError,
 };
 
 pub fn ingestion(
@@ -117,6 +119,90 @@ pub fn batch_outcomes(
         });
     }
     Ok(Some(page))
+}
+
+pub fn events_after(
+    conn: &Connection,
+    after: u64,
+    ingestion: Option<IngestionId>,
+    limit: usize,
+) -> Result<Vec<Event>, StoreError> {
+    let sql = match ingestion {
+        Some(_) => {
+            "SELECT e.seq, i.id, e.position, e.status, e.at FROM events e
+             JOIN ingestions i ON i.seq = e.ingestion_seq
+             WHERE i.id = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3"
+        }
+        None => {
+            "SELECT e.seq, i.id, e.position, e.status, e.at FROM events e
+             JOIN ingestions i ON i.seq = e.ingestion_seq
+             WHERE ?1 IS NULL AND e.seq > ?2 ORDER BY e.seq LIMIT ?3"
+        }
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params![
+        ingestion.map(|id| *id.as_bytes()),
+        after as i64,
+        limit as i64
+    ])?;
+    let mut events = Vec::new();
+    while let Some(row) = rows.next()? {
+        events.push(event(
+            row.get(0)?,
+            IngestionId::from_bytes(row.get(1)?),
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+        )?);
+    }
+    Ok(events)
+}
+
+pub fn latest_event(conn: &Connection) -> Result<u64, StoreError> {
+    let seq: Option<i64> = conn
+        .prepare_cached("SELECT max(seq) FROM events")?
+        .query_row([], |row| row.get(0))?;
+    Ok(seq.unwrap_or(0) as u64)
+}
+
+pub fn recent_ingestions(
+    conn: &Connection,
+    limit: usize,
+) -> Result<Vec<IngestionSummary>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, id, priority, created_at, finished_at FROM ingestions
+         ORDER BY seq DESC LIMIT ?1",
+    )?;
+    let heads: Vec<(i64, [u8; 16], i64, i64, Option<i64>)> = stmt
+        .query_map([limit as i64], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut counts = conn.prepare_cached(
+        "SELECT status, count(*), sum(length(ids)) / 4 FROM batches
+         WHERE ingestion_seq = ?1 GROUP BY status",
+    )?;
+    heads
+        .into_iter()
+        .map(|(seq, id, priority, created_at, finished_at)| {
+            let mut ids = 0u64;
+            let mut batches = Vec::new();
+            let mut rows = counts.query([seq])?;
+            while let Some(row) = rows.next()? {
+                let (n, id_count): (i64, i64) = (row.get(1)?, row.get(2)?);
+                ids += id_count as u64;
+                batches.push((status(row.get(0)?)?, n as u64));
+            }
+            Ok(IngestionSummary {
+                id: IngestionId::from_bytes(id),
+                priority: priority_of(priority)?,
+                created_at: Timestamp::from_micros(created_at),
+                finished_at: time(finished_at),
+                ids,
+                batches,
+            })
+        })
+        .collect()
 }
 
 pub fn next_callback_due(conn: &Connection) -> Result<Option<Timestamp>, StoreError> {

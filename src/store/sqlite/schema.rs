@@ -68,6 +68,19 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Fails unless every migration this version knows has been applied.
+pub fn check_current(conn: &Connection) -> Result<(), StoreError> {
+    let version = schema_version(conn)?;
+    if version == MIGRATIONS.len() {
+        Ok(())
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "schema version {version}, expected {}",
+            MIGRATIONS.len()
+        )))
+    }
+}
+
 fn schema_version(conn: &Connection) -> Result<usize, StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     usize::try_from(version).map_err(|_| StoreError::Corrupt(format!("schema version {version}")))

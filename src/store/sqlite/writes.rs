@@ -5,7 +5,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::reads::{outcomes_of, priority_of};
-use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, Timestamp};
+use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, IngestionStatus, Timestamp};
 use crate::store::codec::{decode_ids, encode_ids};
 use crate::store::{
     AttemptEnd, BatchKey, CallbackDelivery, ClaimOutcome, ClaimRequest, ClaimedBatch, Created,
@@ -66,6 +66,7 @@ pub fn create_ingestion(conn: &Connection, new: &NewIngestion) -> Result<Created
         new.callback_url.as_ref().map(|_| CALLBACK_PENDING),
     ])?;
     let seq = conn.last_insert_rowid();
+    record_event(conn, seq, None, IngestionStatus::YetToStart.code(), new.created_at)?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO batches (ingestion_seq, position, priority, ids) VALUES (?1, ?2, ?3, ?4)",
     )?;
@@ -102,7 +103,8 @@ pub fn claim_next_batch(
 
     let next = conn
         .prepare_cached(
-            "SELECT b.ingestion_seq, b.position, b.priority, b.ids, b.attempts, b.results, i.id
+            "SELECT b.ingestion_seq, b.position, b.priority, b.ids, b.attempts, b.results, i.id,
+                    b.status, i.started
              FROM batches b JOIN ingestions i ON i.seq = b.ingestion_seq
              WHERE b.status IN (0, 3) AND (b.retry_at IS NULL OR b.retry_at <= ?1)
              ORDER BY b.priority, b.lane, b.ingestion_seq, b.position
@@ -117,10 +119,22 @@ pub fn claim_next_batch(
                 row.get::<_, u32>(4)?,
                 row.get::<_, Option<String>>(5)?,
                 row.get::<_, [u8; 16]>(6)?,
+                row.get::<_, i64>(7)? == RETRYING,
+                row.get::<_, bool>(8)?,
             ))
         })
         .optional()?;
-    let Some((ingestion_seq, position, priority, ids, attempts, results, ingestion_id)) = next
+    let Some((
+        ingestion_seq,
+        position,
+        priority,
+        ids,
+        attempts,
+        results,
+        ingestion_id,
+        was_retrying,
+        ingestion_started,
+    )) = next
     else {
         let next_retry: Option<i64> = conn
             .prepare_cached("SELECT min(retry_at) FROM batches WHERE status = 3")?
@@ -149,6 +163,15 @@ pub fn claim_next_batch(
          ON CONFLICT (id) DO UPDATE SET last_slot = excluded.last_slot",
     )?
     .execute([slot.as_micros()])?;
+    // Between attempts a batch already reads `triggered`: no change to announce.
+    if !was_retrying {
+        record_event(conn, ingestion_seq, Some(position), TRIGGERED, request.now)?;
+    }
+    if !ingestion_started {
+        conn.prepare_cached("UPDATE ingestions SET started = 1 WHERE seq = ?1")?
+            .execute([ingestion_seq])?;
+        record_event(conn, ingestion_seq, None, IngestionStatus::Triggered.code(), request.now)?;
+    }
 
     Ok(ClaimOutcome::Started(ClaimedBatch {
         key: BatchKey {
@@ -202,7 +225,23 @@ pub fn finish_attempt(
     if changed == 0 || !status.is_final() {
         return Ok(false);
     }
+    record_event(conn, batch.ingestion_seq, Some(batch.position), status.code(), at)?;
     close_batches(conn, batch.ingestion_seq, 1, at)
+}
+
+/// Appends a status change to the events table, in this commit.
+fn record_event(
+    conn: &Connection,
+    ingestion_seq: i64,
+    position: Option<u32>,
+    status: i64,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO events (ingestion_seq, position, status, at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![ingestion_seq, position, status, at.as_micros()])?;
+    Ok(())
 }
 
 /// Counts `n` batches of a request as ended; when none is left open, the
@@ -225,6 +264,20 @@ fn close_batches(conn: &Connection, seq: i64, n: i64, at: Timestamp) -> Result<b
          WHERE seq = ?2",
     )?
     .execute(params![at.as_micros(), seq])?;
+    let (any_failed, any_cancelled): (bool, bool) = conn
+        .prepare_cached(
+            "SELECT coalesce(max(status = 4), 0), coalesce(max(status = 5), 0)
+             FROM batches WHERE ingestion_seq = ?1",
+        )?
+        .query_row([seq], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let status = if any_failed {
+        IngestionStatus::Failed
+    } else if any_cancelled {
+        IngestionStatus::Cancelled
+    } else {
+        IngestionStatus::Completed
+    };
+    record_event(conn, seq, None, status.code(), at)?;
     Ok(true)
 }
 
@@ -244,32 +297,42 @@ pub fn cancel_ingestion(
         "UPDATE ingestions SET cancelled_at = coalesce(cancelled_at, ?1) WHERE seq = ?2",
     )?
     .execute(params![at.as_micros(), seq])?;
-    let cancelled = conn
+    let positions: Vec<u32> = conn
         .prepare_cached(
             "UPDATE batches SET status = ?1, retry_at = NULL, completed_at = ?2
-             WHERE ingestion_seq = ?3 AND status IN (?4, ?5)",
+             WHERE ingestion_seq = ?3 AND status IN (?4, ?5)
+             RETURNING position",
         )?
-        .execute(params![
-            CANCELLED,
-            at.as_micros(),
-            seq,
-            YET_TO_START,
-            RETRYING
-        ])? as i64;
+        .query_map(
+            params![CANCELLED, at.as_micros(), seq, YET_TO_START, RETRYING],
+            |row| row.get(0),
+        )?
+        .collect::<Result<_, _>>()?;
+    let cancelled = positions.len() as i64;
+    for position in positions {
+        record_event(conn, seq, Some(position), CANCELLED, at)?;
+    }
     if cancelled > 0 {
         close_batches(conn, seq, cancelled, at)?;
     }
     Ok(Some(cancelled as u64))
 }
 
-pub fn requeue_triggered(conn: &Connection) -> Result<u64, StoreError> {
-    let n = conn
+pub fn requeue_triggered(conn: &Connection, at: Timestamp) -> Result<u64, StoreError> {
+    let requeued: Vec<(i64, u32)> = conn
         .prepare_cached(
             "UPDATE batches SET status = ?1, lane = 0, scheduled_at = NULL, started_at = NULL
-             WHERE status = ?2",
+             WHERE status = ?2
+             RETURNING ingestion_seq, position",
         )?
-        .execute(params![YET_TO_START, TRIGGERED])?;
-    Ok(n as u64)
+        .query_map(params![YET_TO_START, TRIGGERED], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    for &(seq, position) in &requeued {
+        record_event(conn, seq, Some(position), YET_TO_START, at)?;
+    }
+    Ok(requeued.len() as u64)
 }
 
 pub fn claim_due_callbacks(
