@@ -24,17 +24,21 @@ async fn a_second_process_cannot_open_the_same_sqlite_file() {
     );
 }
 
-/// The paused clock cannot drive the PostgreSQL store: sqlx's own timers
-/// (pool acquire timeouts) would fire as tokio skips ahead while a query waits
-/// on the network. The real-clock test `rate::starts_are_never_closer_than_the_interval`
-/// checks the same grid on both stores.
 /// On tokio's paused clock, a backlog of ten batches starts exactly one
-/// interval apart, although each takes 70% of an interval to process.
+/// interval apart, although each takes one and a half intervals to process.
+///
+/// The paused clock skips ahead whenever the runtime waits on real I/O, so the
+/// test keeps the dispatcher from ever waiting on a completion (max-in-flight 4):
+/// its starts then depend on timers alone. It cannot drive the PostgreSQL store:
+/// sqlx's own timers (pool acquire timeouts) would fire as tokio skips ahead
+/// while a query waits on the network. The real-clock test
+/// `rate::starts_are_never_closer_than_the_interval` checks the grid on both.
 #[tokio::test(start_paused = true)]
 async fn a_backlog_starts_on_an_exact_grid() {
     let app = spawn_app_with(|c| {
         c.interval = "1s".parse().unwrap();
-        c.mock_latency = "700ms".parse().unwrap();
+        c.mock_latency = "1500ms".parse().unwrap();
+        c.max_in_flight = 4.try_into().unwrap();
     })
     .await;
     let ids: Vec<u64> = (1..=30).collect();
