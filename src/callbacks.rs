@@ -3,14 +3,13 @@
 //! backoff. Delivery never affects processing: it runs beside the dispatcher,
 //! and a callback that keeps failing is given up and recorded as such.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::StatusSummary;
 use crate::domain::{Clock, IngestionId};
+use crate::signals::Signals;
 use crate::store::{CallbackDelivery, DueCallback, SharedStore, StoreError};
 
 /// Deliveries per request, the first included.
@@ -30,12 +29,12 @@ pub struct CallbackSender {
     store: SharedStore,
     client: reqwest::Client,
     clock: Clock,
-    /// Notified when a request ends in this process.
-    request_ended: Arc<Notify>,
+    /// Tells when a request ends in this process.
+    signals: Signals,
 }
 
 impl CallbackSender {
-    pub fn new(store: SharedStore, clock: Clock, request_ended: Arc<Notify>) -> Self {
+    pub fn new(store: SharedStore, clock: Clock, signals: Signals) -> Self {
         let client = reqwest::Client::builder()
             .timeout(DELIVERY_TIMEOUT)
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
@@ -45,7 +44,7 @@ impl CallbackSender {
             store,
             client,
             clock,
-            request_ended,
+            signals,
         }
     }
 
@@ -64,7 +63,7 @@ impl CallbackSender {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = self.request_ended.notified() => {}
+                _ = self.signals.ended_request() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }

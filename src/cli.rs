@@ -1,7 +1,8 @@
-//! The `sluice` command line.
+//! The `sluice` command line: the service, and a client for it.
 
 use clap::{Parser, Subcommand};
 
+use crate::client::ClientCommand;
 use crate::config::Config;
 
 #[derive(Debug, Parser)]
@@ -19,4 +20,6 @@ pub struct Cli {
 pub enum Command {
     /// Run the service.
     Serve(Config),
+    #[command(flatten)]
+    Client(ClientCommand),
 }

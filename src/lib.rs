@@ -16,15 +16,19 @@
 //!   [`upstream::Fetcher`] trait; the built-in mock by default.
 //!
 //! [`callbacks`] POSTs a request's final status to its `callback_url`.
-//! [`startup`] wires them together; [`config`] and [`cli`] are the command line;
+//! [`metrics`] counts what happens, for `/metrics`. [`signals`] are the wake-ups between them. [`startup`] wires them together; [`config`] and [`cli`] are the command line;
 //! `main.rs` only parses flags and calls [`startup::serve`].
+//! [`client`] is `sluice submit`, `status` and `watch`, run by [`client::run`]: an API client.
 
 pub mod api;
 pub mod callbacks;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod dispatcher;
 pub mod domain;
+pub mod metrics;
+pub mod signals;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -17,5 +17,6 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Client(command) => sluice::client::run(command).await,
     }
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiLimits, App, AppState};
@@ -14,8 +13,10 @@ use crate::callbacks::CallbackSender;
 use crate::config::Config;
 use crate::dispatcher::{DispatchSettings, Dispatcher};
 use crate::domain::Clock;
+use crate::metrics::Metrics;
+use crate::signals::Signals;
 use crate::store::{self, SharedStore};
-use crate::upstream::{HttpUpstream, MockUpstream, SharedFetcher};
+use crate::upstream::{HttpUpstream, Metered, MockUpstream, SharedFetcher};
 
 /// A service that is bound and recovered, ready to run.
 pub struct Application {
@@ -24,6 +25,9 @@ pub struct Application {
     dispatcher: Dispatcher,
     callbacks: CallbackSender,
     store: SharedStore,
+    signals: Signals,
+    /// Handed to the API, which ends its live streams when it is cancelled.
+    stopping: CancellationToken,
 }
 
 impl Application {
@@ -43,16 +47,23 @@ impl Application {
             );
         }
 
+        let metrics = Arc::new(Metrics::default());
         let fetcher: SharedFetcher = match config.http_upstream()? {
             Some(settings) => {
                 tracing::info!(url = %settings.url_template, "fetching from an HTTP upstream");
-                Arc::new(HttpUpstream::new(settings)?)
+                Arc::new(Metered::new(
+                    HttpUpstream::new(settings)?,
+                    Arc::clone(&metrics),
+                ))
             }
-            None => Arc::new(MockUpstream::new(config.mock_latency.as_duration())),
+            None => Arc::new(Metered::new(
+                MockUpstream::new(config.mock_latency.as_duration()),
+                Arc::clone(&metrics),
+            )),
         };
 
-        let wake = Arc::new(Notify::new());
-        let request_ended = Arc::new(Notify::new());
+        let signals = Signals::default();
+        let stopping = CancellationToken::new();
         let dispatcher = Dispatcher::new(
             Arc::clone(&store),
             fetcher,
@@ -63,14 +74,17 @@ impl Application {
                 shutdown_grace: config.shutdown_grace(),
                 retry: config.retry_policy(),
             },
-            Arc::clone(&wake),
-            Arc::clone(&request_ended),
+            signals.clone(),
+            Arc::clone(&metrics),
         );
-        let callbacks = CallbackSender::new(Arc::clone(&store), clock, Arc::clone(&request_ended));
+        let callbacks = CallbackSender::new(Arc::clone(&store), clock, signals.clone());
         let router = api::router(AppState::new(App {
             store: Arc::clone(&store),
-            wake,
-            request_ended,
+            signals: signals.clone(),
+            metrics,
+            interval: config.interval,
+            max_in_flight: config.max_in_flight.get(),
+            shutdown: stopping.clone(),
             clock,
             batch_size: config.batch_size,
             limits: ApiLimits {
@@ -89,6 +103,8 @@ impl Application {
             dispatcher,
             callbacks,
             store,
+            signals,
+            stopping,
         })
     }
 
@@ -107,7 +123,13 @@ impl Application {
     /// no new batch, and gives batches in flight the shutdown grace to finish.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!("listening on http://{}", self.local_addr());
-        self.store.watch(self.dispatcher.wake(), shutdown.clone());
+        self.store.watch(self.signals.clone(), shutdown.clone());
+        let stopping = self.stopping.clone();
+        let shutdown_seen = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown_seen.cancelled().await;
+            stopping.cancel();
+        });
         let dispatcher = tokio::spawn(self.dispatcher.run(shutdown.clone()));
         let callbacks = tokio::spawn(self.callbacks.run(shutdown.clone()));
         let served = axum::serve(self.listener, self.router)

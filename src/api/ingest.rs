@@ -52,7 +52,10 @@ pub async fn ingest(
     let (priority, id_count, batches) = (new.priority, new.ids.len(), new.batches().len());
     match app.store.create_ingestion(new).await? {
         Created::New(id) => {
-            app.wake.notify_one();
+            app.metrics.ingestions.inc();
+            app.metrics.ids_accepted.inc_by(id_count as u64);
+            app.signals.work_available();
+            app.signals.events_stored();
             tracing::info!(ingestion_id = %id, %priority, ids = id_count, batches, "ingestion accepted");
             Ok(Json(IngestResponse { ingestion_id: id }).into_response())
         }

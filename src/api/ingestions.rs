@@ -210,7 +210,8 @@ pub async fn cancel(
         .ok_or_else(|| unknown_ingestion(&raw_id))?;
     if cancelled > 0 {
         tracing::info!(ingestion_id = %id, batches = cancelled, "ingestion cancelled");
-        app.request_ended.notify_one();
+        app.signals.events_stored();
+        app.signals.request_ended();
     }
     let record = app
         .store

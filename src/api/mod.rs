@@ -2,22 +2,28 @@
 
 mod body;
 pub mod error;
+mod events;
 mod ingest;
 mod ingestions;
+mod ops;
 mod status;
 
 use std::ops::Deref;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{delete, get, post};
-use tokio::sync::Notify;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
 
 use self::error::ApiError;
-use crate::domain::{BatchSize, Clock};
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{BatchSize, Clock, Interval};
+use crate::metrics::{Metrics, ResponseLabels, RouteLabels};
+use crate::signals::Signals;
 use crate::store::SharedStore;
 
 pub use ingest::IngestResponse;
@@ -39,15 +45,22 @@ pub struct AppState(Arc<App>);
 pub struct App {
     /// Where requests and batches are kept.
     pub store: SharedStore,
-    /// Wakes the dispatcher when new work has been stored.
-    pub wake: Arc<Notify>,
-    /// Wakes the callback sender when a request has ended.
-    pub request_ended: Arc<Notify>,
+    /// Tells the dispatcher of new work, the callback sender of ended
+    /// requests, and live streams of new events.
+    pub signals: Signals,
+    /// What `/metrics` serves.
+    pub metrics: Arc<Metrics>,
     /// The service's clock, shared with the dispatcher.
     pub clock: Clock,
     /// How many ids go into a batch.
     pub batch_size: BatchSize,
     pub limits: ApiLimits,
+    /// The rate limit, as `/stats` reports it.
+    pub interval: Interval,
+    pub max_in_flight: usize,
+    /// Cancelled when the service shuts down: ends live streams, which would
+    /// otherwise hold their connections open.
+    pub shutdown: CancellationToken,
     /// How long an `Idempotency-Key` holds.
     pub idempotency_ttl: std::time::Duration,
 }
@@ -71,6 +84,12 @@ pub fn router(state: AppState) -> Router {
         .route("/ingest", post(ingest::ingest))
         .route("/status", get(status::status_by_query_or_body))
         .route("/status/{ingestion_id}", get(status::status_by_path))
+        .route(
+            "/status/{ingestion_id}/events",
+            get(events::ingestion_events),
+        )
+        .route("/events", get(events::all_events))
+        .route("/ingestions", get(ops::list))
         .route("/ingestions/{ingestion_id}", delete(ingestions::cancel))
         .route(
             "/ingestions/{ingestion_id}/cancel",
@@ -80,14 +99,56 @@ pub fn router(state: AppState) -> Router {
             "/ingestions/{ingestion_id}/results",
             get(ingestions::results),
         )
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/stats", get(ops::stats))
+        .route_layer(middleware::from_fn_with_state(state.clone(), observe))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::internal(
                 "the server failed while answering; nothing was acknowledged",
             ))
         }))
         .with_state(state)
+}
+
+/// Counts and times every routed request, and logs one line for it.
+async fn observe(
+    State(app): State<AppState>,
+    route: MatchedPath,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    let route = route.as_str().to_owned();
+    app.metrics
+        .http_latency
+        .get_or_create(&RouteLabels {
+            method: method.clone(),
+            route: route.clone(),
+        })
+        .observe(elapsed.as_secs_f64());
+    tracing::info!(
+        %method,
+        %route,
+        status,
+        micros = elapsed.as_micros() as u64,
+        "request"
+    );
+    app.metrics
+        .http_requests
+        .get_or_create(&ResponseLabels {
+            method,
+            route,
+            status,
+        })
+        .inc();
+    response
 }

@@ -74,20 +74,24 @@ pub struct CallbackView {
     pub last_error: Option<String>,
 }
 
+impl BatchCounts {
+    pub fn add(&mut self, status: BatchStatus, n: usize) {
+        self.total += n;
+        *match status {
+            BatchStatus::YetToStart => &mut self.yet_to_start,
+            BatchStatus::Triggered | BatchStatus::Retrying => &mut self.triggered,
+            BatchStatus::Completed => &mut self.completed,
+            BatchStatus::Failed => &mut self.failed,
+            BatchStatus::Cancelled => &mut self.cancelled,
+        } += n;
+    }
+}
+
 impl StatusSummary {
     pub fn of(record: &IngestionRecord) -> Self {
-        let mut counts = BatchCounts {
-            total: record.batches.len(),
-            ..BatchCounts::default()
-        };
+        let mut counts = BatchCounts::default();
         for batch in &record.batches {
-            *match batch.status {
-                BatchStatus::YetToStart => &mut counts.yet_to_start,
-                BatchStatus::Triggered | BatchStatus::Retrying => &mut counts.triggered,
-                BatchStatus::Completed => &mut counts.completed,
-                BatchStatus::Failed => &mut counts.failed,
-                BatchStatus::Cancelled => &mut counts.cancelled,
-            } += 1;
+            counts.add(batch.status, 1);
         }
         let status = IngestionStatus::derive(record.batches.iter().map(|b| b.status));
         Self {

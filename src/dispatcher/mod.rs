@@ -23,11 +23,12 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Clock, Interval};
+use crate::metrics::Metrics;
+use crate::signals::Signals;
 use crate::store::{ClaimOutcome, ClaimRequest, ClaimedBatch, SharedStore};
 use crate::upstream::SharedFetcher;
 
@@ -51,11 +52,10 @@ pub struct Dispatcher {
     fetcher: SharedFetcher,
     clock: Clock,
     settings: DispatchSettings,
-    /// Notified whenever a claim might now succeed: new work was stored, a
-    /// batch completed, or the store saw either happen elsewhere.
-    wake: Arc<Notify>,
-    /// Notified when a batch ends its request (its callback may be due).
-    request_ended: Arc<Notify>,
+    /// Wakes the loop when a claim might now succeed (new work, a completed
+    /// batch, or either seen elsewhere by the store); the loop sends the rest.
+    signals: Signals,
+    metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
@@ -64,22 +64,17 @@ impl Dispatcher {
         fetcher: SharedFetcher,
         clock: Clock,
         settings: DispatchSettings,
-        wake: Arc<Notify>,
-        request_ended: Arc<Notify>,
+        signals: Signals,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             store,
             fetcher,
             clock,
             settings,
-            wake,
-            request_ended,
+            signals,
+            metrics,
         }
-    }
-
-    /// The handle that wakes this dispatcher.
-    pub fn wake(&self) -> Arc<Notify> {
-        Arc::clone(&self.wake)
     }
 
     /// Runs until `shutdown` is cancelled, then lets batches already processing
@@ -89,21 +84,34 @@ impl Dispatcher {
         let mut processing = JoinSet::new();
         while let Some(batch) = self.next_batch(&shutdown).await {
             while processing.try_join_next().is_some() {}
-            let (store, fetcher, wake, ended) = (
+            self.signals.events_stored();
+            self.metrics.batches_started.inc();
+            Metrics::observe(
+                &self.metrics.dispatch_lag,
+                self.clock.now().since(batch.slot),
+            );
+            let (store, fetcher, signals, metrics) = (
                 Arc::clone(&self.store),
                 Arc::clone(&self.fetcher),
-                Arc::clone(&self.wake),
-                Arc::clone(&self.request_ended),
+                self.signals.clone(),
+                Arc::clone(&self.metrics),
             );
             let (clock, retry) = (self.clock, self.settings.retry);
             processing.spawn(async move {
-                let request_ended =
-                    processing::process(store.as_ref(), fetcher.as_ref(), clock, retry, batch)
-                        .await;
+                let request_ended = processing::process(
+                    store.as_ref(),
+                    fetcher.as_ref(),
+                    clock,
+                    retry,
+                    &metrics,
+                    batch,
+                )
+                .await;
+                signals.events_stored();
                 // A processing slot is free: the next claim may succeed now.
-                wake.notify_one();
+                signals.work_available();
                 if request_ended {
-                    ended.notify_one();
+                    signals.request_ended();
                 }
             });
         }
@@ -125,6 +133,7 @@ impl Dispatcher {
                 Ok(ClaimOutcome::NotBefore(at)) => {
                     // We wait on the store's word, ready for the slot it named.
                     ready_since = None;
+                    Metrics::observe(&self.metrics.rate_limit_wait, at.since(self.clock.now()));
                     Wait::Until(tokio::time::sleep_until(self.clock.instant_at(at)))
                 }
                 Ok(ClaimOutcome::Busy | ClaimOutcome::Idle) => Wait::ForWakeUp,
@@ -145,7 +154,7 @@ impl Dispatcher {
                     tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => return None,
-                        _ = self.wake.notified() => {}
+                        _ = self.signals.work() => {}
                     }
                     // Work or a processing slot appeared just now: this is when
                     // the dispatcher became ready to start.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use crate::domain::{Clock, FailureKind, IdOutcome, Outcome, Timestamp};
+use crate::metrics::{Metrics, OutcomeLabels};
 use crate::store::{AttemptEnd, ClaimedBatch, Store, StoreError};
 use crate::upstream::Fetcher;
 
@@ -45,10 +46,16 @@ pub async fn process(
     fetcher: &dyn Fetcher,
     clock: Clock,
     retry: RetryPolicy,
+    metrics: &Metrics,
     batch: ClaimedBatch,
 ) -> bool {
-    let span = tracing::info_span!("batch", batch_id = %batch.id, priority = %batch.priority);
-    run(store, fetcher, clock, retry, batch)
+    let span = tracing::info_span!(
+        "batch",
+        ingestion_id = %batch.id.ingestion,
+        batch_id = %batch.id,
+        priority = %batch.priority
+    );
+    run(store, fetcher, clock, retry, metrics, batch)
         .instrument(span)
         .await
 }
@@ -58,6 +65,7 @@ async fn run(
     fetcher: &dyn Fetcher,
     clock: Clock,
     retry: RetryPolicy,
+    metrics: &Metrics,
     batch: ClaimedBatch,
 ) -> bool {
     tracing::info!(
@@ -66,10 +74,41 @@ async fn run(
         "batch triggered"
     );
     let (outcomes, end) = attempt(fetcher, clock, retry, &batch).await;
-    match &end {
-        AttemptEnd::Completed => tracing::info!("batch completed"),
-        AttemptEnd::Failed => tracing::warn!("batch failed"),
-        AttemptEnd::RetryAt(at) => tracing::info!(retry_at = %at, "batch will be retried"),
+    let ended = match &end {
+        AttemptEnd::Completed => {
+            tracing::info!("batch completed");
+            "completed"
+        }
+        AttemptEnd::Failed => {
+            tracing::warn!("batch failed");
+            "failed"
+        }
+        AttemptEnd::RetryAt(at) => {
+            tracing::info!(retry_at = %at, "batch will be retried");
+            "retry"
+        }
+    };
+    metrics
+        .batch_attempts
+        .get_or_create(&OutcomeLabels { outcome: ended })
+        .inc();
+    // The ids fetched in this attempt: those whose attempt count went up.
+    let fetched_now = outcomes.iter().enumerate().filter(|(i, now)| {
+        batch
+            .outcomes
+            .get(*i)
+            .is_none_or(|before| before.attempts < now.attempts)
+    });
+    for (_, outcome) in fetched_now {
+        let label = match outcome.outcome {
+            Outcome::Ok { .. } => "ok",
+            Outcome::Error { .. } => "error",
+            Outcome::Retrying { .. } => "retrying",
+        };
+        metrics
+            .ids_fetched
+            .get_or_create(&OutcomeLabels { outcome: label })
+            .inc();
     }
     record(store, &batch, outcomes, end, clock).await
 }

@@ -47,4 +47,3 @@ pub fn event(
         at: Timestamp::from_micros(at),
     })
 }
-

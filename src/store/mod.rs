@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{
     BatchId, BatchSize, BatchStatus, IdOutcome, IngestionId, IngestionStatus, Interval, ItemId,
     Priority, Timestamp,
 };
+use crate::signals::Signals;
 
 /// The one store handle that the API and the dispatcher share.
 pub type SharedStore = Arc<dyn Store>;
@@ -279,6 +279,10 @@ pub struct QueueStats {
     pub ingestions: u64,
     /// `(priority, status, number of batches)`, only for non-zero counts.
     pub batches: Vec<(Priority, BatchStatus, u64)>,
+    /// The slot of the latest start, if any.
+    pub last_slot: Option<Timestamp>,
+    /// The batches processing now, with their start times (at most 100).
+    pub running: Vec<(BatchId, Timestamp)>,
 }
 
 impl QueueStats {
@@ -381,11 +385,11 @@ pub trait Store: Send + Sync + 'static {
     /// Counts for operators and tests.
     async fn stats(&self) -> Result<QueueStats, StoreError>;
 
-    /// Starts what the store runs in the background until `shutdown`, calling
-    /// `wake` whenever a claim may now succeed because of something another
-    /// process did. The PostgreSQL store listens for other nodes' work and
-    /// keeps its leases; a store used by one process needs nothing.
-    fn watch(&self, _wake: Arc<Notify>, _shutdown: CancellationToken) {}
+    /// Starts what the store runs in the background until `shutdown`, sending
+    /// `signals` for what other processes did. The PostgreSQL store listens for
+    /// other nodes' work and keeps its leases; a store used by one process
+    /// needs nothing.
+    fn watch(&self, _signals: Signals, _shutdown: CancellationToken) {}
 }
 
 /// Opens the store a database URL names: `sqlite:` or `postgres:`.

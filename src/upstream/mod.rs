@@ -2,6 +2,7 @@
 //! trait: [`MockUpstream`] by default, [`HttpUpstream`] with `--upstream-url`.
 
 mod http;
+mod metered;
 mod mock;
 
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use http::{HttpUpstream, HttpUpstreamSettings};
+pub use metered::Metered;
 pub use mock::MockUpstream;
 
 use crate::domain::{FailureKind, FetchFailure, ItemId};

@@ -2,13 +2,13 @@
 //! rescue the batches of dead nodes, and poll slowly in case a notification was
 //! missed (a notification sent while the listener reconnects is lost).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::signals::Signals;
 
 use super::{LeaseSettings, WAKE_CHANNEL, micros, requeue};
 
@@ -16,7 +16,7 @@ pub async fn run(
     pool: PgPool,
     node: Uuid,
     leases: LeaseSettings,
-    wake: Arc<Notify>,
+    signals: Signals,
     shutdown: CancellationToken,
 ) {
     let mut listener = connect_listener(&pool, &shutdown).await;
@@ -30,19 +30,25 @@ pub async fn run(
             biased;
             _ = shutdown.cancelled() => return,
             _ = heartbeat.tick() => {
-                if let Err(error) = renew_and_rescue(&pool, node, leases.lease, &wake).await {
+                if let Err(error) = renew_and_rescue(&pool, node, leases.lease, &signals).await {
                     tracing::warn!(%error, "lease heartbeat failed");
                 }
             }
-            _ = poll.tick() => wake.notify_one(),
+            _ = poll.tick() => {
+                signals.work_available();
+                signals.events_stored();
+            }
             notification = recv(&mut listener) => match notification {
-                Ok(()) => wake.notify_one(),
+                Ok(()) => {
+                    signals.work_available();
+                    signals.events_stored();
+                }
                 Err(error) => {
                     tracing::warn!(%error, "lost the LISTEN connection; reconnecting");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     listener = connect_listener(&pool, &shutdown).await;
                     // Whatever was notified meanwhile is lost: look now.
-                    wake.notify_one();
+                    signals.work_available();
                 }
             },
         }
@@ -78,7 +84,7 @@ async fn renew_and_rescue(
     pool: &PgPool,
     node: Uuid,
     lease: Duration,
-    wake: &Notify,
+    signals: &Signals,
 ) -> Result<(), crate::store::StoreError> {
     sqlx::query(
         "UPDATE batches SET lease_expires_at = sluice_now_us() + $2
@@ -100,7 +106,8 @@ async fn renew_and_rescue(
             batches = rescued,
             "re-queued batches whose node stopped renewing its lease"
         );
-        wake.notify_one();
+        signals.work_available();
+        signals.events_stored();
     }
     Ok(())
 }

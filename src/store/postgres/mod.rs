@@ -14,14 +14,12 @@
 
 mod background;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{Executor, Row};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -32,6 +30,7 @@ use super::{
     IngestionRecord, IngestionSummary, NewIngestion, QueueStats, Store, StoreError,
 };
 use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, Priority, Timestamp};
+use crate::signals::Signals;
 
 /// The channel on which nodes tell each other that a claim may now succeed.
 const WAKE_CHANNEL: &str = "sluice_work";
@@ -430,7 +429,12 @@ impl Store for PostgresStore {
     }
 
     async fn release_unfinished(&self, _at: Timestamp) -> Result<u64, StoreError> {
-        requeue(&self.pool, "WHERE status = 1 AND lease_owner = $1", Some(self.node)).await
+        requeue(
+            &self.pool,
+            "WHERE status = 1 AND lease_owner = $1",
+            Some(self.node),
+        )
+        .await
     }
 
     async fn events_after(
@@ -610,18 +614,44 @@ impl Store for PostgresStore {
                 ))
             })
             .collect::<Result<_, StoreError>>()?;
+        let last_slot: Option<i64> = sqlx::query("SELECT last_slot FROM rate_limiter WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        let running = sqlx::query(
+            "SELECT i.id, b.position, b.started_at FROM batches b
+             JOIN ingestions i ON i.seq = b.ingestion_seq
+             WHERE b.status = 1 ORDER BY b.started_at LIMIT 100",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(|row| {
+            (
+                BatchId {
+                    ingestion: IngestionId::from_bytes(row.get::<Uuid, _>(0).into_bytes()),
+                    position: row.get::<i32, _>(1) as u32,
+                },
+                Timestamp::from_micros(row.get::<Option<i64>, _>(2).unwrap_or_default()),
+            )
+        })
+        .collect();
         Ok(QueueStats {
             ingestions: ingestions as u64,
             batches,
+            last_slot: time(last_slot),
+            running,
         })
     }
 
-    fn watch(&self, wake: Arc<Notify>, shutdown: CancellationToken) {
+    fn watch(&self, signals: Signals, shutdown: CancellationToken) {
         tokio::spawn(background::run(
             self.pool.clone(),
             self.node,
             self.leases,
-            wake,
+            signals,
             shutdown,
         ));
     }

@@ -2,13 +2,11 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::domain::{
-    BatchId, BatchStatus, IdOutcome, IngestionId, Priority, Timestamp,
-};
+use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, Priority, Timestamp};
 use crate::store::codec::{decode_ids, event};
 use crate::store::{
-    BatchOutcomes, BatchRecord, CallbackRecord, CallbackState, Event,
-    IngestionRecord, IngestionSummary, QueueStats, StoreError,
+    BatchOutcomes, BatchRecord, CallbackRecord, CallbackState, Event, IngestionRecord,
+    IngestionSummary, QueueStats, StoreError,
 };
 
 pub fn ingestion(
@@ -173,9 +171,23 @@ pub fn recent_ingestions(
         "SELECT seq, id, priority, created_at, finished_at FROM ingestions
          ORDER BY seq DESC LIMIT ?1",
     )?;
-    let heads: Vec<(i64, [u8; 16], i64, i64, Option<i64>)> = stmt
+    // Each request's counts come from a second query: collect the heads first.
+    struct Head {
+        seq: i64,
+        id: [u8; 16],
+        priority: i64,
+        created_at: i64,
+        finished_at: Option<i64>,
+    }
+    let heads: Vec<Head> = stmt
         .query_map([limit as i64], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+            Ok(Head {
+                seq: row.get(0)?,
+                id: row.get(1)?,
+                priority: row.get(2)?,
+                created_at: row.get(3)?,
+                finished_at: row.get(4)?,
+            })
         })?
         .collect::<Result<_, _>>()?;
     let mut counts = conn.prepare_cached(
@@ -184,23 +196,22 @@ pub fn recent_ingestions(
     )?;
     heads
         .into_iter()
-        .map(|(seq, id, priority, created_at, finished_at)| {
-            let mut ids = 0u64;
-            let mut batches = Vec::new();
-            let mut rows = counts.query([seq])?;
+        .map(|head| {
+            let mut summary = IngestionSummary {
+                id: IngestionId::from_bytes(head.id),
+                priority: priority_of(head.priority)?,
+                created_at: Timestamp::from_micros(head.created_at),
+                finished_at: time(head.finished_at),
+                ids: 0,
+                batches: Vec::new(),
+            };
+            let mut rows = counts.query([head.seq])?;
             while let Some(row) = rows.next()? {
                 let (n, id_count): (i64, i64) = (row.get(1)?, row.get(2)?);
-                ids += id_count as u64;
-                batches.push((status(row.get(0)?)?, n as u64));
+                summary.ids += id_count as u64;
+                summary.batches.push((status(row.get(0)?)?, n as u64));
             }
-            Ok(IngestionSummary {
-                id: IngestionId::from_bytes(id),
-                priority: priority_of(priority)?,
-                created_at: Timestamp::from_micros(created_at),
-                finished_at: time(finished_at),
-                ids,
-                batches,
-            })
+            Ok(summary)
         })
         .collect()
 }
@@ -229,9 +240,31 @@ pub fn stats(conn: &Connection) -> Result<QueueStats, StoreError> {
             count as u64,
         ));
     }
+    let last_slot: Option<i64> = conn
+        .prepare_cached("SELECT last_slot FROM rate_limiter WHERE id = 1")?
+        .query_row([], |row| row.get(0))
+        .optional()?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT i.id, b.position, b.started_at FROM batches b
+         JOIN ingestions i ON i.seq = b.ingestion_seq
+         WHERE b.status = 1 ORDER BY b.started_at LIMIT 100",
+    )?;
+    let running = stmt
+        .query_map([], |row| {
+            Ok((
+                BatchId {
+                    ingestion: IngestionId::from_bytes(row.get(0)?),
+                    position: row.get(1)?,
+                },
+                Timestamp::from_micros(row.get::<_, Option<i64>>(2)?.unwrap_or_default()),
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
     Ok(QueueStats {
         ingestions: ingestions as u64,
         batches,
+        last_slot: time(last_slot),
+        running,
     })
 }
 

@@ -66,7 +66,13 @@ pub fn create_ingestion(conn: &Connection, new: &NewIngestion) -> Result<Created
         new.callback_url.as_ref().map(|_| CALLBACK_PENDING),
     ])?;
     let seq = conn.last_insert_rowid();
-    record_event(conn, seq, None, IngestionStatus::YetToStart.code(), new.created_at)?;
+    record_event(
+        conn,
+        seq,
+        None,
+        IngestionStatus::YetToStart.code(),
+        new.created_at,
+    )?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO batches (ingestion_seq, position, priority, ids) VALUES (?1, ?2, ?3, ?4)",
     )?;
@@ -170,7 +176,13 @@ pub fn claim_next_batch(
     if !ingestion_started {
         conn.prepare_cached("UPDATE ingestions SET started = 1 WHERE seq = ?1")?
             .execute([ingestion_seq])?;
-        record_event(conn, ingestion_seq, None, IngestionStatus::Triggered.code(), request.now)?;
+        record_event(
+            conn,
+            ingestion_seq,
+            None,
+            IngestionStatus::Triggered.code(),
+            request.now,
+        )?;
     }
 
     Ok(ClaimOutcome::Started(ClaimedBatch {
@@ -225,7 +237,13 @@ pub fn finish_attempt(
     if changed == 0 || !status.is_final() {
         return Ok(false);
     }
-    record_event(conn, batch.ingestion_seq, Some(batch.position), status.code(), at)?;
+    record_event(
+        conn,
+        batch.ingestion_seq,
+        Some(batch.position),
+        status.code(),
+        at,
+    )?;
     close_batches(conn, batch.ingestion_seq, 1, at)
 }
 

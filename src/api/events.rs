@@ -1,0 +1,170 @@
+//! Live progress as Server-Sent Events: `GET /status/{id}/events` for one
+//! request, `GET /events` for everything (the dashboard).
+//!
+//! The events table is the source; a signal only says "read again". So a
+//! client that reconnects with `Last-Event-ID` gets every event it missed, and
+//! a stream on one node sees events made on another (by notification, or by
+//! the one-second poll that backs it up).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::Serialize;
+
+use super::AppState;
+use super::error::ApiError;
+use super::status::{parse_ingestion_id, unknown_ingestion};
+use crate::domain::{BatchId, IngestionId, Timestamp};
+use crate::store::{Event, EventSubject};
+
+/// Events read from the store at a time.
+const PAGE: usize = 500;
+/// How often a stream looks for events without being told (other nodes).
+const POLL: Duration = Duration::from_secs(1);
+
+/// The `data` of a `batch` event.
+#[derive(Debug, Serialize)]
+pub struct BatchEvent {
+    pub ingestion_id: IngestionId,
+    pub batch_id: BatchId,
+    pub status: &'static str,
+    pub at: Timestamp,
+}
+
+/// The `data` of an `ingestion` event.
+#[derive(Debug, Serialize)]
+pub struct IngestionEvent {
+    pub ingestion_id: IngestionId,
+    pub status: &'static str,
+    pub at: Timestamp,
+}
+
+fn to_sse(event: &Event) -> SseEvent {
+    let sse = SseEvent::default().id(event.seq.to_string());
+    let sse = match event.subject {
+        EventSubject::Batch { position, status } => sse.event("batch").json_data(BatchEvent {
+            ingestion_id: event.ingestion,
+            batch_id: BatchId {
+                ingestion: event.ingestion,
+                position,
+            },
+            status: status.as_str(),
+            at: event.at,
+        }),
+        EventSubject::Ingestion { status } => sse.event("ingestion").json_data(IngestionEvent {
+            ingestion_id: event.ingestion,
+            status: status.as_str(),
+            at: event.at,
+        }),
+    };
+    // Our event types always serialize.
+    sse.unwrap_or_default()
+}
+
+fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    headers
+        .get("last-event-id")
+        .map(|value| {
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID: send back an event's id"))
+        })
+        .transpose()
+}
+
+/// `GET /status/{id}/events`: every status change of the request and of its
+/// batches, in order, from the start (or after `Last-Event-ID`); the stream
+/// ends after the request ends.
+pub async fn ingestion_events(
+    State(app): State<AppState>,
+    Path(raw_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let id = parse_ingestion_id(&raw_id)?;
+    let after = last_event_id(&headers)?.unwrap_or(0);
+    app.store
+        .batch_outcomes(id, None, 1)
+        .await?
+        .ok_or_else(|| unknown_ingestion(&raw_id))?;
+    Ok(Sse::new(events(app, Some(id), after)).keep_alive(KeepAlive::default()))
+}
+
+/// `GET /events`: every status change in the service, from now (or after
+/// `Last-Event-ID`).
+pub async fn all_events(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let after = match last_event_id(&headers)? {
+        Some(after) => after,
+        None => app.store.latest_event().await?,
+    };
+    Ok(Sse::new(events(app, None, after)).keep_alive(KeepAlive::default()))
+}
+
+struct Cursor {
+    app: AppState,
+    ingestion: Option<IngestionId>,
+    after: u64,
+    ended: bool,
+}
+
+/// Events after `after`, as they are stored; for one request, until it ends.
+/// Every stream ends when the service shuts down.
+fn events(
+    app: AppState,
+    ingestion: Option<IngestionId>,
+    after: u64,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let cursor = Cursor {
+        app,
+        ingestion,
+        after,
+        ended: false,
+    };
+    stream::unfold(cursor, |mut cursor| async move {
+        if cursor.ended {
+            return None;
+        }
+        loop {
+            // Armed before reading, so an event stored meanwhile wakes us.
+            let stored = cursor.app.signals.next_events();
+            match cursor
+                .app
+                .store
+                .events_after(cursor.after, cursor.ingestion, PAGE)
+                .await
+            {
+                Ok(mut page) if !page.is_empty() => {
+                    if cursor.ingestion.is_some()
+                        && let Some(end) = page.iter().position(is_request_end)
+                    {
+                        page.truncate(end + 1);
+                        cursor.ended = true;
+                    }
+                    cursor.after = page.last().map_or(cursor.after, |e| e.seq);
+                    let items: Vec<_> = page.iter().map(|e| Ok(to_sse(e))).collect();
+                    return Some((stream::iter(items), cursor));
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "cannot read events"),
+            }
+            tokio::select! {
+                _ = cursor.app.shutdown.cancelled() => return None,
+                _ = stored => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    })
+    .flatten()
+}
+
+fn is_request_end(event: &Event) -> bool {
+    matches!(event.subject, EventSubject::Ingestion { status } if status.is_final())
+}
