@@ -1,10 +1,12 @@
 //! The HTTP API of SPEC.md, on axum.
 
 mod body;
+mod dashboard;
 pub mod error;
 mod events;
 mod ingest;
 mod ingestions;
+mod openapi;
 mod ops;
 mod status;
 
@@ -99,6 +101,8 @@ pub fn router(state: AppState) -> Router {
             "/ingestions/{ingestion_id}/results",
             get(ingestions::results),
         )
+        .route("/", get(dashboard::index))
+        .route("/openapi.json", get(openapi::document))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

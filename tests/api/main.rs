@@ -3,9 +3,11 @@
 
 mod cli;
 mod cluster;
+mod dashboard;
 mod durability;
 mod helpers;
 mod ingest;
+mod openapi;
 mod ordering;
 mod rate;
 mod sqlite_only;
