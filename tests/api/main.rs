@@ -8,6 +8,7 @@ mod durability;
 mod helpers;
 mod ingest;
 mod openapi;
+mod operations;
 mod ordering;
 mod rate;
 mod sqlite_only;
