@@ -103,6 +103,26 @@ pub struct Config {
     #[arg(long, env = "SLUICE_IDEMPOTENCY_TTL", default_value = "24h")]
     pub idempotency_ttl: Interval,
 
+    /// A file of API keys, one per line: `<role> <key>`, roles `read`,
+    /// `submit` or `admin`. Re-read when it changes. Without it every endpoint
+    /// is open.
+    #[arg(long, env = "SLUICE_API_KEYS_FILE")]
+    pub api_keys_file: Option<std::path::PathBuf>,
+
+    /// Writes (POST, DELETE) answered at once; more get 503 with Retry-After.
+    #[arg(long, env = "SLUICE_MAX_CONCURRENT_WRITES", default_value = "512")]
+    pub max_concurrent_writes: usize,
+
+    /// How long one request may take, reading its body included (slow
+    /// clients get 408). Live event streams are not cut.
+    #[arg(long, env = "SLUICE_REQUEST_TIMEOUT", default_value = "30s")]
+    pub request_timeout: Interval,
+
+    /// Ids waiting in the queue beyond which POST /ingest gets 429 with
+    /// Retry-After (counted each second, as waiting batches × batch size).
+    #[arg(long, env = "SLUICE_MAX_QUEUED_IDS", default_value = "100000000")]
+    pub max_queued_ids: u64,
+
     /// PostgreSQL only: how long a node keeps a claimed batch without renewing
     /// it. A node renews every fifth of this; when a node dies, another
     /// re-queues its batches once the lease runs out.

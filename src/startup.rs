@@ -3,16 +3,21 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::auth::ApiKeys;
+use crate::api::limits::Limits;
 use crate::api::{self, ApiLimits, App, AppState};
 use crate::callbacks::CallbackSender;
 use crate::config::Config;
 use crate::dispatcher::{DispatchSettings, Dispatcher};
-use crate::domain::Clock;
+use crate::domain::{BatchSize, Clock};
 use crate::metrics::Metrics;
 use crate::signals::Signals;
 use crate::store::{self, SharedStore};
@@ -28,6 +33,9 @@ pub struct Application {
     signals: Signals,
     /// Handed to the API, which ends its live streams when it is cancelled.
     stopping: CancellationToken,
+    /// Where the queue counter keeps the API's view of the queue.
+    queued_ids: Arc<AtomicU64>,
+    batch_size: BatchSize,
 }
 
 impl Application {
@@ -63,6 +71,33 @@ impl Application {
         };
 
         let signals = Signals::default();
+        let api_keys = match &config.api_keys_file {
+            Some(path) => {
+                let keys = ApiKeys::load(path).context("loading --api-keys-file")?;
+                tracing::info!(
+                    keys = keys.len(),
+                    "API keys required on every endpoint but /healthz"
+                );
+                Some(Arc::new(keys))
+            }
+            None => {
+                tracing::info!("no API keys configured: every endpoint is open");
+                if !config.listen.ip().is_loopback() {
+                    tracing::warn!(
+                        listen = %config.listen,
+                        "listening beyond this machine without API keys: anyone who can reach it \
+                         can submit and cancel; see --api-keys-file"
+                    );
+                }
+                None
+            }
+        };
+        let overload = Limits {
+            writes: Arc::new(Semaphore::new(config.max_concurrent_writes.max(1))),
+            request_timeout: config.request_timeout.as_duration(),
+            max_queued_ids: config.max_queued_ids,
+            queued_ids: Arc::new(AtomicU64::new(0)),
+        };
         let stopping = CancellationToken::new();
         let dispatcher = Dispatcher::new(
             Arc::clone(&store),
@@ -85,6 +120,8 @@ impl Application {
             interval: config.interval,
             max_in_flight: config.max_in_flight.get(),
             shutdown: stopping.clone(),
+            overload: overload.clone(),
+            api_keys,
             clock,
             batch_size: config.batch_size,
             limits: ApiLimits {
@@ -105,6 +142,8 @@ impl Application {
             store,
             signals,
             stopping,
+            queued_ids: overload.queued_ids,
+            batch_size: config.batch_size,
         })
     }
 
@@ -124,6 +163,12 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!("listening on http://{}", self.local_addr());
         self.store.watch(self.signals.clone(), shutdown.clone());
+        tokio::spawn(count_queue(
+            Arc::clone(&self.store),
+            self.queued_ids,
+            self.batch_size,
+            shutdown.clone(),
+        ));
         let stopping = self.stopping.clone();
         let shutdown_seen = shutdown.clone();
         tokio::spawn(async move {
@@ -167,4 +212,27 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
     shutdown.cancel();
+}
+
+/// Counts the waiting ids once a second for the queue limit of POST /ingest.
+/// A count, not a reservation: concurrent requests can overshoot the limit by
+/// what arrives within a second.
+async fn count_queue(
+    store: SharedStore,
+    queued_ids: Arc<AtomicU64>,
+    batch_size: BatchSize,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store.waiting_batches().await {
+            Ok(batches) => queued_ids.store(batches * batch_size.get() as u64, Ordering::Relaxed),
+            Err(error) => tracing::warn!(%error, "cannot count the queue"),
+        }
+    }
 }

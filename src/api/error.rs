@@ -8,13 +8,16 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::store::StoreError;
 
 /// One offending field of a request, e.g. `ids[3]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FieldError {
+    /// The field at fault: `ids`, `ids[3]`, `priority`, `Idempotency-Key`…
     pub field: String,
+    /// What is wrong with it, and what is expected.
     pub message: String,
 }
 
@@ -28,14 +31,26 @@ impl FieldError {
 }
 
 /// An RFC 9457 problem document, served as `application/problem+json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Problem)]
 pub struct ApiError {
+    /// What kind of problem: `urn:sluice:problem:<slug>`, stable for clients to
+    /// match on.
     #[serde(rename = "type")]
+    #[schema(
+        pattern = "^urn:sluice:problem:[a-z-]+$",
+        examples("urn:sluice:problem:validation")
+    )]
     kind: String,
+    /// A short, human-readable summary of the kind of problem.
     title: &'static str,
+    /// The HTTP status, repeated.
     #[serde(serialize_with = "serialize_status")]
+    #[schema(value_type = u16, minimum = 400, maximum = 599)]
     status: StatusCode,
+    /// What went wrong with this request.
     detail: String,
+    /// For invalid input: every offending field, each with a message.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     errors: Vec<FieldError>,
     #[serde(skip)]
@@ -108,6 +123,45 @@ impl ApiError {
             "Request too large",
             detail,
         )
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "API key required",
+            detail,
+        )
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Not allowed for this key",
+            detail,
+        )
+    }
+
+    pub fn request_timeout(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timed out",
+            detail,
+        )
+    }
+
+    pub fn too_many_requests(detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self {
+            retry_after_secs: Some(retry_after_secs),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "queue-full",
+                "Queue full",
+                detail,
+            )
+        }
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {

@@ -14,11 +14,13 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::ApiError;
+use super::openapi::{BadRequest, Internal, NotFound, RequestTimeout, Unauthorized, Unavailable};
 use super::status::{parse_ingestion_id, unknown_ingestion};
-use crate::domain::{BatchId, IngestionId, Timestamp};
+use crate::domain::{BatchId, BatchStatus, IngestionId, IngestionStatus, Timestamp};
 use crate::store::{Event, EventSubject};
 
 /// Events read from the store at a time.
@@ -27,18 +29,22 @@ const PAGE: usize = 500;
 const POLL: Duration = Duration::from_secs(1);
 
 /// The `data` of a `batch` event.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BatchEvent {
     pub ingestion_id: IngestionId,
     pub batch_id: BatchId,
+    /// The batch's new status.
+    #[schema(value_type = BatchStatus)]
     pub status: &'static str,
     pub at: Timestamp,
 }
 
 /// The `data` of an `ingestion` event.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct IngestionEvent {
     pub ingestion_id: IngestionId,
+    /// The request's new status.
+    #[schema(value_type = IngestionStatus)]
     pub status: &'static str,
     pub at: Timestamp,
 }
@@ -65,6 +71,16 @@ fn to_sse(event: &Event) -> SseEvent {
     sse.unwrap_or_default()
 }
 
+/// The header a reconnecting client sends, for the API document only.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Never built: `last_event_id` reads the header.
+pub struct ResumeHeaders {
+    /// Resume after this event's `id`: every later event is sent.
+    #[param(rename = "Last-Event-ID", value_type = u64, required = false)]
+    last_event_id: Option<u64>,
+}
+
 fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     headers
         .get("last-event-id")
@@ -78,9 +94,44 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         .transpose()
 }
 
+/// How the two streams' events look, for the API document (OpenAPI 3.1 cannot
+/// describe the events of a stream in its schema).
+pub const EVENTS_FORMAT: &str = "Server-Sent Events, two types:\n\n\
+    - `event: batch`: a batch changed status; `data` is a `BatchEvent` \
+    (`{\"ingestion_id\", \"batch_id\", \"status\", \"at\"}`).\n\
+    - `event: ingestion`: a request changed status; `data` is an `IngestionEvent` \
+    (`{\"ingestion_id\", \"status\", \"at\"}`).\n\n\
+    Each event's `id` is its sequence number, increasing in commit order. A client that \
+    reconnects with `Last-Event-ID: <id>` receives every event after it, so it loses no \
+    transition. Comments (`:`) keep an idle connection alive.";
+
 /// `GET /status/{id}/events`: every status change of the request and of its
 /// batches, in order, from the start (or after `Last-Event-ID`); the stream
 /// ends after the request ends.
+#[utoipa::path(
+    get,
+    path = "/status/{ingestion_id}/events",
+    tag = "live",
+    operation_id = "ingestion_events",
+    summary = "Live progress of one request (Server-Sent Events)",
+    description = "Every status change of the request and of its batches, in order, from the \
+        start (or after `Last-Event-ID`). The stream ends after the event that ends the \
+        request (`completed`, `failed` or `cancelled`), or when the service shuts down.",
+    params(
+        ("ingestion_id" = String, Path, description = "The request's id (a malformed or unknown id answers 404)."),
+        ResumeHeaders,
+    ),
+    security((), ("api_key" = ["read"])),
+    responses(
+        (status = 200, description = EVENTS_FORMAT, content((String = "text/event-stream"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 408, response = RequestTimeout),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn ingestion_events(
     State(app): State<AppState>,
     Path(raw_id): Path<String>,
@@ -97,6 +148,25 @@ pub async fn ingestion_events(
 
 /// `GET /events`: every status change in the service, from now (or after
 /// `Last-Event-ID`).
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "live",
+    operation_id = "all_events",
+    summary = "Live progress of every request (Server-Sent Events)",
+    description = "Every status change in the service, from now (or after `Last-Event-ID`), \
+        until the service shuts down. What the dashboard follows.",
+    params(ResumeHeaders),
+    security((), ("api_key" = ["read"])),
+    responses(
+        (status = 200, description = EVENTS_FORMAT, content((String = "text/event-stream"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 408, response = RequestTimeout),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn all_events(
     State(app): State<AppState>,
     headers: HeaderMap,

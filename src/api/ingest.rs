@@ -9,17 +9,24 @@ use axum::response::{IntoResponse, Response};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::body::JsonBody;
 use super::error::{ApiError, FieldError};
+use super::openapi::{
+    BadRequest, Forbidden, Internal, PayloadTooLarge, QueueFull, RequestTimeout, Unauthorized,
+    Unavailable, UnsupportedMediaType, ValidationFailed,
+};
 use crate::domain::{IngestionId, ItemId, Priority};
 use crate::store::{Created, IdempotencyKey, NewIngestion};
 
 /// How many offending ids a problem document lists before it just counts them.
 const LISTED_ID_ERRORS: usize = 10;
 
-#[derive(Debug, Serialize)]
+/// A request that is now on disk.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct IngestResponse {
     pub ingestion_id: IngestionId,
 }
@@ -27,6 +34,92 @@ pub struct IngestResponse {
 /// The longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
+// The body of `POST /ingest`, for the API document only: the real decoding is
+// `IngestBody`, which collects every offending field instead of stopping at
+// the first.
+/// A request: ids to fetch, and how urgent they are. Unknown fields are
+/// ignored.
+#[derive(ToSchema)]
+#[schema(examples(json!({"ids": [1, 2, 3, 4, 5], "priority": "MEDIUM"})))]
+#[allow(dead_code)] // Never built: it only describes what `IngestBody` reads.
+pub struct IngestRequest {
+    /// The ids to fetch, in order; a repeated id is fetched again. Only JSON
+    /// integers count (`"1"`, `1.5`, `2.0`, `true` and `null` are not). At most
+    /// `--max-ids-per-request` (default 1,000,000): more answer 413.
+    #[schema(min_items = 1)]
+    ids: Vec<ItemId>,
+    /// `HIGH`, `MEDIUM` or `LOW`, in any letter case.
+    #[schema(schema_with = priority_any_case)]
+    priority: String,
+    /// An absolute `http://` or `https://` URL that Sluice POSTs the final
+    /// status to (the status answer without `batches`) once the request ends.
+    #[schema(format = "uri")]
+    callback_url: Option<String>,
+}
+
+/// The headers `POST /ingest` reads, for the API document only.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Never built: `idempotency_key` reads the header.
+pub struct IngestHeaders {
+    /// 1 to 255 visible ASCII characters. The same key with the same body
+    /// answers the same `ingestion_id` (with `Idempotent-Replayed: true`) and
+    /// stores nothing; with another body, 422. A key holds for
+    /// `--idempotency-ttl` (24 h by default).
+    #[param(
+        rename = "Idempotency-Key",
+        value_type = String,
+        required = false,
+        min_length = 1,
+        max_length = 255
+    )]
+    idempotency_key: Option<String>,
+}
+
+fn priority_any_case() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(
+            "^([Hh][Ii][Gg][Hh]|[Mm][Ee][Dd][Ii][Uu][Mm]|[Ll][Oo][Ww])$",
+        ))
+        .description(Some("`HIGH`, `MEDIUM` or `LOW`, in any letter case."))
+        .examples(["HIGH", "medium", "Low"])
+        .build()
+}
+
+/// Submit a request
+///
+/// Validates the ids and the priority, splits the ids into batches and stores
+/// the request and all its batches durably; answers only once they are on
+/// disk, and never waits for processing. Unknown fields are ignored. A
+/// rejected request stores nothing; its problem document lists every
+/// offending field.
+#[utoipa::path(
+    post,
+    path = "/ingest",
+    tag = "requests",
+    operation_id = "ingest",
+    params(IngestHeaders),
+    request_body(content = IngestRequest, content_type = "application/json"),
+    security((), ("api_key" = ["submit"])),
+    responses(
+        (status = 200, description = "The request is on disk; follow it by its id.",
+            body = IngestResponse,
+            headers(("Idempotent-Replayed" = String,
+                description = "`true` when an earlier request with the same `Idempotency-Key` \
+                    is answered again."))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 408, response = RequestTimeout),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 429, response = QueueFull),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn ingest(
     State(app): State<AppState>,
     headers: HeaderMap,

@@ -8,9 +8,15 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::Object;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::ApiError;
+use super::openapi::{
+    BadRequest, Forbidden, Internal, NotFound, RequestTimeout, Unauthorized, Unavailable,
+    string_enum,
+};
 use super::status::{StatusSummary, parse_ingestion_id, unknown_ingestion};
 use crate::domain::{BatchId, BatchStatus, FetchFailure, IngestionId, ItemId, Outcome, Timestamp};
 use crate::store::{BatchOutcomes, SharedStore};
@@ -22,20 +28,33 @@ const DEFAULT_PAGE: usize = 1000;
 const MAX_PAGE: usize = 10_000;
 
 /// One id's outcome, as the results API serves it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ResultLine {
     pub id: ItemId,
     pub batch_id: BatchId,
-    /// `ok`, `error`, `retrying`, `pending` (not fetched yet) or `cancelled`.
+    /// `ok` (with `data`), `error` (final, with `error`), `retrying` (a
+    /// transient error, with `error`; it will be fetched again), `pending` (not
+    /// fetched yet) or `cancelled`.
+    #[schema(schema_with = outcome_names)]
     pub outcome: &'static str,
+    /// With `ok`: the upstream's answer, as JSON when it was JSON, else as a
+    /// string.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Value)]
     pub data: Option<serde_json::Value>,
+    /// With `error` and `retrying`: why the fetch failed.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = FetchFailure)]
     pub error: Option<FetchFailure>,
     /// How many times the id was fetched.
     pub attempts: u32,
     /// When the last fetch ended.
+    #[schema(required = true)]
     pub at: Option<Timestamp>,
+}
+
+fn outcome_names() -> Object {
+    string_enum(&["ok", "error", "retrying", "pending", "cancelled"])
 }
 
 fn lines(batch: BatchOutcomes) -> impl Iterator<Item = ResultLine> {
@@ -80,27 +99,67 @@ fn lines(batch: BatchOutcomes) -> impl Iterator<Item = ResultLine> {
         })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ResultsQuery {
     /// `ndjson` streams every result, one JSON object a line.
+    #[param(schema_with = ndjson_format)]
     format: Option<String>,
     /// Paginated JSON: the `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Paginated JSON: batches per page (1 to 10,000; default 1,000).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 10000, default = 1000)]
     limit: Option<usize>,
 }
 
-#[derive(Debug, Serialize)]
+fn ndjson_format() -> Object {
+    let mut format = string_enum(&["ndjson"]);
+    format.description = Some("`ndjson` streams every result, one JSON object a line.".into());
+    format
+}
+
+/// One page of a request's results.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ResultsPage {
     pub ingestion_id: IngestionId,
     pub results: Vec<ResultLine>,
     /// Pass as `cursor` for the next page; `null` on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
 /// Every id of a request with its outcome, in the request's order: as NDJSON
 /// (`?format=ndjson` or `Accept: application/x-ndjson`), streamed in constant
 /// memory, or as pages of JSON.
+#[utoipa::path(
+    get,
+    path = "/ingestions/{ingestion_id}/results",
+    tag = "requests",
+    operation_id = "get_results",
+    summary = "Every id of a request with its outcome",
+    description = "In the request's order. As pages of JSON by default: `limit` batches a \
+        page, and the page's `next_cursor` passed back as `cursor` for the next one. Or as \
+        NDJSON, one `ResultLine` a line, streamed in constant memory, with `?format=ndjson` \
+        or `Accept: application/x-ndjson`.",
+    params(
+        ("ingestion_id" = String, Path, description = "The request's id (a malformed or unknown id answers 404)."),
+        ResultsQuery,
+    ),
+    security((), ("api_key" = ["read"])),
+    responses(
+        (status = 200, description = "The results, as a page of JSON or as NDJSON.",
+            content(
+                (ResultsPage = "application/json"),
+                (ResultLine = "application/x-ndjson"),
+            )),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 408, response = RequestTimeout),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn results(
     State(app): State<AppState>,
     Path(raw_id): Path<String>,
@@ -188,7 +247,8 @@ fn ndjson(store: SharedStore, id: IngestionId, first: Vec<BatchOutcomes>) -> Res
     response
 }
 
-#[derive(Debug, Serialize)]
+/// The request after a cancel.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CancelResponse {
     #[serde(flatten)]
     pub summary: StatusSummary,
@@ -198,6 +258,25 @@ pub struct CancelResponse {
 
 /// Cancels the batches that have not started; a batch processing now
 /// finishes. Cancelling twice is harmless.
+#[utoipa::path(
+    delete,
+    path = "/ingestions/{ingestion_id}",
+    tag = "requests",
+    operation_id = "cancel",
+    summary = "Cancel a request",
+    description = CANCEL_DESCRIPTION,
+    params(("ingestion_id" = String, Path, description = "The request's id (a malformed or unknown id answers 404).")),
+    security((), ("api_key" = ["admin"])),
+    responses(
+        (status = 200, description = "The request after the cancel.", body = CancelResponse),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 408, response = RequestTimeout),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn cancel(
     State(app): State<AppState>,
     Path(raw_id): Path<String>,
@@ -223,3 +302,32 @@ pub async fn cancel(
         cancelled_batches: cancelled,
     }))
 }
+
+const CANCEL_DESCRIPTION: &str = "Batches that have not started become `cancelled`; a batch \
+    processing now finishes. Cancelling again is harmless (`cancelled_batches` is then 0). \
+    `DELETE /ingestions/{ingestion_id}` and `POST /ingestions/{ingestion_id}/cancel` are the \
+    same operation.";
+
+/// `POST /ingestions/{id}/cancel`, for the API document: the router serves it
+/// with [`cancel`], and one function can only describe one path.
+#[utoipa::path(
+    post,
+    path = "/ingestions/{ingestion_id}/cancel",
+    tag = "requests",
+    operation_id = "cancel_by_post",
+    summary = "Cancel a request (the POST form)",
+    description = CANCEL_DESCRIPTION,
+    params(("ingestion_id" = String, Path, description = "The request's id (a malformed or unknown id answers 404).")),
+    security((), ("api_key" = ["admin"])),
+    responses(
+        (status = 200, description = "The request after the cancel.", body = CancelResponse),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 408, response = RequestTimeout),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
+#[allow(dead_code)] // Never called: only its `__path_cancel_by_post` is used.
+pub async fn cancel_by_post() {}

@@ -1,11 +1,13 @@
 //! The HTTP API of SPEC.md, on axum.
 
+pub mod auth;
 mod body;
 mod dashboard;
 pub mod error;
 mod events;
 mod ingest;
 mod ingestions;
+pub mod limits;
 mod openapi;
 mod ops;
 mod status;
@@ -63,6 +65,10 @@ pub struct App {
     /// Cancelled when the service shuts down: ends live streams, which would
     /// otherwise hold their connections open.
     pub shutdown: CancellationToken,
+    /// Overload protection: concurrent writes, request time, queue size.
+    pub overload: limits::Limits,
+    /// The API keys, when `--api-keys-file` is given.
+    pub api_keys: Option<Arc<auth::ApiKeys>>,
     /// How long an `Idempotency-Key` holds.
     pub idempotency_ttl: std::time::Duration,
 }
@@ -83,7 +89,13 @@ impl Deref for AppState {
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
     Router::new()
-        .route("/ingest", post(ingest::ingest))
+        .route(
+            "/ingest",
+            post(ingest::ingest).layer(middleware::from_fn_with_state(
+                state.clone(),
+                limits::queue_room,
+            )),
+        )
         .route("/status", get(status::status_by_query_or_body))
         .route("/status/{ingestion_id}", get(status::status_by_path))
         .route(
@@ -102,7 +114,8 @@ pub fn router(state: AppState) -> Router {
             get(ingestions::results),
         )
         .route("/", get(dashboard::index))
-        .route("/openapi.json", get(openapi::document))
+        .route("/dashboard/{*path}", get(dashboard::asset))
+        .merge(openapi::routes())
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -111,6 +124,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), limits::shed_writes))
+        .layer(middleware::from_fn_with_state(state.clone(), limits::time_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_key))
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::internal(
                 "the server failed while answering; nothing was acknowledged",

@@ -8,24 +8,59 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{KnownFormat, Object, ObjectBuilder, SchemaFormat, Type};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::ApiError;
+use super::openapi::{
+    BadRequest, Internal, RequestTimeout, Unauthorized, Unavailable, string_enum,
+};
 use super::status::BatchCounts;
 use crate::domain::{BatchId, BatchStatus, IngestionId, IngestionStatus, Priority, Timestamp};
 use crate::store::IngestionSummary;
 
-#[derive(Debug, Serialize)]
+/// A health answer: `ok` from `/healthz`, `ready` from `/readyz`.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
+    #[schema(schema_with = health_states)]
     pub status: &'static str,
 }
 
+fn health_states() -> Object {
+    string_enum(&["ok", "ready"])
+}
+
 /// `GET /healthz`: the process is alive and answering.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "healthz",
+    summary = "Liveness: the process is alive and answering",
+    description = "Touches nothing else, so it answers even when the store is down.",
+    security(()),
+    responses((status = 200, description = "Alive: `{\"status\": \"ok\"}`.", body = Health)),
+)]
 pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
 /// `GET /readyz`: the store answers and its migrations are applied.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    operation_id = "readyz",
+    summary = "Readiness: the store answers and its migrations are applied",
+    security((), ("api_key" = ["read"])),
+    responses(
+        (status = 200, description = "Ready: `{\"status\": \"ready\"}`.", body = Health),
+        (status = 401, response = Unauthorized),
+        (status = 408, response = RequestTimeout),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiError> {
     match app.store.check_ready().await {
         Ok(()) => Ok(Json(Health { status: "ready" })),
@@ -37,6 +72,26 @@ pub async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiErro
 }
 
 /// `GET /metrics`: Prometheus metrics (OpenMetrics text).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    summary = "Prometheus metrics, in the OpenMetrics text format",
+    description = "Every metric is named with a `sluice_` prefix: queue depth by priority and \
+        status; batches started, completed and failed; ids fetched; upstream latency; time \
+        spent waiting for the rate limit; dispatcher lag; HTTP requests by route and status, \
+        with latency.",
+    security((), ("api_key" = ["read"])),
+    responses(
+        (status = 200, description = "The metrics.",
+            content((String = "application/openmetrics-text; version=1.0.0; charset=utf-8"))),
+        (status = 401, response = Unauthorized),
+        (status = 408, response = RequestTimeout),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
     let stats = app.store.stats().await?;
     let mut response = app.metrics.render(&stats).into_response();
@@ -47,10 +102,12 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
     Ok(response)
 }
 
-#[derive(Debug, Serialize)]
+/// The queue at a glance.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Stats {
     /// Batches per priority (`HIGH`, `MEDIUM`, `LOW`) and status; `retrying`
     /// counts batches waiting between attempts (clients see them `triggered`).
+    #[schema(schema_with = queue_schema)]
     pub queue: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
     pub ingestions: u64,
     /// The batches processing now.
@@ -59,19 +116,72 @@ pub struct Stats {
     pub interval_ms: u64,
     pub max_in_flight: usize,
     /// The slot of the latest start.
+    #[schema(required = true)]
     pub last_start: Option<Timestamp>,
     /// The earliest time the rate limit allows the next start.
+    #[schema(required = true)]
     pub next_slot: Option<Timestamp>,
     pub now: Timestamp,
 }
 
-#[derive(Debug, Serialize)]
+/// A batch processing now.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Processing {
     pub batch_id: BatchId,
     pub started_at: Timestamp,
 }
 
+/// The schema of [`Stats::queue`]: every priority, each a map from the
+/// statuses that have batches to their counts.
+fn queue_schema() -> Object {
+    let counts = ObjectBuilder::new()
+        .property_names(Some(string_enum(&[
+            "yet_to_start",
+            "triggered",
+            "retrying",
+            "completed",
+            "failed",
+            "cancelled",
+        ])))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .minimum(Some(0)),
+        ))
+        .build();
+    Priority::ALL
+        .iter()
+        .fold(ObjectBuilder::new(), |queue, p| {
+            queue
+                .property(p.as_str(), counts.clone())
+                .required(p.as_str())
+        })
+        .description(Some(
+            "Batches per priority and status; a status with no batches may be left out. \
+             `retrying` counts batches waiting between attempts (clients see them `triggered`).",
+        ))
+        .build()
+}
+
 /// `GET /stats`: the queue at a glance, for the dashboard.
+#[utoipa::path(
+    get,
+    path = "/stats",
+    tag = "operations",
+    operation_id = "stats",
+    summary = "The queue at a glance",
+    description = "Queue depth per priority and status, the batches processing now, and the \
+        rate limiter's last and next slot. What the dashboard shows.",
+    security((), ("api_key" = ["read"])),
+    responses(
+        (status = 200, description = "The queue now.", body = Stats),
+        (status = 401, response = Unauthorized),
+        (status = 408, response = RequestTimeout),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn stats(State(app): State<AppState>) -> Result<Json<Stats>, ApiError> {
     let stats = app.store.stats().await?;
     let mut queue: BTreeMap<&'static str, BTreeMap<&'static str, u64>> = Priority::ALL
@@ -111,23 +221,31 @@ pub async fn stats(State(app): State<AppState>) -> Result<Json<Stats>, ApiError>
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// How many requests, from 1 to 500.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500, default = 20)]
     limit: Option<usize>,
 }
 
-#[derive(Debug, Serialize)]
+/// Recent requests, newest first.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct IngestionList {
     pub ingestions: Vec<IngestionListItem>,
 }
 
-#[derive(Debug, Serialize)]
+/// A request without its batches.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct IngestionListItem {
     pub ingestion_id: IngestionId,
     pub status: IngestionStatus,
     pub priority: Priority,
     pub created_at: Timestamp,
+    /// When the last batch ended, once all have.
+    #[schema(required = true)]
     pub completed_at: Option<Timestamp>,
+    /// How many ids the request carries.
     pub ids: u64,
     pub batch_counts: BatchCounts,
 }
@@ -154,6 +272,23 @@ impl From<IngestionSummary> for IngestionListItem {
 }
 
 /// `GET /ingestions?limit=N`: the most recent requests, newest first.
+#[utoipa::path(
+    get,
+    path = "/ingestions",
+    tag = "requests",
+    operation_id = "list_ingestions",
+    summary = "The most recent requests, newest first",
+    params(ListQuery),
+    security((), ("api_key" = ["read"])),
+    responses(
+        (status = 200, description = "The most recent requests.", body = IngestionList),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 408, response = RequestTimeout),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn list(
     State(app): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,

@@ -6,38 +6,48 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::Object;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::body::{body_error, parse_json};
 use super::error::{ApiError, FieldError};
+use super::openapi::{
+    BadRequest, Internal, NotFound, PayloadTooLarge, RequestTimeout, Unauthorized, Unavailable,
+    ValidationFailed, string_enum,
+};
 use crate::domain::{
     BatchId, BatchStatus, IngestionId, IngestionStatus, ItemId, Priority, Timestamp,
 };
 use crate::store::{CallbackRecord, CallbackState, IngestionRecord};
 
 /// A request's state without its batches: what callbacks and cancels answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StatusSummary {
     pub ingestion_id: IngestionId,
     pub status: IngestionStatus,
     pub priority: Priority,
     pub created_at: Timestamp,
     /// When the last batch ended, once all have.
+    #[schema(required = true)]
     pub completed_at: Option<Timestamp>,
     pub batch_counts: BatchCounts,
 }
 
-#[derive(Debug, Serialize)]
+/// A request and every one of its batches, in the order of its ids.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StatusResponse {
     #[serde(flatten)]
     pub summary: StatusSummary,
     /// The completion callback, if the request asked for one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = CallbackView)]
     pub callback: Option<CallbackView>,
     pub batches: Vec<BatchView>,
 }
 
-#[derive(Debug, Default, Serialize)]
+/// How many of a request's batches are in each status.
+#[derive(Debug, Default, Serialize, ToSchema)]
 pub struct BatchCounts {
     pub total: usize,
     pub yet_to_start: usize,
@@ -47,7 +57,8 @@ pub struct BatchCounts {
     pub cancelled: usize,
 }
 
-#[derive(Debug, Serialize)]
+/// One batch of a request.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BatchView {
     pub batch_id: BatchId,
     pub ids: Vec<ItemId>,
@@ -56,22 +67,34 @@ pub struct BatchView {
     /// count.
     pub attempts: u32,
     /// Between attempts: when the next one may start.
+    #[schema(required = true)]
     pub next_attempt_at: Option<Timestamp>,
     /// The start's slot on the rate limiter's grid; `started_at` is never
     /// earlier, and later only by the dispatcher's wake-up latency.
+    #[schema(required = true)]
     pub scheduled_at: Option<Timestamp>,
+    /// When processing really started.
+    #[schema(required = true)]
     pub started_at: Option<Timestamp>,
     /// When the batch ended: completed, failed or cancelled.
+    #[schema(required = true)]
     pub completed_at: Option<Timestamp>,
 }
 
-#[derive(Debug, Serialize)]
+/// Where the completion callback stands.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CallbackView {
     pub url: String,
     /// `pending`, `delivered` or `failed` (every attempt failed).
+    #[schema(schema_with = callback_states)]
     pub state: &'static str,
     pub attempts: u32,
+    #[schema(required = true)]
     pub last_error: Option<String>,
+}
+
+fn callback_states() -> Object {
+    string_enum(&["pending", "delivered", "failed"])
 }
 
 impl BatchCounts {
@@ -143,6 +166,23 @@ impl From<CallbackRecord> for CallbackView {
     }
 }
 
+/// A request's status, with every batch
+#[utoipa::path(
+    get,
+    path = "/status/{ingestion_id}",
+    tag = "requests",
+    operation_id = "get_status",
+    params(("ingestion_id" = String, Path, description = "The request's id (a malformed or unknown id answers 404).")),
+    security((), ("api_key" = ["read"])),
+    responses(
+        (status = 200, description = "The request, with every batch.", body = StatusResponse),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 408, response = RequestTimeout),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn status_by_path(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -150,15 +190,54 @@ pub async fn status_by_path(
     lookup(&app, &id).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StatusQuery {
+    /// The request's id (a malformed or unknown id answers 404).
     ingestion_id: Option<String>,
+}
+
+/// The JSON body form of `GET /status`, for clients that send one.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the body; `status_by_query_or_body` reads it as JSON.
+pub struct StatusRequest {
+    /// The request's id (a malformed or unknown id answers 404).
+    ingestion_id: String,
 }
 
 /// `GET /status?ingestion_id=…`, or `GET /status` with `{"ingestion_id": …}`.
 ///
 /// The body form is read whatever its Content-Type: some existing clients send
 /// it without one, and a read cannot be abused the way a cross-site POST can.
+#[utoipa::path(
+    get,
+    path = "/status",
+    tag = "requests",
+    operation_id = "get_status_by_query_or_body",
+    summary = "A request's status, its id in the query or in a JSON body",
+    description = "The same answer as `GET /status/{ingestion_id}`, for clients that name the \
+        request with `?ingestion_id=…`, or with the JSON body `{\"ingestion_id\": \"…\"}` \
+        (read whatever its Content-Type). The query wins when both are given.",
+    params(StatusQuery),
+    // A `ref`, not the type, so that the body is documented as optional.
+    request_body(
+        content = ref("#/components/schemas/StatusRequest"),
+        content_type = "application/json",
+        description = "Instead of the query: the request's id in a JSON body.",
+    ),
+    security((), ("api_key" = ["read"])),
+    responses(
+        (status = 200, description = "The request, with every batch.", body = StatusResponse),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 408, response = RequestTimeout),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = ValidationFailed),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn status_by_query_or_body(
     State(app): State<AppState>,
     query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,

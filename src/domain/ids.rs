@@ -2,6 +2,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize, Serializer};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
 use uuid::Uuid;
 
 /// An id to fetch from the upstream: an integer from 1 to 1,000,000,007.
@@ -101,6 +103,58 @@ impl Serialize for BatchId {
         s.collect_str(self)
     }
 }
+
+/// A hyphenated, lower-case UUID: how an [`IngestionId`] is written.
+const UUID_PATTERN: &str = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}";
+
+// OpenAPI schemas, written by hand to match the hand-written `Serialize`
+// impls above.
+
+impl utoipa::PartialSchema for ItemId {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+            .minimum(Some(Self::MIN as f64))
+            .maximum(Some(Self::MAX as f64))
+            .description(Some("An id to fetch from the upstream."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ItemId {}
+
+impl utoipa::PartialSchema for IngestionId {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
+            .pattern(Some(format!("^{UUID_PATTERN}$")))
+            .description(Some(
+                "A request's id: a UUIDv7, so ids sort by creation time.",
+            ))
+            .examples(["01a222b1-5fe1-70d3-b4a9-2fc5e0dc2351"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for IngestionId {}
+
+impl utoipa::PartialSchema for BatchId {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(format!("^{UUID_PATTERN}:(0|[1-9][0-9]*)$")))
+            .description(Some(
+                "A batch's id: `<ingestion_id>:<position>`, the position counted from 0. \
+                 Treat it as opaque.",
+            ))
+            .examples(["01a222b1-5fe1-70d3-b4a9-2fc5e0dc2351:0"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for BatchId {}
 
 #[cfg(test)]
 mod tests {

@@ -33,17 +33,18 @@ impl Outcome {
 }
 
 /// Why a fetch failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FetchFailure {
     pub kind: FailureKind,
     /// The upstream's HTTP status, if it answered.
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = u16)]
     pub status: Option<u16>,
     /// A short description: the error, or the start of the upstream's body.
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
     /// Trying again could succeed: a timeout, a refused connection, 5xx, 408, 429.

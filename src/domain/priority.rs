@@ -2,6 +2,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Serialize, Serializer};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 /// How urgent a request is. The derived order is the dispatch order:
 /// `High < Medium < Low`, so the smallest value is served first.
@@ -58,6 +60,21 @@ impl Serialize for Priority {
         s.serialize_str(self.as_str())
     }
 }
+
+// The OpenAPI schema, matching the hand-written `Serialize` above.
+impl utoipa::PartialSchema for Priority {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(Self::ALL.map(Self::as_str)))
+            .description(Some(
+                "How urgent a request is; the most urgent is served first.",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Priority {}
 
 #[cfg(test)]
 mod tests {

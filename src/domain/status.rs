@@ -1,4 +1,6 @@
 use serde::{Serialize, Serializer};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 /// Where a batch is in its life.
 ///
@@ -61,12 +63,37 @@ impl Serialize for BatchStatus {
     }
 }
 
+// The OpenAPI schema, matching the hand-written `Serialize` above: the five
+// names clients see (`Retrying` is written `triggered`).
+impl utoipa::PartialSchema for BatchStatus {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some([
+                "yet_to_start",
+                "triggered",
+                "completed",
+                "failed",
+                "cancelled",
+            ]))
+            .description(Some(
+                "Where a batch is: `yet_to_start`, then `triggered` (started, not yet \
+                 ended; also while it waits between two attempts), then `completed`. It \
+                 can also end `failed` (an id ended in error) or `cancelled` (its request \
+                 was cancelled before it started).",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for BatchStatus {}
+
 /// The status of a whole request, derived from its batches:
 /// - `yet_to_start` if every batch is;
 /// - `completed` if every batch is;
 /// - once every batch has ended: `failed` if any failed, else `cancelled`;
 /// - otherwise `triggered`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum IngestionStatus {
     YetToStart,

@@ -3,6 +3,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::time::Instant;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
 
 /// A point in wall-clock time, in microseconds since the Unix epoch: the form in
 /// which times are stored and compared across restarts (and, later, nodes).
@@ -61,6 +63,24 @@ impl<'de> Deserialize<'de> for Timestamp {
         ))
     }
 }
+
+// The OpenAPI schema, matching the `Serialize` above: always UTC, always six
+// fractional digits.
+impl utoipa::PartialSchema for Timestamp {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .pattern(Some(
+                "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{6}Z$",
+            ))
+            .description(Some("RFC 3339, UTC, with microseconds."))
+            .examples(["2026-11-28T15:06:19.489512Z"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Timestamp {}
 
 /// The service's clock: wall-clock time read through tokio's monotonic clock.
 ///

@@ -379,6 +379,9 @@ pub trait Store: Send + Sync + 'static {
     /// The most recent requests, newest first, without their batches.
     async fn recent_ingestions(&self, limit: usize) -> Result<Vec<IngestionSummary>, StoreError>;
 
+    /// How many batches wait to start (including those between attempts).
+    async fn waiting_batches(&self) -> Result<u64, StoreError>;
+
     /// Whether the store answers and its schema is current.
     async fn check_ready(&self) -> Result<(), StoreError>;
 

@@ -219,7 +219,12 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn start(database: &str, extra_args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        Self::start_binary(None, database, extra_args)
+    }
+
+    /// Starts `binary` (this build's `sluice` if `None`).
+    pub fn start_binary(binary: Option<&str>, database: &str, extra_args: &[&str]) -> Self {
+        let mut child = Command::new(binary.unwrap_or(env!("CARGO_BIN_EXE_sluice")))
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--database", database])
             .args(extra_args)

@@ -511,6 +511,15 @@ impl Store for PostgresStore {
         Ok(summaries)
     }
 
+    async fn waiting_batches(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query("SELECT count(*) FROM batches WHERE status IN (0, 3)")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        Ok(n as u64)
+    }
+
     async fn check_ready(&self) -> Result<(), StoreError> {
         let applied: i64 = sqlx::query("SELECT count(*) FROM _sqlx_migrations WHERE success")
             .fetch_one(&self.pool)

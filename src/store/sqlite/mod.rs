@@ -184,6 +184,16 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn waiting_batches(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            let n: i64 = conn
+                .prepare_cached("SELECT count(*) FROM batches WHERE status IN (0, 3)")?
+                .query_row([], |row| row.get(0))?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn check_ready(&self) -> Result<(), StoreError> {
         self.read(schema::check_current).await
     }

@@ -1,0 +1,271 @@
+//! Access control and overload: API keys with roles, and every limit answering
+//! with a problem document and Retry-After while status reads go on.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+
+const READ: &str = "read-key-0123456789abcdef";
+const SUBMIT: &str = "submit-key-0123456789abcdef";
+const ADMIN: &str = "admin-key-0123456789abcdef";
+
+fn write_keys(path: &Path, read_key: &str) {
+    std::fs::write(
+        path,
+        format!("# role key\nread {read_key}\nsubmit {SUBMIT}\nadmin {ADMIN}\n"),
+    )
+    .unwrap();
+}
+
+async fn call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    key: Option<&str>,
+) -> reqwest::Response {
+    let mut request = app
+        .client
+        .request(method.clone(), format!("{}{path}", app.address));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    if method == reqwest::Method::POST && path == "/ingest" {
+        request = request.json(&json!({"ids": [1, 2, 3, 4], "priority": "LOW"}));
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn api_keys_gate_every_endpoint_but_healthz_by_role() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let keys = dir.path().join("keys");
+    write_keys(&keys, READ);
+    let app = spawn_app_with(|c| {
+        c.api_keys_file = Some(keys.clone());
+        c.interval = "1h".parse().unwrap();
+    })
+    .await;
+    use reqwest::Method;
+
+    assert_eq!(
+        call(&app, Method::GET, "/healthz", None).await.status(),
+        200
+    );
+    let missing = call(&app, Method::GET, "/stats", None).await;
+    assert_eq!(missing.status(), 401);
+    assert!(
+        missing.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    assert_eq!(
+        missing.headers()["content-type"],
+        "application/problem+json"
+    );
+    assert_eq!(
+        call(&app, Method::GET, "/stats", Some("wrong-key-0123456789"))
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        call(&app, Method::POST, "/ingest", None).await.status(),
+        401
+    );
+
+    // read: reads only.
+    assert_eq!(
+        call(&app, Method::GET, "/stats", Some(READ)).await.status(),
+        200
+    );
+    assert_eq!(
+        call(&app, Method::GET, "/metrics", Some(READ))
+            .await
+            .status(),
+        200
+    );
+    let refused = call(&app, Method::POST, "/ingest", Some(READ)).await;
+    assert_eq!(refused.status(), 403);
+    assert_eq!(
+        app.store.stats().await.unwrap().ingestions,
+        0,
+        "nothing stored"
+    );
+
+    // submit: reads and submits, but does not cancel.
+    let created = call(&app, Method::POST, "/ingest", Some(SUBMIT)).await;
+    assert_eq!(created.status(), 200);
+    let id = created.json::<Value>().await.unwrap()["ingestion_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        call(&app, Method::GET, &format!("/status/{id}"), Some(SUBMIT))
+            .await
+            .status(),
+        200
+    );
+    let cancel = format!("/ingestions/{id}");
+    assert_eq!(
+        call(&app, Method::DELETE, &cancel, Some(SUBMIT))
+            .await
+            .status(),
+        403
+    );
+
+    // admin: everything.
+    assert_eq!(
+        call(&app, Method::DELETE, &cancel, Some(ADMIN))
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn keys_rotate_by_editing_the_file() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let keys = dir.path().join("keys");
+    write_keys(&keys, READ);
+    let app = spawn_app_with(|c| c.api_keys_file = Some(keys.clone())).await;
+    use reqwest::Method;
+    assert_eq!(
+        call(&app, Method::GET, "/stats", Some(READ)).await.status(),
+        200
+    );
+
+    let rotated = "read-key-rotated-0123456789";
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    write_keys(&keys, rotated);
+    // The file is checked at most once a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        call(&app, Method::GET, "/stats", Some(rotated))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        call(&app, Method::GET, "/stats", Some(READ)).await.status(),
+        401
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_new_work_with_429_keeps_serving_reads_and_recovers() {
+    let app = spawn_app_with(|c| {
+        c.interval = "1h".parse().unwrap();
+        c.max_queued_ids = 10;
+    })
+    .await;
+    let ids: Vec<u64> = (1..=30).collect();
+    let first = app.ingest(&ids, "LOW").await;
+
+    // The queue is counted once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refused = app
+        .post_ingest(&json!({"ids": [1], "priority": "HIGH"}))
+        .await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["status"], 429);
+    assert_eq!(app.get_status(&first).await.status(), 200, "reads go on");
+
+    // Drain the queue: new work is accepted again, by itself.
+    app.client
+        .delete(format!("{}/ingestions/{first}", app.address))
+        .send()
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let response = app
+            .post_ingest(&json!({"ids": [1], "priority": "HIGH"}))
+            .await;
+        if response.status() == 200 {
+            break;
+        }
+        assert_eq!(response.status(), 429);
+        assert!(tokio::time::Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Opens a connection and sends a POST /ingest whose body never completes.
+async fn start_slow_post(address: &str) -> TcpStream {
+    let host = address.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(host).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST /ingest HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+                 Content-Length: 100\r\n\r\n{{\"ids\": [1,"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    stream
+}
+
+async fn read_status_line(stream: &mut TcpStream) -> String {
+    let mut buffer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    String::from_utf8_lossy(&buffer[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_slow_client_gets_408() {
+    let app = spawn_app_with(|c| c.request_timeout = "300ms".parse().unwrap()).await;
+    let mut slow = start_slow_post(&app.address).await;
+    let status = read_status_line(&mut slow).await;
+    assert!(status.starts_with("HTTP/1.1 408"), "{status}");
+    assert_eq!(app.store.stats().await.unwrap().ingestions, 0);
+}
+
+#[tokio::test]
+async fn writes_past_the_concurrency_limit_get_503_and_reads_go_on() {
+    let app = spawn_app_with(|c| {
+        c.max_concurrent_writes = 1;
+        c.request_timeout = "2s".parse().unwrap();
+    })
+    .await;
+    let mut slow = start_slow_post(&app.address).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let shed = app
+        .post_ingest(&json!({"ids": [1], "priority": "HIGH"}))
+        .await;
+    assert_eq!(shed.status(), 503);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let stats = app
+        .client
+        .get(format!("{}/stats", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stats.status(), 200, "reads are not shed");
+
+    // Once the slow write is gone, writes are accepted again.
+    let status = read_status_line(&mut slow).await;
+    assert!(status.starts_with("HTTP/1.1 408"), "{status}");
+    drop(slow);
+    let accepted = app
+        .post_ingest(&json!({"ids": [1], "priority": "HIGH"}))
+        .await;
+    assert_eq!(accepted.status(), 200);
+}
