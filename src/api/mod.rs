@@ -124,9 +124,18 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), limits::shed_writes))
-        .layer(middleware::from_fn_with_state(state.clone(), limits::time_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), auth::require_key))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::shed_writes,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::time_limit,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::internal(
                 "the server failed while answering; nothing was acknowledged",

@@ -1,0 +1,698 @@
+//! The dashboard at `/`, in a real browser: Debian's Chromium, headless,
+//! driven through its `chromedriver` (WebDriver) with fantoccini.
+//!
+//! The browser test needs `/usr/bin/chromedriver` and `/usr/bin/chromium`
+//! (`apt-get install -y chromium chromium-driver`; CI's `.ci/run` installs
+//! them); `SLUICE_CHROMEDRIVER` and `SLUICE_CHROMIUM` name others. Without
+//! them it fails: a skipped browser test would look like a passing one.
+//!
+//! It leaves a screenshot in `test-artifacts/dashboard.png` (and the request
+//! drawer in `dashboard-detail.png`; `dashboard-failure.png` when a check
+//! fails). The README's `docs/dashboard.png` comes from an ignored test that
+//! plays a busier half minute: `cargo test --test api
+//! dashboard::docs_screenshot -- --ignored`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Path as UrlPath;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::helpers::*;
+
+/// How long the page may take to show what the server knows.
+const LIMIT: Duration = Duration::from_secs(15);
+
+fn artifacts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("test-artifacts")
+}
+
+// ------------------------------------------------------------ chromedriver
+
+/// A chromedriver on a free port, killed when dropped.
+struct ChromeDriver {
+    child: Child,
+    url: String,
+    log: PathBuf,
+    /// Chromium's profile, fresh for each run.
+    profile: TempDir,
+}
+
+impl ChromeDriver {
+    fn start() -> Self {
+        let driver = std::env::var("SLUICE_CHROMEDRIVER")
+            .unwrap_or_else(|_| "/usr/bin/chromedriver".to_owned());
+        assert!(
+            Path::new(&driver).exists(),
+            "the dashboard's browser test needs chromedriver, and there is none at {driver}: \
+             install Debian's Chromium and its driver (`apt-get install -y chromium \
+             chromium-driver`), or set SLUICE_CHROMEDRIVER"
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let profile = TempDir::new().unwrap();
+        let log = profile.path().join("chromedriver.log");
+        let child = Command::new(&driver)
+            .arg(format!("--port={port}"))
+            .arg(format!("--log-path={}", log.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {driver}: {e}"));
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            profile,
+        }
+    }
+
+    /// Waits until the driver answers, then opens a browser session.
+    async fn session(&mut self) -> Client {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let client = reqwest::Client::new();
+        loop {
+            let ready = client
+                .get(format!("{}/status", self.url))
+                .send()
+                .await
+                .ok()
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
+            if ready {
+                break;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("chromedriver exited ({status}): {}", self.log_text());
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "chromedriver did not answer at {}: {}",
+                self.url,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let chromium =
+            std::env::var("SLUICE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+        assert!(
+            Path::new(&chromium).exists(),
+            "the dashboard's browser test needs Chromium at {chromium}: \
+             `apt-get install -y chromium`, or set SLUICE_CHROMIUM"
+        );
+        let user_data = self.profile.path().join("profile");
+        let capabilities = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": [
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--no-first-run",
+                    "--disable-sync",
+                    "--disable-quic",
+                    "--disable-default-apps",
+                    "--disable-extensions",
+                    format!("--user-data-dir={}", user_data.display()),
+                    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+                    // A laptop screen.
+                    "--window-size=1366,768",
+                    "--force-color-profile=srgb",
+                    "--hide-scrollbars",
+                ],
+            },
+            // Console messages and uncaught exceptions, read back below.
+            "goog:loggingPrefs": {"browser": "ALL"},
+        });
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!()
+        };
+        ClientBuilder::rustls()
+            .expect("TLS roots for the WebDriver client")
+            .capabilities(capabilities)
+            .connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("no browser session: {e}\n{}", self.log_text()))
+    }
+
+    fn log_text(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(30).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ----------------------------------------------------------------- browser
+
+/// The page under test, with checks that keep a screenshot when they fail.
+struct Page {
+    client: Client,
+    /// The session's URL at chromedriver, for the log endpoint.
+    session: String,
+}
+
+impl Page {
+    async fn js(&self, script: &str, args: Vec<Value>) -> Value {
+        match self.client.execute(script, args).await {
+            Ok(value) => value,
+            Err(e) => self.fail(&format!("script failed: {e}\n{script}")).await,
+        }
+    }
+
+    /// Runs `script` until `done` accepts its value; fails after `limit`.
+    async fn wait_for(
+        &self,
+        what: &str,
+        script: &str,
+        args: Vec<Value>,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        loop {
+            let value = self.js(script, args.clone()).await;
+            if done(&value) {
+                return value;
+            }
+            if tokio::time::Instant::now() > deadline {
+                self.fail(&format!("{what}: still {value} after {LIMIT:?}"))
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn click(&self, css: &str) {
+        let element = match self.client.find(Locator::Css(css)).await {
+            Ok(element) => element,
+            Err(e) => self.fail(&format!("no {css}: {e}")).await,
+        };
+        if let Err(e) = element.click().await {
+            self.fail(&format!("cannot click {css}: {e}")).await;
+        }
+    }
+
+    /// Console errors (and uncaught exceptions) since the last call, from
+    /// chromedriver's log endpoint (`goog:loggingPrefs` turns it on).
+    async fn console_errors(&self) -> Vec<String> {
+        let answer = reqwest::Client::new()
+            .post(format!("{}/se/log", self.session))
+            .json(&json!({"type": "browser"}))
+            .send()
+            .await;
+        let entries: Value = match answer {
+            Ok(answer) if answer.status().is_success() => answer.json().await.unwrap(),
+            Ok(answer) => {
+                let text = answer.text().await.unwrap_or_default();
+                self.fail(&format!("cannot read the console: {text}")).await
+            }
+            Err(e) => self.fail(&format!("cannot read the console: {e}")).await,
+        };
+        entries["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["level"] == "SEVERE")
+            .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    async fn screenshot(&self, name: &str) -> PathBuf {
+        let png = self.client.screenshot().await.expect("a screenshot");
+        std::fs::create_dir_all(artifacts()).unwrap();
+        let path = artifacts().join(name);
+        std::fs::write(&path, png).unwrap();
+        path
+    }
+
+    async fn fail(&self, message: &str) -> ! {
+        let shot = self.screenshot("dashboard-failure.png").await;
+        panic!("{message}\n(the page then: {})", shot.display());
+    }
+}
+
+// ---------------------------------------------------------------- upstream
+
+/// An upstream that knows every id below 900,000 and none above, so that
+/// the page has a failed request to show; it answers after `latency`.
+async fn start_upstream(latency: Duration) -> String {
+    let item = move |UrlPath(id): UrlPath<u64>| async move {
+        tokio::time::sleep(latency).await;
+        if id >= 900_000 {
+            return (StatusCode::NOT_FOUND, "no such item").into_response();
+        }
+        axum::Json(json!({"id": id, "name": format!("item-{id}")})).into_response()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/items/{{id}}", listener.local_addr().unwrap());
+    let app = Router::new().route("/items/{id}", get(item));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+// ------------------------------------------------------------------- tests
+
+/// A browser session on the dashboard at `address`.
+async fn open(driver: &mut ChromeDriver, address: &str) -> Page {
+    let client = driver.session().await;
+    let session = format!(
+        "{}/session/{}",
+        driver.url,
+        client.session_id().await.unwrap().expect("a session id")
+    );
+    let page = Page { client, session };
+    if let Err(e) = page.client.goto(address).await {
+        page.fail(&format!("cannot open {address}: {e}")).await;
+    }
+    page
+}
+
+/// The status pill of the request's row, or null while it is not listed.
+const ROW_STATUS: &str = r#"
+    const row = document.querySelector(`#requests-body tr[data-id="${arguments[0]}"]`);
+    return row ? row.querySelector(".pill").textContent : null;"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_submits_a_request_and_follows_it_live_in_a_browser() {
+    let mut driver = ChromeDriver::start();
+    let upstream = start_upstream(Duration::from_millis(15)).await;
+    let app = spawn_app_with(|c| {
+        c.interval = "100ms".parse().unwrap();
+        c.upstream_url = Some(upstream);
+    })
+    .await;
+    let page = open(&mut driver, &app.address).await;
+
+    // The page loads: data from /stats and /ingestions, the event stream
+    // open, and not one console error.
+    assert_eq!(page.client.title().await.unwrap(), "Sluice");
+    page.wait_for(
+        "the event stream",
+        "return document.getElementById('connection').dataset.state",
+        vec![],
+        |v| v == "live",
+    )
+    .await;
+    page.wait_for(
+        "the empty list",
+        "return !document.getElementById('requests-empty').hidden",
+        vec![],
+        |v| v == true,
+    )
+    .await;
+    page.wait_for(
+        "the queue from /stats",
+        "return document.getElementById('fact-interval').textContent",
+        vec![],
+        |v| v == "100 ms",
+    )
+    .await;
+    let errors = page.console_errors().await;
+    assert!(errors.is_empty(), "console errors on load: {errors:#?}");
+
+    // The check above is real: an error thrown in the page is seen.
+    page.js(
+        "setTimeout(() => { throw new Error('deliberate probe') }, 0)",
+        vec![],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let errors = page.console_errors().await;
+    assert!(
+        errors.iter().any(|e| e.contains("deliberate probe")),
+        "a thrown error did not reach the console log: {errors:#?}"
+    );
+
+    // Ids the server rejects: its problem document is shown, field by
+    // field, and nothing is stored.
+    let ids = page.client.find(Locator::Id("ids-input")).await.unwrap();
+    ids.send_keys("0, 7, 1000000008").await.unwrap();
+    page.click("#submit-button").await;
+    let problem = page
+        .wait_for(
+            "the server's problem",
+            "const p = document.querySelector('#form-message .problem');\
+             return p ? p.textContent : null",
+            vec![],
+            |v| v.is_string(),
+        )
+        .await;
+    let problem = problem.as_str().unwrap();
+    assert!(problem.contains("2 fields are invalid"), "{problem}");
+    assert!(problem.contains("ids[0]: must be an integer"), "{problem}");
+    assert!(problem.contains("ids[2]"), "{problem}");
+    assert_eq!(app.store.stats().await.unwrap().ingestions, 0);
+    // The browser reports the 422 itself; anything else is an error.
+    let errors = page.console_errors().await;
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.contains("/ingest") && e.contains("422")),
+        "console errors: {errors:#?}"
+    );
+
+    // A syntax error is caught before anything is sent.
+    ids.clear().await.unwrap();
+    ids.send_keys("1-x").await.unwrap();
+    page.click("#submit-button").await;
+    page.wait_for(
+        "the syntax error",
+        "return document.getElementById('form-message').textContent",
+        vec![],
+        |v| v.as_str().is_some_and(|t| t.contains("“1-x”")),
+    )
+    .await;
+
+    // A good request: typed, with a priority, submitted with the button.
+    ids.clear().await.unwrap();
+    ids.send_keys("1-40, 42").await.unwrap();
+    page.client
+        .find(Locator::Id("priority-input"))
+        .await
+        .unwrap()
+        .select_by_value("HIGH")
+        .await
+        .unwrap();
+    page.click("#submit-button").await;
+    let id = page
+        .wait_for(
+            "the submitted id",
+            "const b = document.querySelector('#form-message .ok button');\
+             return b ? b.title : null",
+            vec![],
+            |v| v.is_string(),
+        )
+        .await;
+    let id = id.as_str().unwrap().to_owned();
+    assert_eq!(app.store.stats().await.unwrap().ingestions, 1);
+    let status = app.status(&id).await;
+    assert_eq!(status["priority"], "HIGH");
+    let sent: Vec<u64> = status["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["ids"].as_array().unwrap().iter())
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = (1..=40).chain([42]).collect();
+    assert_eq!(sent, expected);
+
+    // It appears in the recent list, and the page follows it to the end.
+    page.wait_for("the new row", ROW_STATUS, vec![json!(id)], |v| {
+        v.is_string()
+    })
+    .await;
+    page.wait_for("the row completed", ROW_STATUS, vec![json!(id)], |v| {
+        v == "completed"
+    })
+    .await;
+
+    // Its drill-down (opened on submit): every batch completed, and the
+    // results a page at a time.
+    let drawer = page
+        .js(
+            "return [document.getElementById('detail').hidden,\
+                     document.getElementById('detail-id').textContent]",
+            vec![],
+        )
+        .await;
+    assert_eq!(drawer, json!([false, id]));
+    page.wait_for(
+        "the batches, completed",
+        "return [...document.querySelectorAll('#batches-body .pill')]\
+             .map(p => p.dataset.status).join(' ')",
+        vec![],
+        |v| v.as_str() == Some(&["completed"; 14].join(" ")),
+    )
+    .await;
+    page.click("#tab-results").await;
+    let results = "return [...document.querySelectorAll('#results-body tr')]\
+                   .map(r => r.children[0].textContent + ':' + r.dataset.outcome)";
+    let first = page
+        .wait_for("the first page of results", results, vec![], |v| {
+            v.as_array().is_some_and(|a| a.len() == 30)
+        })
+        .await;
+    assert_eq!(first[0], "1:ok");
+    page.click("#results-more").await;
+    let all = page
+        .wait_for("every result", results, vec![], |v| {
+            v.as_array().is_some_and(|a| a.len() == 41)
+        })
+        .await;
+    assert_eq!(all[40], "42:ok");
+    page.wait_for(
+        "no more pages",
+        "return document.getElementById('results-more').hidden",
+        vec![],
+        |v| v == true,
+    )
+    .await;
+
+    // The live parts: the chart counted the 14 completions from the event
+    // stream, and the activity feed lists the transitions.
+    page.wait_for(
+        "the throughput chart",
+        "return document.getElementById('chart').getAttribute('aria-label')",
+        vec![],
+        |v| v.as_str().is_some_and(|t| t.contains("14 batches ended")),
+    )
+    .await;
+    let activity = page
+        .js(
+            "return document.querySelectorAll('#activity li').length",
+            vec![],
+        )
+        .await;
+    assert!(activity.as_u64().unwrap() >= 29, "{activity}");
+    page.click("#detail-close").await;
+
+    // Cancel from the list: the button asks once more, then cancels.
+    let long = app.ingest(&(1..=450).collect::<Vec<_>>(), "LOW").await;
+    let doomed = app.ingest(&(500..=530).collect::<Vec<_>>(), "LOW").await;
+    page.wait_for("the queued row", ROW_STATUS, vec![json!(doomed)], |v| {
+        v == "yet to start"
+    })
+    .await;
+    let cancel = format!("#requests-body tr[data-id=\"{doomed}\"] button.cancel");
+    page.click(&cancel).await;
+    page.click(&cancel).await;
+    page.wait_for("the row cancelled", ROW_STATUS, vec![json!(doomed)], |v| {
+        v == "cancelled"
+    })
+    .await;
+    assert_eq!(app.status(&doomed).await["status"], "cancelled");
+
+    // A few more requests in various states, for the screenshot.
+    let failing = app
+        .ingest(&[899_998, 899_999, 900_000, 900_001], "HIGH")
+        .await;
+    app.ingest(&(1000..=1020).collect::<Vec<_>>(), "MEDIUM")
+        .await;
+    page.wait_for("the failed row", ROW_STATUS, vec![json!(failing)], |v| {
+        v == "failed"
+    })
+    .await;
+    app.ingest(&(2000..=2090).collect::<Vec<_>>(), "LOW").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    page.wait_for(
+        "the long request running",
+        ROW_STATUS,
+        vec![json!(long)],
+        |v| v == "triggered",
+    )
+    .await;
+    // Nothing hovered, nothing moving.
+    page.click("#queue-title").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    page.screenshot("dashboard.png").await;
+    page.click(&format!("#requests-body tr[data-id=\"{long}\"] td.when"))
+        .await;
+    page.wait_for(
+        "the long request's batches",
+        "return document.querySelectorAll('#batches-body tr').length",
+        vec![],
+        |v| v == 150,
+    )
+    .await;
+    page.click("#tab-batches").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    page.screenshot("dashboard-detail.png").await;
+
+    let errors = page.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    page.client.clone().close().await.unwrap();
+}
+
+/// The page and its assets come from the binary, with cache headers that
+/// let a browser keep the assets and never serve a stale page.
+#[tokio::test]
+async fn the_dashboard_is_served_from_the_binary_with_cache_headers() {
+    let app = spawn_app().await;
+    let page = app.client.get(&app.address).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let headers = page.headers().clone();
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(headers["cache-control"], "no-cache");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let etag = headers["etag"].clone();
+    let html = page.text().await.unwrap();
+
+    // Unchanged: 304.
+    let again = app
+        .client
+        .get(&app.address)
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+
+    // Assets are named with their hash, and then cached for good.
+    for (name, mime) in [
+        ("app.js", "text/javascript; charset=utf-8"),
+        ("app.css", "text/css; charset=utf-8"),
+        ("favicon.svg", "image/svg+xml"),
+    ] {
+        let start = html
+            .find(&format!("/dashboard/{name}?v="))
+            .unwrap_or_else(|| panic!("{name} is not versioned in {html}"));
+        let url = &html[start..];
+        let url = &url[..url.find('"').unwrap()];
+        let asset = app
+            .client
+            .get(format!("{}{url}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(asset.status(), 200, "{url}");
+        assert_eq!(asset.headers()["content-type"], mime, "{url}");
+        assert_eq!(
+            asset.headers()["cache-control"],
+            "public, max-age=31536000, immutable"
+        );
+        assert!(!asset.bytes().await.unwrap().is_empty());
+
+        // Without the current hash, it is revalidated instead.
+        let plain = app
+            .client
+            .get(format!("{}/dashboard/{name}?v=old", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(plain.headers()["cache-control"], "no-cache");
+    }
+
+    // No CDN, no external font: every URL in the page is our own.
+    for attr in ["src=\"http", "href=\"http", "//fonts.", "cdn"] {
+        assert!(!html.contains(attr), "{attr} in the page");
+    }
+
+    let missing = app
+        .client
+        .get(format!("{}/dashboard/nope.js", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.headers()["content-type"],
+        "application/problem+json"
+    );
+}
+
+/// The README's screenshot: half a minute of a busier service (a 250 ms
+/// interval, an upstream that takes 200 ms), with requests in every state.
+/// Ignored by default: it takes a while and rewrites `docs/dashboard.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "rewrites docs/dashboard.png; run it by name to refresh the README's screenshot"]
+async fn docs_screenshot() {
+    let mut driver = ChromeDriver::start();
+    let upstream = start_upstream(Duration::from_millis(200)).await;
+    let app = spawn_app_with(|c| {
+        c.interval = "250ms".parse().unwrap();
+        c.upstream_url = Some(upstream);
+    })
+    .await;
+    let page = open(&mut driver, &app.address).await;
+    let range = |a: u64, b: u64| (a..=b).collect::<Vec<_>>();
+
+    // A first wave, then a pause: the chart shows both.
+    app.ingest(&range(1, 24), "HIGH").await;
+    app.ingest(&range(100, 160), "MEDIUM").await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+
+    app.ingest(&range(899_995, 900_003), "HIGH").await;
+    let long = app.ingest(&range(1000, 1899), "LOW").await;
+    let doomed = app.ingest(&range(3000, 3060), "LOW").await;
+    app.ingest(&range(500, 530), "MEDIUM").await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    app.client
+        .delete(format!("{}/ingestions/{doomed}", app.address))
+        .send()
+        .await
+        .unwrap();
+    app.ingest(&range(5000, 5030), "LOW").await;
+    app.ingest(&range(700, 715), "HIGH").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // One through the form, as a user would.
+    let ids = page.client.find(Locator::Id("ids-input")).await.unwrap();
+    ids.send_keys("1-12, 40").await.unwrap();
+    page.client
+        .find(Locator::Id("priority-input"))
+        .await
+        .unwrap()
+        .select_by_value("HIGH")
+        .await
+        .unwrap();
+    page.click("#submit-button").await;
+    page.wait_for(
+        "the submitted request",
+        "return document.querySelector('#form-message .ok') !== null",
+        vec![],
+        |v| v == true,
+    )
+    .await;
+    page.click("#detail-close").await;
+    page.wait_for(
+        "the long request running",
+        ROW_STATUS,
+        vec![json!(long)],
+        |v| v == "triggered",
+    )
+    .await;
+    page.click("#queue-title").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let shot = page.screenshot("dashboard-docs.png").await;
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::copy(&shot, docs.join("dashboard.png")).unwrap();
+
+    let errors = page.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    page.client.clone().close().await.unwrap();
+}

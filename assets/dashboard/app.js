@@ -1,0 +1,1311 @@
+// Sluice dashboard: plain JavaScript, no framework, no build step.
+//
+// Data comes from the JSON API (/stats, /ingestions, /status/{id},
+// /ingestions/{id}/results) and stays fresh through the service's event
+// stream (/events): an event only says "this changed", and the parts it
+// touches are fetched again, a few times a second at most. Without the
+// stream, a slow poll keeps the page roughly current.
+//
+// Every string from the server reaches the page through textContent or an
+// attribute, never as markup.
+"use strict";
+
+(() => {
+  const RECENT_LIMIT = 50; // requests in the list
+  const RESULTS_PAGE = 10; // batches per page of results
+  const BATCH_ROWS = 200; // batch rows shown at a time
+  const MAX_BATCHES_TO_LIST = 5000; // larger requests show counts only
+  const MAX_FORM_IDS = 1000000; // the CLI takes larger requests
+  const CHART_BUCKETS = 60;
+  const POLL_WHEN_LIVE_MS = 30000;
+  const POLL_WHEN_DOWN_MS = 5000;
+  const ACTIVE = new Set(["yet_to_start", "triggered"]);
+  const PRIORITIES = ["HIGH", "MEDIUM", "LOW"];
+  const QUEUE_COLUMNS = ["yet_to_start", "triggered", "retrying", "completed", "failed", "cancelled"];
+
+  const $ = (id) => document.getElementById(id);
+
+  // ---------------------------------------------------------------- helpers
+
+  /** An element with properties, attributes and children (strings become text). */
+  function h(tag, props, ...children) {
+    const el = document.createElement(tag);
+    for (const [key, value] of Object.entries(props || {})) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key === "class") el.className = value;
+      else if (key === "text") el.textContent = value;
+      else if (key === "dataset") Object.assign(el.dataset, value);
+      else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+      else el.setAttribute(key, value === true ? "" : String(value));
+    }
+    for (const child of children) {
+      if (child === undefined || child === null || child === false) continue;
+      el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return el;
+  }
+
+  function setText(el, text) {
+    const value = text === undefined || text === null ? "" : String(text);
+    if (el.textContent !== value) el.textContent = value;
+  }
+
+  /** Milliseconds since the epoch from RFC 3339 (microseconds allowed). */
+  function parseTime(text) {
+    if (!text) return null;
+    const trimmed = String(text).replace(/(\.\d{3})\d+/, "$1");
+    const ms = Date.parse(trimmed);
+    return Number.isNaN(ms) ? null : ms;
+  }
+
+  const numberFormat = new Intl.NumberFormat();
+  const fmtInt = (n) => numberFormat.format(n || 0);
+
+  const pad = (n, width = 2) => String(n).padStart(width, "0");
+  function clockTime(ms, withMillis = false) {
+    if (ms === null || ms === undefined) return "—";
+    const d = new Date(ms);
+    const base = `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+    return withMillis ? `${base}.${pad(d.getMilliseconds(), 3)}` : base;
+  }
+  function fullTime(ms) {
+    return ms === null || ms === undefined ? "" : new Date(ms).toLocaleString();
+  }
+
+  /** A duration for people: 85 ms, 4.2 s, 42 s, 3 min 05 s, 2 h 10 min. */
+  function duration(ms) {
+    if (ms === null || ms === undefined || !Number.isFinite(ms)) return "—";
+    if (ms < 0) ms = 0;
+    if (ms < 1000) return `${Math.round(ms)} ms`;
+    if (ms < 10000) return `${(ms / 1000).toFixed(1)} s`;
+    const s = Math.round(ms / 1000);
+    if (s < 60) return `${s} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ${pad(s % 60)} s`;
+    const m = Math.floor(s / 60);
+    if (m < 48 * 60) return `${Math.floor(m / 60)} h ${pad(m % 60)} min`;
+    return `${Math.floor(m / 1440)} d ${Math.floor((m % 1440) / 60)} h`;
+  }
+
+  function ago(ms) {
+    const s = Math.max(0, Math.round((serverNow() - ms) / 1000));
+    if (s < 3) return "just now";
+    if (s < 60) return `${s} s ago`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+    return new Date(ms).toLocaleDateString();
+  }
+
+  const statusLabel = (status) => String(status).replace(/_/g, " ");
+  /** The visible part of an ingestion id: its random tail (UUIDv7 starts with the time). */
+  const shortId = (id) => `…${String(id).slice(-8)}`;
+  const positionOf = (batchId) => String(batchId).split(":").pop();
+
+  function pill(status, label) {
+    return h("span", { class: "pill", dataset: { status }, text: label || statusLabel(status) });
+  }
+  function setPill(el, status, label) {
+    if (el.dataset.status !== status) el.dataset.status = status;
+    setText(el, label || statusLabel(status));
+  }
+  function setPriority(el, priority) {
+    el.dataset.priority = priority;
+    setText(el, priority);
+  }
+
+  /** Runs `fn` at most once per `wait` ms, with the latest call honoured. */
+  function throttle(fn, wait) {
+    let timer = null;
+    let last = 0;
+    return () => {
+      if (timer) return;
+      const delay = Math.max(0, last + wait - Date.now());
+      timer = setTimeout(() => {
+        timer = null;
+        last = Date.now();
+        fn();
+      }, delay);
+    };
+  }
+
+  // ------------------------------------------------------------------ API
+
+  class ApiError extends Error {
+    constructor(status, problem, fallback) {
+      super((problem && problem.detail) || fallback);
+      this.status = status;
+      this.problem = problem;
+    }
+  }
+
+  async function api(path, options = {}) {
+    let response;
+    try {
+      response = await fetch(path, { cache: "no-store", ...options });
+    } catch (error) {
+      markReachable(false);
+      throw new ApiError(0, null, "Sluice does not answer (is it running?)");
+    }
+    markReachable(true);
+    const type = response.headers.get("content-type") || "";
+    const body = type.includes("json") ? await response.json().catch(() => null) : null;
+    if (!response.ok) {
+      throw new ApiError(response.status, body, `${response.status} ${response.statusText}`.trim());
+    }
+    return body;
+  }
+
+  // ------------------------------------------------------------- the clock
+
+  // The server's clock minus the browser's, from the /stats sample with the
+  // shortest round trip: countdowns then hold whatever the browser's clock says.
+  let clockSamples = [];
+  let clockOffset = 0;
+  const serverNow = () => Date.now() + clockOffset;
+
+  function sampleClock(serverText, sentAt, receivedAt) {
+    const server = parseTime(serverText);
+    if (server === null) return;
+    clockSamples.push({ rtt: receivedAt - sentAt, offset: server - (sentAt + receivedAt) / 2 });
+    clockSamples = clockSamples.slice(-12);
+    clockOffset = clockSamples.reduce((best, s) => (s.rtt < best.rtt ? s : best)).offset;
+  }
+
+  // ---------------------------------------------------------------- state
+
+  const state = {
+    stats: null,
+    ingestions: [],
+    listLoaded: false,
+    selected: null,
+    detail: null,
+    detailMissing: false,
+    batchRows: BATCH_ROWS,
+    results: { id: null, rows: [], cursor: null, pages: 0, loading: false },
+    completions: [], // {at, failed}: batches that ended, from the event stream
+    watchingSince: Date.now(),
+    lastEventId: 0,
+    sse: "connecting",
+    reachable: true,
+  };
+
+  // ------------------------------------------------------------ /stats
+
+  let statsToken = 0;
+  async function loadStats() {
+    const token = ++statsToken;
+    const sentAt = Date.now();
+    try {
+      const stats = await api("/stats");
+      if (token !== statsToken) return;
+      sampleClock(stats.now, sentAt, Date.now());
+      state.stats = stats;
+      renderStats();
+    } catch (error) {
+      /* shown by the connection badge */
+    }
+  }
+
+  const queueCells = new Map(); // "HIGH:triggered" -> td
+  function buildQueueTable() {
+    const body = $("queue-body");
+    const rows = [...PRIORITIES, "total"];
+    for (const priority of rows) {
+      const first =
+        priority === "total"
+          ? h("td", { text: "All" })
+          : h("td", {}, h("span", { class: "prio", dataset: { priority }, text: priority }));
+      const tr = h("tr", { class: priority === "total" ? "total" : null }, first);
+      for (const status of QUEUE_COLUMNS) {
+        const td = h("td", { class: "num zero", text: "0", dataset: { status } });
+        if (status === "completed") td.classList.add("ended");
+        queueCells.set(`${priority}:${status}`, td);
+        tr.append(td);
+      }
+      if (priority === "total") {
+        const foot = h("tfoot", {}, tr);
+        body.parentElement.append(foot);
+      } else {
+        body.append(tr);
+      }
+    }
+  }
+
+  function waitingBatches(stats) {
+    let n = 0;
+    for (const p of PRIORITIES) {
+      const q = stats.queue[p] || {};
+      n += (q.yet_to_start || 0) + (q.retrying || 0);
+    }
+    return n;
+  }
+
+  function renderStats() {
+    const stats = state.stats;
+    if (!stats) return;
+    const totals = {};
+    for (const priority of PRIORITIES) {
+      const counts = stats.queue[priority] || {};
+      for (const status of QUEUE_COLUMNS) {
+        const n = counts[status] || 0;
+        totals[status] = (totals[status] || 0) + n;
+        const td = queueCells.get(`${priority}:${status}`);
+        setText(td, fmtInt(n));
+        td.classList.toggle("zero", n === 0);
+      }
+    }
+    for (const status of QUEUE_COLUMNS) {
+      const td = queueCells.get(`total:${status}`);
+      setText(td, fmtInt(totals[status]));
+      td.classList.toggle("zero", totals[status] === 0);
+    }
+    setText($("fact-interval"), stats.interval_ms ? duration(stats.interval_ms) : "no limit");
+    setText($("fact-inflight"), `${stats.processing.length} / ${stats.max_in_flight}`);
+    setText($("fact-requests"), fmtInt(stats.ingestions));
+    renderProcessing();
+    tick();
+  }
+
+  function renderProcessing() {
+    const list = $("processing");
+    const processing = (state.stats && state.stats.processing) || [];
+    list.replaceChildren();
+    if (processing.length === 0) {
+      list.append(h("li", { class: "idle" }, "Nothing processing"));
+      return;
+    }
+    for (const item of processing.slice(0, 3)) {
+      const ingestion = String(item.batch_id).split(":")[0];
+      const started = parseTime(item.started_at);
+      list.append(
+        h(
+          "li",
+          {},
+          h("button", {
+            type: "button",
+            class: "batch-link",
+            title: `Batch ${item.batch_id}`,
+            "aria-label": `Show request ${ingestion}`,
+            text: `${shortId(ingestion)} : batch ${positionOf(item.batch_id)}`,
+            onclick: () => select(ingestion, true),
+          }),
+          h(
+            "span",
+            { class: "muted small running" },
+            priorityOf(ingestion),
+            h("span", { class: "elapsed", dataset: { started: String(started) } }),
+          ),
+        ),
+      );
+    }
+    if (processing.length > 3) {
+      list.append(h("li", { class: "muted small" }, `+ ${processing.length - 3} more`));
+    }
+    updateElapsed();
+  }
+
+  /** The priority badge of a listed request, if it is in the list. */
+  function priorityOf(id) {
+    const item = listed(id);
+    return item ? h("span", { class: "prio", dataset: { priority: item.priority }, text: item.priority }) : null;
+  }
+
+  function updateElapsed() {
+    for (const el of document.querySelectorAll("#processing .elapsed")) {
+      const started = Number(el.dataset.started);
+      setText(el, `running for ${duration(serverNow() - started)}`);
+    }
+  }
+
+  /** The countdown to the next slot, ten times a second. */
+  function tick() {
+    const stats = state.stats;
+    const countdown = $("countdown");
+    const fill = $("slot-fill");
+    const note = $("slot-note");
+    if (!stats) return;
+    updateElapsed();
+    const now = serverNow();
+    const lastStart = parseTime(stats.last_start);
+    const lastEl = $("last-start");
+    setText(lastEl, lastStart === null ? "never" : `${duration(now - lastStart)} ago`);
+    lastEl.title = lastStart === null ? "" : fullTime(lastStart);
+    const interval = stats.interval_ms;
+    const next = parseTime(stats.next_slot);
+    const waiting = waitingBatches(stats);
+    const busy = stats.processing.length >= stats.max_in_flight;
+    let text;
+    let fraction;
+    let remark;
+    if (!interval) {
+      text = "Any time";
+      fraction = 1;
+      remark = "No rate limit";
+    } else if (next !== null && next > now) {
+      const left = next - now;
+      text = left < 10000 ? `${(left / 1000).toFixed(1)} s` : duration(left);
+      fraction = Math.min(1, Math.max(0, 1 - left / interval));
+      remark = waiting
+        ? `${fmtInt(waiting)} batch${waiting === 1 ? "" : "es"} waiting`
+        : "Nothing waiting";
+    } else {
+      text = "Open";
+      fraction = 1;
+      if (!waiting) remark = "New work starts at once";
+      else if (busy) remark = "Waiting for a batch to finish";
+      else remark = "Starting the next batch…";
+    }
+    setText(countdown, text);
+    fill.style.width = `${(fraction * 100).toFixed(1)}%`;
+    setText(note, remark);
+  }
+
+  // ------------------------------------------------------- recent requests
+
+  let listToken = 0;
+  async function loadList() {
+    const token = ++listToken;
+    try {
+      const body = await api(`/ingestions?limit=${RECENT_LIMIT}`);
+      if (token !== listToken) return;
+      state.ingestions = body.ingestions;
+      state.listLoaded = true;
+      renderList();
+    } catch (error) {
+      /* shown by the connection badge */
+    }
+  }
+
+  const rows = new Map(); // ingestion id -> {tr, cells}
+
+  function buildRow(item) {
+    const id = item.ingestion_id;
+    const cells = {
+      status: pill(item.status),
+      idButton: h("button", {
+        type: "button",
+        class: "req-id",
+        title: id,
+        "aria-label": `Request ${id}`,
+        text: shortId(id),
+      }),
+      priority: h("span", { class: "prio" }),
+      ids: h("td", { class: "num" }),
+      bar: h("div", { class: "bar", "aria-hidden": "true" }),
+      barLabel: h("span", { class: "label" }),
+      created: h("td", { class: "when" }),
+      took: h("td", { class: "when" }),
+      action: h("td", { class: "num" }),
+    };
+    for (const kind of ["completed", "failed", "cancelled", "triggered"]) {
+      cells.bar.append(h("span", { class: `b-${kind}` }));
+    }
+    const tr = h(
+      "tr",
+      { dataset: { id } },
+      h("td", {}, cells.status),
+      h("td", {}, cells.idButton),
+      h("td", {}, cells.priority),
+      cells.ids,
+      h("td", {}, h("div", { class: "progress" }, cells.bar, cells.barLabel)),
+      cells.created,
+      cells.took,
+      cells.action,
+    );
+    tr.addEventListener("click", (event) => {
+      if (event.target.closest("button.cancel")) return;
+      select(id, event.target.closest("button") !== null);
+    });
+    return { tr, cells, cancel: null };
+  }
+
+  function updateRow(row, item) {
+    const { cells } = row;
+    const counts = item.batch_counts;
+    setPill(cells.status, item.status);
+    setPriority(cells.priority, item.priority);
+    setText(cells.ids, fmtInt(item.ids));
+    const total = counts.total || 1;
+    const spans = cells.bar.children;
+    ["completed", "failed", "cancelled", "triggered"].forEach((kind, i) => {
+      spans[i].style.width = `${((counts[kind] || 0) / total) * 100}%`;
+    });
+    const ended = counts.completed + counts.failed + counts.cancelled;
+    setText(cells.barLabel, `${fmtInt(ended)} / ${fmtInt(counts.total)}`);
+    cells.bar.parentElement.title =
+      `${counts.completed} completed, ${counts.failed} failed, ${counts.cancelled} cancelled, ` +
+      `${counts.triggered} processing, ${counts.yet_to_start} waiting`;
+    const created = parseTime(item.created_at);
+    cells.created.dataset.at = String(created);
+    cells.created.title = fullTime(created);
+    setText(cells.created, ago(created));
+    const completed = parseTime(item.completed_at);
+    setText(cells.took, completed !== null ? duration(completed - created) : "—");
+    if (ACTIVE.has(item.status)) {
+      if (!row.cancel) {
+        row.cancel = cancelButton(item.ingestion_id, "Cancel", "cancel danger small-button");
+        cells.action.replaceChildren(row.cancel);
+      }
+    } else if (row.cancel) {
+      row.cancel = null;
+      cells.action.replaceChildren();
+    }
+    const selected = state.selected === item.ingestion_id;
+    row.tr.classList.toggle("selected", selected);
+    if (selected) cells.idButton.setAttribute("aria-current", "true");
+    else cells.idButton.removeAttribute("aria-current");
+  }
+
+  function renderList() {
+    const body = $("requests-body");
+    const seen = new Set();
+    for (const item of state.ingestions) {
+      seen.add(item.ingestion_id);
+      let row = rows.get(item.ingestion_id);
+      if (!row) {
+        row = buildRow(item);
+        rows.set(item.ingestion_id, row);
+      }
+      updateRow(row, item);
+      body.append(row.tr); // moves it into order
+    }
+    for (const [id, row] of rows) {
+      if (!seen.has(id)) {
+        row.tr.remove();
+        rows.delete(id);
+      }
+    }
+    $("requests-empty").hidden = !state.listLoaded || state.ingestions.length > 0;
+  }
+
+  function updateRelativeTimes() {
+    for (const td of document.querySelectorAll("#requests-body td.when[data-at]")) {
+      setText(td, ago(Number(td.dataset.at)));
+    }
+  }
+
+  // --------------------------------------------------------------- cancel
+
+  /** A cancel button that asks once more before it cancels. */
+  function cancelButton(id, label, className) {
+    const button = h("button", {
+      type: "button",
+      class: className,
+      "aria-label": `Cancel request ${id}`,
+      text: label,
+    });
+    armCancel(button, () => id, label);
+    return button;
+  }
+
+  /** Confirm-then-cancel on `button`, for the request `idOf()` names at click time. */
+  function armCancel(button, idOf, label) {
+    let armed = null;
+    const disarm = () => {
+      clearTimeout(armed);
+      armed = null;
+      button.classList.remove("confirm");
+      setText(button, label);
+    };
+    button.addEventListener("click", async (event) => {
+      event.stopPropagation();
+      const id = idOf();
+      if (!id) return;
+      if (!armed) {
+        button.classList.add("confirm");
+        setText(button, "Confirm?");
+        armed = setTimeout(disarm, 4000);
+        return;
+      }
+      disarm();
+      button.disabled = true;
+      setText(button, "Cancelling…");
+      try {
+        await api(`/ingestions/${encodeURIComponent(id)}`, { method: "DELETE" });
+      } catch (error) {
+        toast(`Could not cancel: ${error.message}`);
+      }
+      button.disabled = false;
+      setText(button, label);
+      refreshNow();
+    });
+  }
+
+  let toastTimer = null;
+  function toast(message) {
+    let el = $("toast");
+    if (!el) {
+      el = h("div", { id: "toast", class: "toast", role: "alert" });
+      document.body.append(el);
+    }
+    setText(el, message);
+    el.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => {
+      el.hidden = true;
+    }, 6000);
+  }
+
+  // ---------------------------------------------------------------- detail
+
+  function select(id, focus = false) {
+    if (!id) return;
+    if (state.selected !== id) {
+      state.selected = id;
+      state.detail = null;
+      state.detailMissing = false;
+      state.batchRows = BATCH_ROWS;
+      state.scrollToActive = true;
+      state.results = { id, rows: [], cursor: null, pages: 0, loading: false };
+      $("batches-body").replaceChildren();
+      $("results-body").replaceChildren();
+      if (location.hash.slice(1) !== id) history.replaceState(null, "", `#${id}`);
+    }
+    $("detail").hidden = false;
+    if (focus) $("detail-title").focus();
+    setText($("detail-id"), id);
+    $("detail-id").title = id;
+    renderList();
+    loadDetail();
+    loadResults(false);
+  }
+
+  function closeDetail() {
+    if (!state.selected) return;
+    state.detail = null;
+    const row = rows.get(state.selected);
+    state.selected = null;
+    $("detail").hidden = true;
+    history.replaceState(null, "", location.pathname);
+    renderList();
+    if (row && document.activeElement === document.body) row.cells.idButton.focus();
+  }
+
+  function listed(id) {
+    return state.ingestions.find((item) => item.ingestion_id === id);
+  }
+
+  let detailToken = 0;
+  async function loadDetail() {
+    const id = state.selected;
+    if (!id) return;
+    const token = ++detailToken;
+    const item = listed(id);
+    if (item && item.batch_counts.total > MAX_BATCHES_TO_LIST) {
+      // Too many batches to fetch them all: the list's summary says enough.
+      state.detail = { ...item, batches: null };
+      renderDetail();
+      return;
+    }
+    try {
+      const detail = await api(`/status/${encodeURIComponent(id)}`);
+      if (token !== detailToken || state.selected !== id) return;
+      state.detail = detail;
+      state.detailMissing = false;
+    } catch (error) {
+      if (token !== detailToken || state.selected !== id) return;
+      if (error.status === 404) state.detailMissing = true;
+      else return;
+    }
+    renderDetail();
+  }
+
+  function fact(label, value, title) {
+    return h("div", {}, h("dt", { text: label }), h("dd", { text: value, title }));
+  }
+
+  function renderDetail() {
+    const detail = state.detail;
+    const facts = $("detail-facts");
+    if (state.detailMissing) {
+      setPill($("detail-status"), "failed", "not found");
+      setText($("detail-priority"), "");
+      facts.replaceChildren(fact("Request", "No such request on this server"));
+      $("detail-cancel").hidden = true;
+      return;
+    }
+    if (!detail) return;
+    setPill($("detail-status"), detail.status);
+    setPriority($("detail-priority"), detail.priority);
+    $("detail-cancel").hidden = !ACTIVE.has(detail.status);
+
+    const counts = detail.batch_counts;
+    const created = parseTime(detail.created_at);
+    const completed = parseTime(detail.completed_at);
+    const idCount = detail.batches
+      ? detail.batches.reduce((n, b) => n + b.ids.length, 0)
+      : detail.ids;
+    const retries = detail.batches
+      ? detail.batches.reduce((n, b) => n + Math.max(0, b.attempts - 1), 0)
+      : null;
+    const ended = counts.completed + counts.failed + counts.cancelled;
+    const breakdown = [
+      counts.completed && `${fmtInt(counts.completed)} completed`,
+      counts.failed && `${fmtInt(counts.failed)} failed`,
+      counts.cancelled && `${fmtInt(counts.cancelled)} cancelled`,
+      counts.triggered && `${fmtInt(counts.triggered)} processing`,
+      counts.yet_to_start && `${fmtInt(counts.yet_to_start)} waiting`,
+    ].filter(Boolean);
+    const last = detail.callback
+      ? fact("Callback", `${detail.callback.state} (${detail.callback.attempts} tries)`, detail.callback.url)
+      : fact("Batch retries", retries === null ? "—" : fmtInt(retries), "Starts beyond the first: retries and crash recoveries");
+    facts.replaceChildren(
+      fact("Created", clockTime(created), fullTime(created)),
+      fact("Finished", completed !== null ? clockTime(completed) : "—", fullTime(completed)),
+      fact("Took", completed !== null ? duration(completed - created) : "—"),
+      fact("Ids", fmtInt(idCount)),
+      fact("Batches ended", `${fmtInt(ended)} of ${fmtInt(counts.total)}`, breakdown.join(", ")),
+      last,
+    );
+    setText($("batches-count"), fmtInt(counts.total));
+    renderBatches();
+  }
+
+  /** Once per request opened: its first unfinished batch, scrolled into view. */
+  function scrollToActiveBatch() {
+    const detail = state.detail;
+    const panel = $("panel-batches");
+    if (!state.scrollToActive || panel.hidden || !detail || !detail.batches) return;
+    state.scrollToActive = false;
+    const active = detail.batches.findIndex((b) => ACTIVE.has(b.status));
+    const row = $("batches-body").children[active - 2];
+    if (active > 3 && row) row.scrollIntoView({ block: "start" });
+  }
+
+  function renderBatches() {
+    const detail = state.detail;
+    const body = $("batches-body");
+    const note = $("batches-note");
+    const more = $("batches-more");
+    if (!detail.batches) {
+      body.replaceChildren();
+      note.hidden = false;
+      setText(note, `${fmtInt(detail.batch_counts.total)} batches: too many to list here. ` +
+        "Use `sluice status` or the results below.");
+      more.hidden = true;
+      return;
+    }
+    const shown = detail.batches.slice(0, state.batchRows);
+    while (body.children.length > shown.length) body.lastElementChild.remove();
+    shown.forEach((batch, i) => {
+      let tr = body.children[i];
+      if (!tr) {
+        tr = h(
+          "tr",
+          {},
+          h("td", { class: "num" }),
+          h("td", { class: "ids" }),
+          h("td", {}, pill("yet_to_start")),
+          h("td", { class: "num" }),
+          h("td", { class: "when" }),
+          h("td", { class: "when" }),
+        );
+        body.append(tr);
+      }
+      const [pos, ids, status, attempts, started, took] = tr.children;
+      tr.dataset.batch = batch.batch_id;
+      setText(pos, positionOf(batch.batch_id));
+      const idText = batch.ids.length > 40
+        ? `${batch.ids.slice(0, 40).join(", ")}, … (${batch.ids.length} ids)`
+        : batch.ids.join(", ");
+      setText(ids, idText);
+      ids.title = idText;
+      const waitingRetry = batch.status === "triggered" && batch.next_attempt_at;
+      setPill(status.firstChild, waitingRetry ? "retrying" : batch.status);
+      status.title = waitingRetry ? `next attempt at ${fullTime(parseTime(batch.next_attempt_at))}` : "";
+      setText(attempts, batch.attempts);
+      const startedAt = parseTime(batch.started_at);
+      const completedAt = parseTime(batch.completed_at);
+      setText(started, startedAt !== null ? clockTime(startedAt, true) : "—");
+      started.title = batch.scheduled_at ? `slot ${fullTime(parseTime(batch.scheduled_at))}` : "";
+      setText(took, startedAt !== null && completedAt !== null ? duration(completedAt - startedAt) : "—");
+    });
+    scrollToActiveBatch();
+    const hiddenCount = detail.batches.length - shown.length;
+    more.hidden = hiddenCount <= 0;
+    note.hidden = true;
+    if (hiddenCount > 0) setText(more, `Show more batches (${fmtInt(hiddenCount)} not shown)`);
+  }
+
+  // --------------------------------------------------------------- results
+
+  const OUTCOME_STYLE = {
+    ok: "completed",
+    error: "failed",
+    retrying: "retrying",
+    pending: "yet_to_start",
+    cancelled: "cancelled",
+  };
+
+  /**
+   * Loads results: the next page (`more`), or again every page loaded so
+   * far in one request (a refresh while the request progresses).
+   */
+  async function loadResults(more) {
+    const results = state.results;
+    const id = results.id;
+    if (!id || results.loading) return;
+    results.loading = true;
+    const button = $("results-more");
+    button.disabled = true;
+    try {
+      let url;
+      if (more) {
+        url = `/ingestions/${encodeURIComponent(id)}/results?limit=${RESULTS_PAGE}` +
+          (results.cursor ? `&cursor=${encodeURIComponent(results.cursor)}` : "");
+      } else {
+        const limit = Math.min(10000, RESULTS_PAGE * Math.max(1, results.pages));
+        url = `/ingestions/${encodeURIComponent(id)}/results?limit=${limit}`;
+      }
+      const page = await api(url);
+      if (state.results !== results) return;
+      if (more) {
+        results.rows = results.rows.concat(page.results);
+        results.pages += 1;
+      } else {
+        results.rows = page.results;
+        results.pages = Math.max(1, results.pages);
+      }
+      results.cursor = page.next_cursor;
+      renderResults();
+    } catch (error) {
+      if (state.results === results && error.status !== 404) {
+        const note = $("results-note");
+        note.hidden = false;
+        setText(note, `Could not load results: ${error.message}`);
+      }
+    } finally {
+      results.loading = false;
+      button.disabled = false;
+    }
+  }
+
+  function describe(row) {
+    if (row.error) {
+      const e = row.error;
+      return [e.kind, e.status, e.message].filter((x) => x !== undefined && x !== null && x !== "").join(" · ");
+    }
+    if (row.data !== undefined) return typeof row.data === "string" ? row.data : JSON.stringify(row.data);
+    return "";
+  }
+
+  function renderResults() {
+    const results = state.results;
+    const body = $("results-body");
+    while (body.children.length > results.rows.length) body.lastElementChild.remove();
+    results.rows.forEach((row, i) => {
+      let tr = body.children[i];
+      if (!tr) {
+        tr = h(
+          "tr",
+          {},
+          h("td", { class: "num" }),
+          h("td", {}, pill("pending")),
+          h("td", { class: "data" }),
+          h("td", { class: "when" }),
+        );
+        body.append(tr);
+      }
+      const [idCell, outcome, data, at] = tr.children;
+      tr.dataset.outcome = row.outcome;
+      setText(idCell, row.id);
+      setPill(outcome.firstChild, OUTCOME_STYLE[row.outcome] || "yet_to_start", statusLabel(row.outcome));
+      const text = describe(row);
+      setText(data, text || "—");
+      data.title = text.length > 400 ? `${text.slice(0, 400)}…` : text;
+      data.classList.toggle("err", Boolean(row.error));
+      const when = parseTime(row.at);
+      setText(at, when !== null ? clockTime(when, true) : "—");
+    });
+    setText($("results-count"), results.cursor ? `${fmtInt(results.rows.length)}+` : fmtInt(results.rows.length));
+    const more = $("results-more");
+    more.hidden = !results.cursor;
+    const note = $("results-note");
+    note.hidden = results.rows.length > 0;
+    if (!results.rows.length) setText(note, "No results yet.");
+  }
+
+  function selectTab(which) {
+    const batches = which === "batches";
+    const tabB = $("tab-batches");
+    const tabR = $("tab-results");
+    tabB.setAttribute("aria-selected", String(batches));
+    tabR.setAttribute("aria-selected", String(!batches));
+    tabB.tabIndex = batches ? 0 : -1;
+    tabR.tabIndex = batches ? -1 : 0;
+    $("panel-batches").hidden = !batches;
+    $("panel-results").hidden = batches;
+    scrollToActiveBatch();
+  }
+
+  // ------------------------------------------------------------------ form
+
+  /** Ids as the CLI takes them: numbers and ranges, split by commas, spaces or lines. */
+  function parseIds(text) {
+    const tokens = text.split(/[\s,]+/).filter(Boolean);
+    if (tokens.length === 0) return { error: "Enter at least one id." };
+    const runs = [];
+    let count = 0;
+    for (const token of tokens) {
+      const match = /^(\d+)(?:-(\d+))?$/.exec(token);
+      if (!match) return { error: `“${token}” is neither a whole number nor a range like 1-100.` };
+      const first = Number(match[1]);
+      const last = match[2] === undefined ? first : Number(match[2]);
+      if (!Number.isSafeInteger(first) || !Number.isSafeInteger(last)) {
+        return { error: `“${token}” is too large.` };
+      }
+      if (first > last) return { error: `The range ${token} is reversed: write ${last}-${first}.` };
+      count += last - first + 1;
+      if (count > MAX_FORM_IDS) {
+        return { error: `More than ${fmtInt(MAX_FORM_IDS)} ids: use the sluice CLI for requests this large.` };
+      }
+      runs.push([first, last]);
+    }
+    return { runs, count };
+  }
+
+  function expand(runs, count) {
+    const ids = new Array(count);
+    let i = 0;
+    for (const [first, last] of runs) for (let id = first; id <= last; id++) ids[i++] = id;
+    return ids;
+  }
+
+  function updateIdsCount() {
+    const input = $("ids-input");
+    const out = $("ids-count");
+    if (!input.value.trim()) {
+      setText(out, "");
+      input.removeAttribute("aria-invalid");
+      return;
+    }
+    const parsed = parseIds(input.value);
+    if (parsed.error) {
+      setText(out, "");
+      input.setAttribute("aria-invalid", "true");
+    } else {
+      setText(out, `${fmtInt(parsed.count)} id${parsed.count === 1 ? "" : "s"}`);
+      input.removeAttribute("aria-invalid");
+    }
+  }
+
+  function showProblem(title, fieldErrors) {
+    const box = h("div", { class: "problem" }, h("strong", { text: title }));
+    if (fieldErrors && fieldErrors.length) {
+      const list = h("ul", {});
+      for (const e of fieldErrors) {
+        list.append(h("li", {}, h("code", { text: e.field }), `: ${e.message}`));
+      }
+      box.append(list);
+    }
+    $("form-message").replaceChildren(box);
+  }
+
+  async function submit(event) {
+    event.preventDefault();
+    const input = $("ids-input");
+    const priority = $("priority-input").value;
+    const parsed = parseIds(input.value);
+    if (parsed.error) {
+      input.setAttribute("aria-invalid", "true");
+      showProblem(parsed.error);
+      input.focus();
+      return;
+    }
+    const button = $("submit-button");
+    button.disabled = true;
+    setText(button, "Submitting…");
+    $("form-message").replaceChildren();
+    try {
+      const body = JSON.stringify({ ids: expand(parsed.runs, parsed.count), priority });
+      const answer = await api("/ingest", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body,
+      });
+      const id = answer.ingestion_id;
+      $("form-message").replaceChildren(
+        h(
+          "p",
+          { class: "ok" },
+          `Submitted ${fmtInt(parsed.count)} id${parsed.count === 1 ? "" : "s"} as `,
+          h("button", { type: "button", text: shortId(id), title: id, onclick: () => select(id) }),
+          ".",
+        ),
+      );
+      input.value = "";
+      updateIdsCount();
+      await loadList();
+      select(id);
+      loadStats();
+    } catch (error) {
+      const problem = error.problem;
+      if (problem && (problem.detail || problem.title)) {
+        showProblem(problem.detail || problem.title, problem.errors);
+      } else {
+        showProblem(`Not submitted: ${error.message}`);
+      }
+    } finally {
+      button.disabled = false;
+      setText(button, "Submit");
+    }
+  }
+
+  // ----------------------------------------------------------- throughput
+
+  const chart = { canvas: null, ctx: null, width: 0, height: 0, queued: false };
+
+  function bucketMs() {
+    const interval = (state.stats && state.stats.interval_ms) || 1000;
+    return Math.max(1000, interval);
+  }
+
+  function recordEnd(at, failed) {
+    state.completions.push({ at, failed });
+    const horizon = serverNow() - bucketMs() * (CHART_BUCKETS + 2);
+    if (state.completions.length > 20000 || state.completions[0].at < horizon) {
+      state.completions = state.completions.filter((c) => c.at >= horizon);
+    }
+    requestDraw();
+  }
+
+  function requestDraw() {
+    if (chart.queued) return;
+    chart.queued = true;
+    requestAnimationFrame(() => {
+      chart.queued = false;
+      drawChart();
+    });
+  }
+
+  function resizeChart() {
+    const rect = chart.canvas.getBoundingClientRect();
+    const ratio = window.devicePixelRatio || 1;
+    chart.width = rect.width;
+    chart.height = rect.height;
+    chart.canvas.width = Math.round(rect.width * ratio);
+    chart.canvas.height = Math.round(rect.height * ratio);
+    chart.ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    drawChart();
+  }
+
+  function cssVar(name) {
+    return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+  }
+
+  function niceMax(n) {
+    if (n <= 2) return 2;
+    const magnitude = 10 ** Math.floor(Math.log10(n));
+    for (const step of [1, 2, 2.5, 5, 10]) {
+      if (n <= step * magnitude) return step * magnitude;
+    }
+    return 10 * magnitude;
+  }
+
+  function windowLabel(ms) {
+    return ms % 60000 === 0 ? `${ms / 60000} min` : duration(ms);
+  }
+
+  function drawChart() {
+    const { ctx, width, height } = chart;
+    if (!ctx || width === 0) return;
+    const size = bucketMs();
+    const now = serverNow();
+    const current = Math.floor(now / size);
+    const firstBucket = current - CHART_BUCKETS + 1;
+    const done = new Array(CHART_BUCKETS).fill(0);
+    const failed = new Array(CHART_BUCKETS).fill(0);
+    for (const c of state.completions) {
+      const i = Math.floor(c.at / size) - firstBucket;
+      if (i < 0 || i >= CHART_BUCKETS) continue;
+      if (c.failed) failed[i] += 1;
+      else done[i] += 1;
+    }
+    const peak = Math.max(0, ...done.map((d, i) => d + failed[i]));
+    const top = niceMax(peak);
+
+    const left = 34;
+    const right = 6;
+    const topPad = 8;
+    const bottom = 20;
+    const plotW = width - left - right;
+    const plotH = height - topPad - bottom;
+    const muted = cssVar("--muted");
+    const grid = cssVar("--border");
+    ctx.clearRect(0, 0, width, height);
+    ctx.font = `11px ${cssVar("--font")}`;
+
+    // Grid lines and the y axis.
+    ctx.textAlign = "right";
+    ctx.textBaseline = "middle";
+    for (const v of [0, top / 2, top]) {
+      const y = Math.round(topPad + plotH - (v / top) * plotH) + 0.5;
+      ctx.strokeStyle = grid;
+      ctx.lineWidth = 1;
+      ctx.beginPath();
+      ctx.moveTo(left, y);
+      ctx.lineTo(width - right, y);
+      ctx.stroke();
+      ctx.fillStyle = muted;
+      ctx.fillText(Number.isInteger(v) ? String(v) : v.toFixed(1), left - 6, y);
+    }
+
+    // Bars: completed, with failed stacked on top.
+    const slot = plotW / CHART_BUCKETS;
+    const barW = Math.max(1, slot - Math.min(3, slot * 0.25));
+    const green = cssVar("--c-completed");
+    const red = cssVar("--c-failed");
+    for (let i = 0; i < CHART_BUCKETS; i++) {
+      const x = left + i * slot + (slot - barW) / 2;
+      const hDone = (done[i] / top) * plotH;
+      const hFail = (failed[i] / top) * plotH;
+      const base = topPad + plotH;
+      if (hDone > 0) {
+        ctx.fillStyle = green;
+        ctx.fillRect(x, base - hDone, barW, hDone);
+      }
+      if (hFail > 0) {
+        ctx.fillStyle = red;
+        ctx.fillRect(x, base - hDone - hFail, barW, hFail);
+      }
+    }
+
+    // Time labels along the bottom.
+    ctx.fillStyle = muted;
+    ctx.textBaseline = "alphabetic";
+    const span = size * CHART_BUCKETS;
+    for (let k = 0; k <= 4; k++) {
+      const x = left + (plotW * k) / 4;
+      const ago = span - (span * k) / 4;
+      ctx.textAlign = k === 0 ? "left" : k === 4 ? "right" : "center";
+      ctx.fillText(k === 4 ? "now" : `−${windowLabel(ago)}`, x, height - 4);
+    }
+
+    const total = done.reduce((a, b) => a + b, 0) + failed.reduce((a, b) => a + b, 0);
+    const watched = Math.min(span, now - (state.watchingSince + clockOffset));
+    if (total === 0) {
+      ctx.textAlign = "center";
+      ctx.textBaseline = "middle";
+      ctx.fillStyle = muted;
+      ctx.fillText("No batch has ended since this page opened", left + plotW / 2, topPad + plotH / 2);
+    }
+    const failedTotal = failed.reduce((a, b) => a + b, 0);
+    const perMinute = watched > 5000 ? (total / watched) * 60000 : null;
+    const summary = [
+      `batches per ${duration(size)}, last ${windowLabel(span)}`,
+      perMinute !== null && `${perMinute < 10 ? perMinute.toFixed(1) : Math.round(perMinute)}/min`,
+      failedTotal > 0 && `${fmtInt(failedTotal)} failed`,
+    ].filter(Boolean).join(" · ");
+    setText($("throughput-summary"), summary);
+    chart.canvas.setAttribute(
+      "aria-label",
+      `Throughput: ${fmtInt(total)} batches ended in the last ${windowLabel(span)}` +
+        (failedTotal ? `, ${fmtInt(failedTotal)} of them failed` : ""),
+    );
+  }
+
+  // ---------------------------------------------------------- live updates
+
+  const refreshStats = throttle(loadStats, 300);
+  const refreshList = throttle(loadList, 500);
+  const refreshDetail = throttle(() => {
+    loadDetail();
+    if (state.results.pages <= 1 || !state.results.cursor) loadResults(false);
+  }, 500);
+
+  function refreshNow() {
+    loadStats();
+    loadList();
+    if (state.selected) {
+      loadDetail();
+      loadResults(false);
+    }
+  }
+
+  function fresh(event) {
+    const seq = Number(event.lastEventId);
+    if (Number.isFinite(seq) && seq > 0) {
+      if (seq <= state.lastEventId) return false;
+      state.lastEventId = seq;
+    }
+    return true;
+  }
+
+  const ACTIVITY_MAX = 60;
+  function logActivity(data, what) {
+    const list = $("activity");
+    const at = parseTime(data.at);
+    const id = data.ingestion_id;
+    list.prepend(
+      h(
+        "li",
+        {},
+        h("span", { class: "when", text: clockTime(at, true), title: fullTime(at) }),
+        h("button", {
+          type: "button",
+          class: "link",
+          text: shortId(id),
+          title: id,
+          "aria-label": `Show request ${id}`,
+          onclick: () => select(id, true),
+        }),
+        h("span", { class: "what", text: what }),
+        pill(data.status),
+      ),
+    );
+    while (list.children.length > ACTIVITY_MAX) list.lastElementChild.remove();
+    $("activity-empty").hidden = true;
+  }
+
+  function onBatch(event) {
+    if (!fresh(event)) return;
+    let data;
+    try {
+      data = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    if (data.status === "completed" || data.status === "failed") {
+      const at = parseTime(data.at);
+      recordEnd(at === null ? serverNow() : at, data.status === "failed");
+    }
+    logActivity(data, `batch ${positionOf(data.batch_id)}`);
+    refreshStats();
+    refreshList();
+    if (data.ingestion_id === state.selected) refreshDetail();
+  }
+
+  function onIngestion(event) {
+    if (!fresh(event)) return;
+    let data;
+    try {
+      data = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    logActivity(data, "request");
+    refreshStats();
+    refreshList();
+    if (data.ingestion_id === state.selected) refreshDetail();
+  }
+
+  let source = null;
+  function connect() {
+    if (!window.EventSource) {
+      setSse("polling");
+      return;
+    }
+    source = new EventSource("/events");
+    source.addEventListener("open", () => {
+      setSse("live");
+      // Whatever changed while we were not listening.
+      refreshNow();
+    });
+    source.addEventListener("batch", onBatch);
+    source.addEventListener("ingestion", onIngestion);
+    source.addEventListener("error", () => {
+      if (source.readyState === EventSource.CLOSED) {
+        // The browser gave up (an error answer): start over in a while.
+        source.close();
+        setSse("polling");
+        setTimeout(connect, 10000);
+      } else {
+        // The browser reconnects by itself, with Last-Event-ID.
+        setSse("reconnecting");
+      }
+    });
+  }
+
+  function markReachable(ok) {
+    if (state.reachable === ok) return;
+    state.reachable = ok;
+    renderConnection();
+  }
+
+  function setSse(value) {
+    state.sse = value;
+    renderConnection();
+    schedulePoll();
+  }
+
+  function renderConnection() {
+    let key = state.sse;
+    if (!state.reachable) key = "offline";
+    const labels = {
+      connecting: "Connecting…",
+      live: "Live",
+      reconnecting: "Reconnecting…",
+      polling: "Polling",
+      offline: "Offline",
+    };
+    const el = $("connection");
+    el.dataset.state = key;
+    setText($("connection-text"), labels[key] || key);
+    el.title = key === "live"
+      ? "Updates arrive as they happen (Server-Sent Events)"
+      : "The event stream is down: the page refreshes every few seconds";
+  }
+
+  let pollTimer = null;
+  function schedulePoll() {
+    clearTimeout(pollTimer);
+    const every = state.sse === "live" ? POLL_WHEN_LIVE_MS : POLL_WHEN_DOWN_MS;
+    pollTimer = setTimeout(() => {
+      refreshNow();
+      schedulePoll();
+    }, every);
+  }
+
+  // ------------------------------------------------------------------ start
+
+  function start() {
+    buildQueueTable();
+    chart.canvas = $("chart");
+    chart.ctx = chart.canvas.getContext("2d");
+    new ResizeObserver(resizeChart).observe(chart.canvas);
+
+    $("submit-form").addEventListener("submit", submit);
+    $("ids-input").addEventListener("input", updateIdsCount);
+    $("ids-input").addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("submit-form").requestSubmit();
+    });
+    $("detail-close").addEventListener("click", closeDetail);
+    $("results-more").addEventListener("click", () => loadResults(true));
+    $("batches-more").addEventListener("click", () => {
+      state.batchRows += BATCH_ROWS;
+      renderBatches();
+    });
+    $("tab-batches").addEventListener("click", () => selectTab("batches"));
+    $("tab-results").addEventListener("click", () => selectTab("results"));
+    for (const tab of [$("tab-batches"), $("tab-results")]) {
+      tab.addEventListener("keydown", (event) => {
+        if (event.key === "ArrowLeft" || event.key === "ArrowRight") {
+          const next = tab.id === "tab-batches" ? "results" : "batches";
+          selectTab(next);
+          $(`tab-${next}`).focus();
+        }
+      });
+    }
+    armCancel($("detail-cancel"), () => state.selected, "Cancel request");
+    document.addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && state.selected && !event.target.closest("form")) closeDetail();
+    });
+
+    setInterval(tick, 100);
+    setInterval(() => {
+      updateRelativeTimes();
+      requestDraw();
+    }, 1000);
+
+    renderConnection();
+    loadStats();
+    loadList().then(() => {
+      const wanted = location.hash.slice(1);
+      if (/^[0-9a-f-]{36}$/i.test(wanted)) select(wanted);
+    });
+    connect();
+    schedulePoll();
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
