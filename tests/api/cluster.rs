@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
-
 use crate::helpers::*;
 
 fn now_micros() -> i64 {
@@ -12,31 +10,6 @@ fn now_micros() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_micros() as i64
-}
-
-async fn post(client: &reqwest::Client, address: &str, ids: &[u64], priority: &str) -> String {
-    let response = client
-        .post(format!("{address}/ingest"))
-        .json(&json!({"ids": ids, "priority": priority}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json::<Value>().await.unwrap()["ingestion_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-async fn get(client: &reqwest::Client, address: &str, id: &str) -> Value {
-    client
-        .get(format!("{address}/status/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 fn start_nodes(database: &str, args: &[&str]) -> Vec<ServerProcess> {
@@ -85,7 +58,7 @@ async fn three_nodes_hold_one_rate_one_order_and_one_state() {
     let mut sent = Vec::new();
     for (arrival, (ids, priority)) in requests.iter().enumerate() {
         let node = &nodes[arrival % nodes.len()];
-        let id = post(&client, &node.address, ids, priority).await;
+        let id = ingest_at(&client, &node.address, ids, priority).await;
         sent.push((id, arrival, now_micros()));
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
@@ -102,7 +75,7 @@ async fn three_nodes_hold_one_rate_one_order_and_one_state() {
         .await;
         // Every node answers the same.
         for node in &nodes[1..] {
-            assert_eq!(get(&client, &node.address, id).await, done);
+            assert_eq!(status_at(&client, &node.address, id).await, done);
         }
         let rank = match done["priority"].as_str().unwrap() {
             "HIGH" => 0,
@@ -173,7 +146,7 @@ async fn max_in_flight_holds_across_the_cluster() {
     );
     let client = reqwest::Client::new();
     let ids: Vec<u64> = (1..=24).collect();
-    let id = post(&client, &nodes[1].address, &ids, "MEDIUM").await;
+    let id = ingest_at(&client, &nodes[1].address, &ids, "MEDIUM").await;
     let done = wait_for_status(
         &client,
         &nodes[2].address,
@@ -213,7 +186,7 @@ async fn kill_9_of_the_node_holding_a_batch_loses_nothing() {
             "60s",
         ],
     );
-    let id = post(&client, &doomed.address, &[1, 2, 3, 4, 5, 6, 7], "HIGH").await;
+    let id = ingest_at(&client, &doomed.address, &[1, 2, 3, 4, 5, 6, 7], "HIGH").await;
     wait_for_status(
         &client,
         &doomed.address,
@@ -299,7 +272,7 @@ async fn sigterm_hands_claims_back_without_waiting_for_the_lease() {
             "300ms",
         ],
     );
-    let id = post(&client, &leaving.address, &[1, 2, 3], "LOW").await;
+    let id = ingest_at(&client, &leaving.address, &[1, 2, 3], "LOW").await;
     wait_for_status(
         &client,
         &leaving.address,

@@ -2,32 +2,10 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::helpers::*;
-
-async fn ingest(client: &reqwest::Client, address: &str, ids: &[u64], priority: &str) -> String {
-    let response = client
-        .post(format!("{address}/ingest"))
-        .json(&json!({"ids": ids, "priority": priority}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    body["ingestion_id"].as_str().unwrap().to_owned()
-}
-
-async fn status(client: &reqwest::Client, address: &str, id: &str) -> Value {
-    let response = client
-        .get(format!("{address}/status/{id}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{id} is known");
-    response.json().await.unwrap()
-}
 
 fn batch_layout(status: &Value) -> Vec<(String, Value)> {
     status["batches"]
@@ -48,14 +26,14 @@ async fn a_restart_after_kill_9_finds_every_request_and_batch() {
     let mut before = Vec::new();
     for (n, priority) in [(1, "HIGH"), (7, "LOW"), (30, "MEDIUM"), (4, "high")] {
         let ids: Vec<u64> = (1..=n).collect();
-        let id = ingest(&client, &server.address, &ids, priority).await;
-        before.push((id.clone(), status(&client, &server.address, &id).await));
+        let id = ingest_at(&client, &server.address, &ids, priority).await;
+        before.push((id.clone(), status_at(&client, &server.address, &id).await));
     }
     server.kill9();
 
     let server = ServerProcess::start(&db, &["--interval", "1h"]);
     for (id, old) in &before {
-        let new = status(&client, &server.address, id).await;
+        let new = status_at(&client, &server.address, id).await;
         assert_eq!(batch_layout(&new), batch_layout(old));
         assert_eq!(new["priority"], old["priority"]);
         assert_eq!(new["created_at"], old["created_at"]);
@@ -69,7 +47,7 @@ async fn a_batch_interrupted_mid_processing_completes_after_restart() {
     let client = reqwest::Client::new();
     // The mock takes a minute: the batch is surely processing at the kill.
     let server = ServerProcess::start(&db, &["--interval", "100ms", "--mock-latency", "60s"]);
-    let id = ingest(&client, &server.address, &[1, 2, 3], "LOW").await;
+    let id = ingest_at(&client, &server.address, &[1, 2, 3], "LOW").await;
     wait_for_status(
         &client,
         &server.address,
@@ -102,7 +80,7 @@ async fn a_restart_right_after_a_start_waits_out_the_interval() {
     let client = reqwest::Client::new();
     let args = ["--interval", "3s", "--mock-latency", "5ms"];
     let server = ServerProcess::start(&db, &args);
-    let id = ingest(&client, &server.address, &[1, 2, 3, 4], "MEDIUM").await;
+    let id = ingest_at(&client, &server.address, &[1, 2, 3, 4], "MEDIUM").await;
     let first = wait_for_status(
         &client,
         &server.address,
@@ -148,7 +126,7 @@ async fn sigterm_lets_the_batch_in_flight_finish_and_exits_0() {
     let db = fresh_database(dir.path()).await;
     let client = reqwest::Client::new();
     let server = ServerProcess::start(&db, &["--interval", "100ms", "--mock-latency", "1500ms"]);
-    let id = ingest(&client, &server.address, &[1, 2, 3, 4], "HIGH").await;
+    let id = ingest_at(&client, &server.address, &[1, 2, 3, 4], "HIGH").await;
     wait_for_status(
         &client,
         &server.address,
@@ -163,7 +141,7 @@ async fn sigterm_lets_the_batch_in_flight_finish_and_exits_0() {
     assert!(exit.success(), "exit status {exit:?}");
 
     let server = ServerProcess::start(&db, &["--interval", "1h"]);
-    let after = status(&client, &server.address, &id).await;
+    let after = status_at(&client, &server.address, &id).await;
     let first = &after["batches"][0];
     assert_eq!(first["status"], "completed");
     assert_eq!(first["attempts"], 1, "finished during shutdown, not re-run");

@@ -121,12 +121,7 @@ impl TestApp {
 
     /// Submits a request and returns its ingestion id.
     pub async fn ingest(&self, ids: &[u64], priority: &str) -> String {
-        let response = self
-            .post_ingest(&json!({"ids": ids, "priority": priority}))
-            .await;
-        assert_eq!(response.status(), 200, "{:?}", response.text().await);
-        let body: Value = response.json().await.unwrap();
-        body["ingestion_id"].as_str().unwrap().to_owned()
+        ingest_at(&self.client, &self.address, ids, priority).await
     }
 
     pub async fn get_status(&self, id: &str) -> reqwest::Response {
@@ -153,6 +148,35 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Submits a request to the server at `address`; returns its ingestion id.
+pub async fn ingest_at(
+    client: &reqwest::Client,
+    address: &str,
+    ids: &[u64],
+    priority: &str,
+) -> String {
+    let response = client
+        .post(format!("{address}/ingest"))
+        .json(&json!({"ids": ids, "priority": priority}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    let body: Value = response.json().await.unwrap();
+    body["ingestion_id"].as_str().unwrap().to_owned()
+}
+
+/// The status of a request the server at `address` must know.
+pub async fn status_at(client: &reqwest::Client, address: &str, id: &str) -> Value {
+    let response = client
+        .get(format!("{address}/status/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{id} is known");
+    response.json().await.unwrap()
 }
 
 pub async fn wait_for_status(
