@@ -114,7 +114,7 @@ pub struct Config {
     pub max_concurrent_writes: usize,
 
     /// How long one request may take, reading its body included (slow
-    /// clients get 408). Live event streams are not cut.
+    /// clients get 408); `0` for no limit. Live event streams are not cut.
     #[arg(long, env = "SLUICE_REQUEST_TIMEOUT", default_value = "30s")]
     pub request_timeout: Interval,
 

@@ -928,15 +928,25 @@
           "p",
           { class: "ok" },
           `Submitted ${fmtInt(parsed.count)} id${parsed.count === 1 ? "" : "s"} as `,
-          h("button", { type: "button", text: shortId(id), title: id, onclick: () => select(id) }),
+          h("button", {
+            type: "button",
+            text: shortId(id),
+            title: id,
+            "aria-label": `Show request ${id}`,
+            onclick: () => select(id, true),
+          }),
           ".",
         ),
       );
       input.value = "";
       updateIdsCount();
       await loadList();
-      select(id);
       loadStats();
+      const row = rows.get(id);
+      if (row) {
+        row.tr.classList.add("flash");
+        setTimeout(() => row.tr.classList.remove("flash"), 2500);
+      }
     } catch (error) {
       const problem = error.problem;
       if (problem && (problem.detail || problem.title)) {
@@ -961,8 +971,10 @@
 
   function recordEnd(at, failed) {
     state.completions.push({ at, failed });
+    // Pruned now and then, not at every event.
     const horizon = serverNow() - bucketMs() * (CHART_BUCKETS + 2);
-    if (state.completions.length > 20000 || state.completions[0].at < horizon) {
+    const stale = state.completions[0].at < horizon - bucketMs() * 10;
+    if (stale || state.completions.length > 50000) {
       state.completions = state.completions.filter((c) => c.at >= horizon);
     }
     requestDraw();
@@ -1196,6 +1208,8 @@
     }
     source = new EventSource("/events");
     source.addEventListener("open", () => {
+      // Sequence numbers belong to the server's store: start afresh with it.
+      state.lastEventId = 0;
       setSse("live");
       // Whatever changed while we were not listening.
       refreshNow();
@@ -1222,6 +1236,7 @@
   }
 
   function setSse(value) {
+    if (state.sse === value) return;
     state.sse = value;
     renderConnection();
     schedulePoll();

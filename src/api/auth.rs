@@ -175,6 +175,10 @@ fn read_keys(path: &Path) -> Result<(Option<SystemTime>, Keys), KeysError> {
 fn required_role(method: &Method, path: &str) -> Option<Role> {
     match (method, path) {
         (_, "/healthz") => None,
+        // The dashboard's page and assets hold no data: a browser opening it
+        // cannot send a key. What the page then reads does need one.
+        (&Method::GET | &Method::HEAD, "/") => None,
+        (&Method::GET | &Method::HEAD, p) if p.starts_with("/dashboard/") => None,
         (&Method::GET | &Method::HEAD, _) => Some(Role::Read),
         (&Method::POST, "/ingest") => Some(Role::Submit),
         _ => Some(Role::Admin),
@@ -253,6 +257,9 @@ mod tests {
     #[test]
     fn roles_needed_per_endpoint() {
         assert_eq!(required_role(&Method::GET, "/healthz"), None);
+        assert_eq!(required_role(&Method::GET, "/"), None);
+        assert_eq!(required_role(&Method::GET, "/dashboard/app.js"), None);
+        assert_eq!(required_role(&Method::POST, "/"), Some(Role::Admin));
         assert_eq!(required_role(&Method::GET, "/status/x"), Some(Role::Read));
         assert_eq!(required_role(&Method::POST, "/ingest"), Some(Role::Submit));
         assert_eq!(

@@ -43,8 +43,12 @@ pub async fn shed_writes(State(app): State<AppState>, request: Request, next: Ne
     }
 }
 
-/// Answers 408 to a request that takes longer than `--request-timeout`.
+/// Answers 408 to a request that takes longer than `--request-timeout` (`0`:
+/// no limit).
 pub async fn time_limit(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    if app.overload.request_timeout.is_zero() {
+        return next.run(request).await;
+    }
     match tokio::time::timeout(app.overload.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::request_timeout(format!(

@@ -13,6 +13,7 @@
 //! dashboard::docs_screenshot -- --ignored`.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -68,6 +69,9 @@ impl ChromeDriver {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Its own process group, with the browser it starts: both go
+            // when the test ends, even when it fails before closing them.
+            .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {driver}: {e}"));
         Self {
@@ -160,6 +164,11 @@ impl ChromeDriver {
 
 impl Drop for ChromeDriver {
     fn drop(&mut self) {
+        // The group: chromedriver and the Chromium it started.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -239,6 +248,20 @@ impl Page {
             .collect()
     }
 
+    /// Fails on any console error since the last read but the `expected` ones.
+    async fn no_console_errors(&self, when: &str, expected: impl Fn(&str) -> bool) {
+        let errors: Vec<String> = self
+            .console_errors()
+            .await
+            .into_iter()
+            .filter(|e| !expected(e))
+            .collect();
+        if !errors.is_empty() {
+            self.fail(&format!("console errors {when}: {errors:#?}"))
+                .await;
+        }
+    }
+
     async fn screenshot(&self, name: &str) -> PathBuf {
         let png = self.client.screenshot().await.expect("a screenshot");
         std::fs::create_dir_all(artifacts()).unwrap();
@@ -255,13 +278,20 @@ impl Page {
 
 // ---------------------------------------------------------------- upstream
 
+/// Markup as data: the page must show it as text.
+const HOSTILE: &str = "<img src=x onerror=\"window.hacked=1\"><b>bold</b>";
+
 /// An upstream that knows every id below 900,000 and none above, so that
-/// the page has a failed request to show; it answers after `latency`.
+/// the page has a failed request to show, and answers id 666 with markup;
+/// it answers after `latency`.
 async fn start_upstream(latency: Duration) -> String {
     let item = move |UrlPath(id): UrlPath<u64>| async move {
         tokio::time::sleep(latency).await;
         if id >= 900_000 {
             return (StatusCode::NOT_FOUND, "no such item").into_response();
+        }
+        if id == 666 {
+            return HOSTILE.into_response();
         }
         axum::Json(json!({"id": id, "name": format!("item-{id}")})).into_response()
     };
@@ -329,8 +359,7 @@ async fn the_dashboard_submits_a_request_and_follows_it_live_in_a_browser() {
         |v| v == "100 ms",
     )
     .await;
-    let errors = page.console_errors().await;
-    assert!(errors.is_empty(), "console errors on load: {errors:#?}");
+    page.no_console_errors("on load", |_| false).await;
 
     // The check above is real: an error thrown in the page is seen.
     page.js(
@@ -365,13 +394,10 @@ async fn the_dashboard_submits_a_request_and_follows_it_live_in_a_browser() {
     assert!(problem.contains("ids[2]"), "{problem}");
     assert_eq!(app.store.stats().await.unwrap().ingestions, 0);
     // The browser reports the 422 itself; anything else is an error.
-    let errors = page.console_errors().await;
-    assert!(
-        errors
-            .iter()
-            .all(|e| e.contains("/ingest") && e.contains("422")),
-        "console errors: {errors:#?}"
-    );
+    page.no_console_errors("after the refused request", |e| {
+        e.contains("/ingest") && e.contains("422")
+    })
+    .await;
 
     // A syntax error is caught before anything is sent.
     ids.clear().await.unwrap();
@@ -429,8 +455,9 @@ async fn the_dashboard_submits_a_request_and_follows_it_live_in_a_browser() {
     })
     .await;
 
-    // Its drill-down (opened on submit): every batch completed, and the
-    // results a page at a time.
+    // Its drill-down, from the link in the form's message: every batch
+    // completed, and the results a page at a time.
+    page.click("#form-message .ok button").await;
     let drawer = page
         .js(
             "return [document.getElementById('detail').hidden,\
@@ -505,6 +532,29 @@ async fn the_dashboard_submits_a_request_and_follows_it_live_in_a_browser() {
     .await;
     assert_eq!(app.status(&doomed).await["status"], "cancelled");
 
+    // Whatever the upstream answers is shown as text, never as markup.
+    let hostile = app.ingest(&[666], "HIGH").await;
+    page.wait_for("the hostile row", ROW_STATUS, vec![json!(hostile)], |v| {
+        v == "completed"
+    })
+    .await;
+    page.click(&format!("#requests-body tr[data-id=\"{hostile}\"] .req-id"))
+        .await;
+    page.click("#tab-results").await;
+    let shown = page
+        .wait_for(
+            "the hostile result",
+            "const cell = document.querySelector('#results-body td.data');\
+             return cell ? [cell.textContent, cell.children.length,\
+                 document.querySelectorAll('#detail img, #detail b').length,\
+                 window.hacked === undefined] : null",
+            vec![],
+            |v| v.is_array(),
+        )
+        .await;
+    assert_eq!(shown, json!([HOSTILE, 0, 0, true]));
+    page.click("#detail-close").await;
+
     // A few more requests in various states, for the screenshot.
     let failing = app
         .ingest(&[899_998, 899_999, 900_000, 900_001], "HIGH")
@@ -541,8 +591,7 @@ async fn the_dashboard_submits_a_request_and_follows_it_live_in_a_browser() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     page.screenshot("dashboard-detail.png").await;
 
-    let errors = page.console_errors().await;
-    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    page.no_console_errors("in the end", |_| false).await;
     page.client.clone().close().await.unwrap();
 }
 
@@ -677,7 +726,6 @@ async fn docs_screenshot() {
         |v| v == true,
     )
     .await;
-    page.click("#detail-close").await;
     page.wait_for(
         "the long request running",
         ROW_STATUS,
@@ -686,13 +734,13 @@ async fn docs_screenshot() {
     )
     .await;
     page.click("#queue-title").await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // After the new row's highlight has faded.
+    tokio::time::sleep(Duration::from_millis(2700)).await;
     let shot = page.screenshot("dashboard-docs.png").await;
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
     std::fs::create_dir_all(&docs).unwrap();
     std::fs::copy(&shot, docs.join("dashboard.png")).unwrap();
 
-    let errors = page.console_errors().await;
-    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    page.no_console_errors("in the end", |_| false).await;
     page.client.clone().close().await.unwrap();
 }

@@ -39,6 +39,9 @@ async fn a_backlog_starts_on_an_exact_grid() {
         c.interval = "1s".parse().unwrap();
         c.mock_latency = "1500ms".parse().unwrap();
         c.max_in_flight = 4.try_into().unwrap();
+        // A request timeout is a timer too: the paused clock would run to it
+        // whenever the runtime waits on the database.
+        c.request_timeout = "0".parse().unwrap();
     })
     .await;
     let ids: Vec<u64> = (1..=30).collect();

@@ -176,13 +176,19 @@ impl Store for PostgresStore {
     }
 
     async fn ingestion(&self, id: IngestionId) -> Result<Option<IngestionRecord>, StoreError> {
+        // One snapshot for both queries: never a request half-way through a commit.
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
         let Some(head) = sqlx::query(
             "SELECT seq, priority, created_at, finished_at, callback_url, callback_state,
                     callback_attempts, callback_error
              FROM ingestions WHERE id = $1",
         )
         .bind(uuid(id))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(unavailable)?
         else {
@@ -194,7 +200,7 @@ impl Store for PostgresStore {
              FROM batches WHERE ingestion_seq = $1 ORDER BY position",
         )
         .bind(seq)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(unavailable)?;
         let batches = rows

@@ -232,7 +232,9 @@ struct ReaderPool {
 }
 
 impl ReaderPool {
-    /// Runs `query` on the next connection, round robin. A std `Mutex` is right
+    /// Runs `query` on the next connection, round robin, inside one read
+    /// transaction: every statement of a read sees the same snapshot, so a
+    /// request is never seen half-way through a commit. A std `Mutex` is right
     /// here: the caller is already on a blocking thread, and a query holds it
     /// for microseconds.
     fn with<T>(
@@ -243,7 +245,10 @@ impl ReaderPool {
         let conn = self.connections[i]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        query(&conn)
+        let snapshot = conn.unchecked_transaction()?;
+        let result = query(&snapshot)?;
+        snapshot.commit()?;
+        Ok(result)
     }
 }
 
