@@ -18,6 +18,8 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub store: SharedStore,
+    /// The database URL the app runs on.
+    pub database: String,
     shutdown: CancellationToken,
     /// Kept so the server task lives as long as the app.
     _server: JoinHandle<anyhow::Result<()>>,
@@ -78,6 +80,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = test_config(&fresh_database(dir.path()).await);
     configure(&mut config);
 
+    let database = config.database.clone();
     let app = Application::build(config).await.expect("the app builds");
     let address = format!("http://{}", app.local_addr());
     let store = app.store();
@@ -87,6 +90,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
         address,
         client: reqwest::Client::new(),
         store,
+        database,
         shutdown,
         _server: server,
         _dir: dir,
@@ -94,6 +98,13 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
 }
 
 impl TestApp {
+    /// The SQLite file behind this app, if it uses SQLite.
+    pub fn database_path(&self) -> Option<std::path::PathBuf> {
+        self.database
+            .strip_prefix("sqlite://")
+            .map(std::path::PathBuf::from)
+    }
+
     pub async fn post_ingest(&self, body: &Value) -> reqwest::Response {
         self.client
             .post(format!("{}/ingest", self.address))

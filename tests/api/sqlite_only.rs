@@ -60,3 +60,38 @@ async fn a_backlog_starts_on_an_exact_grid() {
         assert_eq!(batch["scheduled_at"], batch["started_at"]);
     }
 }
+
+/// A database locked by another process: writes fail with a clear 503 after
+/// the busy timeout, nothing is half-written, reads go on, and everything
+/// resumes once the lock is gone.
+#[tokio::test]
+async fn a_locked_database_gives_503_then_recovers() {
+    let app = spawn_app_with(|c| c.interval = "50ms".parse().unwrap()).await;
+    let done = app.ingest(&[1, 2, 3], "HIGH").await;
+    app.wait_until_completed(&done, Duration::from_secs(10))
+        .await;
+    let path = app.database_path().expect("a SQLite test app");
+
+    let locker = rusqlite::Connection::open(&path).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let refused = app
+        .post_ingest(&serde_json::json!({"ids": [4, 5, 6, 7], "priority": "HIGH"}))
+        .await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(
+        problem["detail"],
+        "the store is unavailable; nothing was changed"
+    );
+    assert_eq!(app.get_status(&done).await.status(), 200, "reads go on");
+    locker.execute_batch("ROLLBACK").unwrap();
+
+    assert_eq!(
+        app.store.stats().await.unwrap().ingestions,
+        1,
+        "nothing half-written"
+    );
+    let id = app.ingest(&[4, 5, 6, 7], "HIGH").await;
+    app.wait_until_completed(&id, Duration::from_secs(10)).await;
+}
