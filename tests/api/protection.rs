@@ -269,3 +269,32 @@ async fn writes_past_the_concurrency_limit_get_503_and_reads_go_on() {
         .await;
     assert_eq!(accepted.status(), 200);
 }
+
+#[test]
+fn listening_beyond_loopback_without_keys_warns() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--database"])
+        .arg(format!("sqlite://{}", dir.path().join("s.db").display()))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.contains("listening on");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log = seen.join("\n");
+    assert!(log.contains("every endpoint is open"), "{log}");
+    assert!(
+        log.contains("WARN") && log.contains("without API keys"),
+        "{log}"
+    );
+}
