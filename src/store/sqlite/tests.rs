@@ -1,1 +1,121 @@
+//! The SQLite store on its own, with times chosen by the test.
 
+use std::num::NonZeroUsize;
+
+use super::SqliteStore;
+use crate::domain::{BatchSize, IngestionId, Interval, ItemId, Priority, Timestamp};
+use crate::store::{AttemptEnd, ClaimOutcome, ClaimRequest, NewIngestion, Store};
+
+const SECOND: i64 = 1_000_000;
+
+fn at(seconds: i64) -> Timestamp {
+    Timestamp::from_micros(1_700_000_000 * SECOND + seconds * SECOND)
+}
+
+fn request(priority: Priority, ids: &[u64], created: i64) -> NewIngestion {
+    NewIngestion {
+        id: IngestionId::generate(),
+        priority,
+        ids: ids.iter().map(|&i| ItemId::new(i).unwrap()).collect(),
+        batch_size: BatchSize::new(2).unwrap(),
+        created_at: at(created),
+        callback_url: None,
+        idempotency: None,
+    }
+}
+
+fn claim(now: i64, interval_secs: u64, max_in_flight: usize) -> ClaimRequest {
+    ClaimRequest {
+        ready_since: Some(at(now)),
+        now: at(now),
+        interval: Interval::from_duration(std::time::Duration::from_secs(interval_secs)),
+        max_in_flight: NonZeroUsize::new(max_in_flight).unwrap(),
+    }
+}
+
+async fn open() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = SqliteStore::open(&url).await.unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn claims_follow_priority_then_arrival_then_position() {
+    let (_dir, store) = open().await;
+    store
+        .create_ingestion(request(Priority::Low, &[1, 2, 3], 0))
+        .await
+        .unwrap();
+    store
+        .create_ingestion(request(Priority::High, &[4, 5, 6], 1))
+        .await
+        .unwrap();
+    store
+        .create_ingestion(request(Priority::High, &[7], 2))
+        .await
+        .unwrap();
+    store
+        .create_ingestion(request(Priority::Medium, &[8], 3))
+        .await
+        .unwrap();
+
+    let mut order = Vec::new();
+    for n in 0..6 {
+        let ClaimOutcome::Started(batch) =
+            store.claim_next_batch(claim(10 + n, 0, 100)).await.unwrap()
+        else {
+            panic!("claim {n} started nothing");
+        };
+        order.push(batch.ids.iter().map(|i| i.get()).collect::<Vec<_>>());
+    }
+    assert_eq!(
+        order,
+        [vec![4, 5], vec![6], vec![7], vec![8], vec![1, 2], vec![3]]
+    );
+    assert!(matches!(
+        store.claim_next_batch(claim(20, 0, 100)).await.unwrap(),
+        ClaimOutcome::Idle
+    ));
+}
+
+#[tokio::test]
+async fn the_rate_and_the_in_flight_limit_are_taken_in_the_claim() {
+    let (_dir, store) = open().await;
+    store
+        .create_ingestion(request(Priority::High, &[1, 2, 3, 4, 5, 6], 0))
+        .await
+        .unwrap();
+
+    let ClaimOutcome::Started(first) = store.claim_next_batch(claim(0, 5, 1)).await.unwrap() else {
+        panic!("an idle store starts at once");
+    };
+    assert_eq!(first.slot, at(0));
+    // Within the interval: not before the next slot.
+    match store.claim_next_batch(claim(3, 5, 1)).await.unwrap() {
+        ClaimOutcome::NotBefore(t) => assert_eq!(t, at(5)),
+        other => panic!("{other:?}"),
+    }
+    // At the slot, but the one processing slot is taken.
+    assert!(matches!(
+        store.claim_next_batch(claim(5, 5, 1)).await.unwrap(),
+        ClaimOutcome::Busy
+    ));
+    store
+        .finish_attempt(first.key, Vec::new(), AttemptEnd::Completed, at(6))
+        .await
+        .unwrap();
+    // Waiting on the store's word for the slot at 5, woken 1 ms late: the slot
+    // stays on the grid.
+    let mut late = claim(5, 5, 1);
+    late.ready_since = None;
+    late.now = late.now.saturating_add_micros(1_000);
+    let ClaimOutcome::Started(second) = store.claim_next_batch(late).await.unwrap() else {
+        panic!("the slot is free");
+    };
+    assert_eq!(
+        second.slot,
+        at(5),
+        "no drift from a late wake-up within tolerance"
+    );
+}
