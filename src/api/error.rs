@@ -223,6 +223,13 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A query string that does not parse is the client's mistake.
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::bad_request(rejection.body_text())
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {

@@ -166,7 +166,7 @@ pub async fn results(
     query: Result<Query<ResultsQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(query) = query?;
     let id = parse_ingestion_id(&raw_id)?;
     let wants_ndjson = query.format.as_deref() == Some("ndjson")
         || headers

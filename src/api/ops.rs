@@ -293,7 +293,7 @@ pub async fn list(
     State(app): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<IngestionList>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(query) = query?;
     let limit = query.limit.unwrap_or(20);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::bad_request("limit: from 1 to 500"));

@@ -243,7 +243,7 @@ pub async fn status_by_query_or_body(
     query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<StatusResponse>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(query) = query?;
     let body = body.map_err(body_error)?;
     if let Some(id) = query.ingestion_id {
         return lookup(&app, &id).await;
