@@ -148,14 +148,7 @@ impl Metrics {
     pub fn render(&self, stats: &QueueStats) -> String {
         self.queue.clear();
         for priority in Priority::ALL {
-            for status in [
-                BatchStatus::YetToStart,
-                BatchStatus::Triggered,
-                BatchStatus::Retrying,
-                BatchStatus::Completed,
-                BatchStatus::Failed,
-                BatchStatus::Cancelled,
-            ] {
+            for status in BatchStatus::ALL {
                 let count = stats
                     .batches
                     .iter()
@@ -165,13 +158,7 @@ impl Metrics {
                 self.queue
                     .get_or_create(&QueueLabels {
                         priority: priority.as_str(),
-                        // Retrying batches read `triggered` to clients, but an
-                        // operator wants to see them apart.
-                        status: if status == BatchStatus::Retrying {
-                            "retrying"
-                        } else {
-                            status.as_str()
-                        },
+                        status: status.operator_name(),
                     })
                     .set(count as i64);
             }

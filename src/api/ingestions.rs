@@ -68,10 +68,10 @@ fn lines(batch: BatchOutcomes) -> impl Iterator<Item = ResultLine> {
     ids.into_iter()
         .map(move |id| match outcomes.next_if(|o| o.id == id) {
             Some(done) => {
-                let (outcome, data, error) = match done.outcome {
-                    Outcome::Ok { data } => ("ok", Some(data), None),
-                    Outcome::Error { error } => ("error", None, Some(error)),
-                    Outcome::Retrying { error } => ("retrying", None, Some(error)),
+                let outcome = done.outcome.label();
+                let (data, error) = match done.outcome {
+                    Outcome::Ok { data } => (Some(data), None),
+                    Outcome::Error { error } | Outcome::Retrying { error } => (None, Some(error)),
                 };
                 ResultLine {
                     id,

@@ -17,7 +17,7 @@ use super::openapi::{
     BadRequest, Internal, RequestTimeout, Unauthorized, Unavailable, string_enum,
 };
 use super::status::BatchCounts;
-use crate::domain::{BatchId, BatchStatus, IngestionId, IngestionStatus, Priority, Timestamp};
+use crate::domain::{BatchId, IngestionId, IngestionStatus, Priority, Timestamp};
 use crate::store::IngestionSummary;
 
 /// A health answer: `ok` from `/healthz`, `ready` from `/readyz`.
@@ -189,10 +189,7 @@ pub async fn stats(State(app): State<AppState>) -> Result<Json<Stats>, ApiError>
         .map(|p| (p.as_str(), BTreeMap::new()))
         .collect();
     for (priority, status, count) in &stats.batches {
-        let name = match status {
-            BatchStatus::Retrying => "retrying",
-            other => other.as_str(),
-        };
+        let name = status.operator_name();
         *queue
             .entry(priority.as_str())
             .or_default()

@@ -100,14 +100,11 @@ async fn run(
             .is_none_or(|before| before.attempts < now.attempts)
     });
     for (_, outcome) in fetched_now {
-        let label = match outcome.outcome {
-            Outcome::Ok { .. } => "ok",
-            Outcome::Error { .. } => "error",
-            Outcome::Retrying { .. } => "retrying",
-        };
         metrics
             .ids_fetched
-            .get_or_create(&OutcomeLabels { outcome: label })
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.outcome.label(),
+            })
             .inc();
     }
     record(store, &batch, outcomes, end, clock).await

@@ -26,6 +26,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Its name, as the results API and the metrics give it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Ok { .. } => "ok",
+            Outcome::Error { .. } => "error",
+            Outcome::Retrying { .. } => "retrying",
+        }
+    }
+
     /// Whether the id needs no more fetching.
     pub fn is_final(&self) -> bool {
         !matches!(self, Outcome::Retrying { .. })

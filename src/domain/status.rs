@@ -42,6 +42,15 @@ impl BatchStatus {
         }
     }
 
+    /// The name operators see (metrics, `/stats`): like [`as_str`](Self::as_str),
+    /// but a batch between attempts is `retrying`, apart from `triggered`.
+    pub fn operator_name(self) -> &'static str {
+        match self {
+            Self::Retrying => "retrying",
+            other => other.as_str(),
+        }
+    }
+
     /// Whether nothing more will happen to the batch.
     pub fn is_final(self) -> bool {
         matches!(self, Self::Completed | Self::Failed | Self::Cancelled)

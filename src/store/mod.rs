@@ -285,16 +285,6 @@ pub struct QueueStats {
     pub running: Vec<(BatchId, Timestamp)>,
 }
 
-impl QueueStats {
-    pub fn batches_in(&self, status: BatchStatus) -> u64 {
-        self.batches
-            .iter()
-            .filter(|(_, s, _)| *s == status)
-            .map(|(_, _, n)| n)
-            .sum()
-    }
-}
-
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a request and all its batches; returns once they are durable.

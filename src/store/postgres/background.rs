@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::signals::Signals;
 
-use super::{LeaseSettings, WAKE_CHANNEL, micros, requeue};
+use super::{LeaseSettings, WAKE_CHANNEL, micros, requeue_expired};
 
 pub async fn run(
     pool: PgPool,
@@ -95,12 +95,7 @@ async fn renew_and_rescue(
     .execute(pool)
     .await
     .map_err(super::unavailable)?;
-    let rescued = requeue(
-        pool,
-        "WHERE status = 1 AND lease_expires_at < sluice_now_us()",
-        None,
-    )
-    .await?;
+    let rescued = requeue_expired(pool).await?;
     if rescued > 0 {
         tracing::warn!(
             batches = rescued,

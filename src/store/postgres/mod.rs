@@ -78,16 +78,16 @@ impl PostgresStore {
             leases,
         })
     }
+}
 
-    /// Puts back in the queue every batch whose lease has run out.
-    async fn requeue_expired(&self) -> Result<u64, StoreError> {
-        requeue(
-            &self.pool,
-            "WHERE status = 1 AND lease_expires_at < sluice_now_us()",
-            None,
-        )
-        .await
-    }
+/// Puts back in the queue every batch whose lease has run out.
+async fn requeue_expired(pool: &PgPool) -> Result<u64, StoreError> {
+    requeue(
+        pool,
+        "WHERE status = 1 AND lease_expires_at < sluice_now_us()",
+        None,
+    )
+    .await
 }
 
 #[async_trait]
@@ -431,7 +431,7 @@ impl Store for PostgresStore {
     }
 
     async fn requeue_interrupted(&self, _at: Timestamp) -> Result<u64, StoreError> {
-        self.requeue_expired().await
+        requeue_expired(&self.pool).await
     }
 
     async fn release_unfinished(&self, _at: Timestamp) -> Result<u64, StoreError> {
