@@ -71,9 +71,19 @@ CREATE TABLE events (
 );
 CREATE INDEX events_by_ingestion ON events (ingestion_seq, seq);
 
+-- Locks. Every transaction takes its locks in one order, so that nodes never
+-- deadlock: the rate limiter, then a request's row, then batch rows, then the
+-- event lock (always last: a transaction holding it waits for no row). Where a
+-- statement would have to wait against that order it skips locked rows instead
+-- (the claim's choice of batch, cancel, re-queue). The one step out of order,
+-- a claim marking its request started after locking the batch, cannot close a
+-- cycle: what locks a request and then waits for a batch waits only for a
+-- running batch (status 1), and a claim never locks one.
+
 -- Appends an event. Writers of events queue on one transaction-scoped lock, so
 -- sequence numbers are handed out in commit order: a reader that has seen event
--- n will never later find an event below n.
+-- n will never later find an event below n. Call it after every row lock the
+-- transaction needs.
 CREATE FUNCTION sluice_event(seq_ BIGINT, position_ INTEGER, status_ INTEGER, at_ BIGINT)
 RETURNS VOID
 LANGUAGE plpgsql AS $$
@@ -130,6 +140,7 @@ DECLARE
     next_retry BIGINT;
     running    INTEGER;
     chosen     RECORD;
+    first_start BOOLEAN;
 BEGIN
     SELECT r.last_slot INTO v_last FROM rate_limiter r WHERE r.id = 1 FOR UPDATE;
     IF v_last IS NOT NULL THEN
@@ -169,12 +180,13 @@ BEGIN
     SET status = 1, lane = 1, attempts = b.attempts + 1, retry_at = NULL, scheduled_at = v_slot,
         started_at = db_now, lease_owner = node, lease_expires_at = db_now + lease
     WHERE b.ingestion_seq = chosen.ingestion_seq AND b.position = chosen.position;
+    UPDATE ingestions i SET started = TRUE WHERE i.seq = chosen.ingestion_seq AND NOT i.started;
+    first_start := FOUND;
     -- Between attempts a batch already reads `triggered`: no change to announce.
     IF chosen.status <> 3 THEN
         PERFORM sluice_event(chosen.ingestion_seq, chosen.position, 1, db_now);
     END IF;
-    UPDATE ingestions i SET started = TRUE WHERE i.seq = chosen.ingestion_seq AND NOT i.started;
-    IF FOUND THEN
+    IF first_start THEN
         PERFORM sluice_event(chosen.ingestion_seq, NULL, 1, db_now);
     END IF;
 
@@ -188,6 +200,7 @@ $$;
 
 -- Counts `n` batches of a request as ended; when none is left open, the request
 -- has ended and its callback (if any) becomes due. Returns whether it ended.
+-- The caller holds the request's row and announces the end (sluice_ended).
 CREATE FUNCTION sluice_close_batches(seq_ BIGINT, n INTEGER, at BIGINT) RETURNS BOOLEAN
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -201,21 +214,130 @@ BEGIN
     UPDATE ingestions
     SET finished_at = at, callback_due_at = CASE WHEN callback_state = 0 THEN at END
     WHERE seq = seq_;
-    PERFORM sluice_event(seq_, NULL,
-        (SELECT CASE WHEN bool_or(status = 4) THEN 4 WHEN bool_or(status = 5) THEN 5 ELSE 2 END
-         FROM batches WHERE ingestion_seq = seq_),
-        at);
     RETURN TRUE;
 END
 $$;
 
--- A batch has ended (completed, failed or cancelled): announce it and close it.
--- Returns whether this ended the whole request.
-CREATE FUNCTION sluice_batch_ended(seq_ BIGINT, position_ INTEGER, status_ INTEGER, at BIGINT)
-RETURNS BOOLEAN
+-- Announces that a request has ended, with the status its batches give it.
+CREATE FUNCTION sluice_ended(seq_ BIGINT, at BIGINT) RETURNS VOID
+LANGUAGE sql AS $$
+    SELECT sluice_event(seq_, NULL,
+        (SELECT CASE WHEN bool_or(status = 4) THEN 4 WHEN bool_or(status = 5) THEN 5 ELSE 2 END
+         FROM batches WHERE ingestion_seq = seq_),
+        at)
+$$;
+
+-- Records the end of an attempt by the node holding the batch's lease: the
+-- batch is completed (2), failed (4) or waits for a retry (3); a retry of a
+-- cancelled request is cancelled (5) instead. Returns NULL when the node no
+-- longer holds the lease (another node rescued the batch), otherwise whether
+-- this ended the whole request.
+CREATE FUNCTION sluice_finish(
+    node UUID, seq_ BIGINT, position_ INTEGER, status_ INTEGER, retry_at_ BIGINT,
+    results_ JSONB, at BIGINT
+) RETURNS BOOLEAN
 LANGUAGE plpgsql AS $$
+DECLARE
+    cancelled BOOLEAN;
+    final     INTEGER := status_;
+    ended     BOOLEAN := FALSE;
 BEGIN
-    PERFORM sluice_event(seq_, position_, status_, at);
-    RETURN sluice_close_batches(seq_, 1, at);
+    -- The request's row first: a cancel racing this attempt either sees the
+    -- retry (and cancels it) or is seen by it.
+    SELECT i.cancelled_at IS NOT NULL INTO cancelled FROM ingestions i WHERE i.seq = seq_
+    FOR NO KEY UPDATE;
+    IF final = 3 AND cancelled THEN
+        final := 5;
+    END IF;
+    UPDATE batches
+    SET status = final,
+        retry_at = CASE WHEN final = 3 THEN retry_at_ END,
+        completed_at = CASE WHEN final IN (2, 4, 5) THEN at END,
+        results = results_, lease_owner = NULL, lease_expires_at = NULL
+    WHERE ingestion_seq = seq_ AND position = position_ AND status = 1 AND lease_owner = node;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_notify('sluice_work', '');
+    IF final = 3 THEN
+        RETURN FALSE;
+    END IF;
+    ended := sluice_close_batches(seq_, 1, at);
+    PERFORM sluice_event(seq_, position_, final, at);
+    IF ended THEN
+        PERFORM sluice_ended(seq_, at);
+    END IF;
+    RETURN ended;
+END
+$$;
+
+-- Cancels the batches of a request that have not started. A batch that a claim
+-- is starting at this very moment is skipped: it counts as started. Returns
+-- NULL for an unknown request, otherwise how many batches were cancelled.
+CREATE FUNCTION sluice_cancel(id_ UUID, at BIGINT) RETURNS INTEGER
+LANGUAGE plpgsql AS $$
+DECLARE
+    seq_      BIGINT;
+    positions INTEGER[];
+    ended     BOOLEAN := FALSE;
+BEGIN
+    UPDATE ingestions SET cancelled_at = coalesce(cancelled_at, at) WHERE id = id_
+    RETURNING seq INTO seq_;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    WITH cancelled AS (
+        UPDATE batches b SET status = 5, retry_at = NULL, completed_at = at
+        WHERE b.ingestion_seq = seq_ AND b.position IN (
+            SELECT w.position FROM batches w
+            WHERE w.ingestion_seq = seq_ AND w.status IN (0, 3)
+            FOR UPDATE SKIP LOCKED)
+        RETURNING b.position
+    )
+    SELECT coalesce(array_agg(c.position ORDER BY c.position), '{}') INTO positions FROM cancelled c;
+    IF cardinality(positions) = 0 THEN
+        RETURN 0;
+    END IF;
+    ended := sluice_close_batches(seq_, cardinality(positions), at);
+    PERFORM sluice_event(seq_, p, 5, at) FROM unnest(positions) AS p;
+    IF ended THEN
+        PERFORM sluice_ended(seq_, at);
+    END IF;
+    PERFORM pg_notify('sluice_work', '');
+    RETURN cardinality(positions);
+END
+$$;
+
+-- Puts running batches back in the queue, first in their priority: those of
+-- `owner` (a node handing its work back as it stops) or, when `owner` is NULL,
+-- every batch whose lease has run out (its node died). Batches another
+-- transaction holds are left for the next call. Returns how many went back.
+CREATE FUNCTION sluice_requeue(owner UUID) RETURNS INTEGER
+LANGUAGE plpgsql AS $$
+DECLARE
+    db_now    BIGINT := sluice_now_us();
+    seqs      BIGINT[];
+    positions INTEGER[];
+BEGIN
+    WITH back AS (
+        UPDATE batches b
+        SET status = 0, lane = 0, lease_owner = NULL, lease_expires_at = NULL,
+            scheduled_at = NULL, started_at = NULL
+        WHERE (b.ingestion_seq, b.position) IN (
+            SELECT r.ingestion_seq, r.position FROM batches r
+            WHERE r.status = 1
+              AND (r.lease_owner = owner OR (owner IS NULL AND r.lease_expires_at < db_now))
+            FOR UPDATE SKIP LOCKED)
+        RETURNING b.ingestion_seq, b.position
+    )
+    SELECT array_agg(k.ingestion_seq ORDER BY k.ingestion_seq, k.position),
+           array_agg(k.position ORDER BY k.ingestion_seq, k.position)
+    INTO seqs, positions FROM back k;
+    IF seqs IS NULL THEN
+        RETURN 0;
+    END IF;
+    PERFORM sluice_event(s, p, 0, db_now) FROM unnest(seqs, positions) AS t (s, p);
+    PERFORM pg_notify('sluice_work', '');
+    RETURN cardinality(seqs);
 END
 $$;

@@ -589,3 +589,51 @@ async fn a_bad_callback_url_is_rejected() {
     }
     assert_eq!(app.store.stats().await.unwrap().ingestions, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancels_racing_the_dispatcher_always_answer_and_every_request_ends() {
+    // Cancels land while batches of the same requests start and finish: on a
+    // shared database that is where lock-order deadlocks would show, as 503s.
+    let app = spawn_app_with(|c| {
+        c.interval = "0ms".parse().unwrap();
+        c.max_in_flight = std::num::NonZeroUsize::new(4).unwrap();
+        c.mock_latency = "1ms".parse().unwrap();
+    })
+    .await;
+    let ids: Vec<u64> = (1..=30).collect();
+    let mut requests = Vec::new();
+    for _ in 0..40 {
+        requests.push(app.ingest(&ids, "MEDIUM").await);
+    }
+    let cancels = requests.iter().enumerate().map(|(n, id)| {
+        let app = &app;
+        async move {
+            tokio::time::sleep(Duration::from_millis(3 * n as u64)).await;
+            let cancel = app
+                .client
+                .delete(format!("{}/ingestions/{id}", app.address))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(cancel.status(), 200, "{:?}", cancel.text().await);
+            cancel.json::<Value>().await.unwrap()["cancelled_batches"]
+                .as_u64()
+                .unwrap()
+        }
+    });
+    let cancelled = futures_util::future::join_all(cancels).await;
+
+    for (id, cancelled) in requests.iter().zip(cancelled) {
+        let status = wait_until_ended(&app, id).await;
+        let batches = status["batches"].as_array().unwrap();
+        let count = |s: &str| batches.iter().filter(|b| b["status"] == s).count() as u64;
+        assert_eq!(count("cancelled"), cancelled, "{status:#}");
+        assert_eq!(count("completed") + cancelled, 10, "{status:#}");
+        let expected = if cancelled > 0 {
+            "cancelled"
+        } else {
+            "completed"
+        };
+        assert_eq!(status["status"], expected, "{status:#}");
+    }
+}

@@ -32,7 +32,8 @@ use super::{
 use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, Priority, Timestamp};
 use crate::signals::Signals;
 
-/// The channel on which nodes tell each other that a claim may now succeed.
+/// The channel on which nodes tell each other that a claim may now succeed
+/// (the migrations' functions name it too).
 const WAKE_CHANNEL: &str = "sluice_work";
 /// How many batches one INSERT carries when a large request is stored.
 const INSERT_CHUNK: usize = 10_000;
@@ -82,12 +83,7 @@ impl PostgresStore {
 
 /// Puts back in the queue every batch whose lease has run out.
 async fn requeue_expired(pool: &PgPool) -> Result<u64, StoreError> {
-    requeue(
-        pool,
-        "WHERE status = 1 AND lease_expires_at < sluice_now_us()",
-        None,
-    )
-    .await
+    requeue(pool, None).await
 }
 
 #[async_trait]
@@ -149,12 +145,6 @@ impl Store for PostgresStore {
         .await
         .map_err(unavailable)?
         .get(0);
-        sqlx::query("SELECT sluice_event($1, NULL, 0, $2)")
-            .bind(seq)
-            .bind(new.created_at.as_micros())
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
 
         for (chunk_index, chunk) in batches.chunks(INSERT_CHUNK).enumerate() {
             let first = (chunk_index * INSERT_CHUNK) as i32;
@@ -170,6 +160,13 @@ impl Store for PostgresStore {
             .await
             .map_err(unavailable)?;
         }
+        // The event lock last, after every row: see the migration's locking rules.
+        sqlx::query("SELECT sluice_event($1, NULL, 0, $2)")
+            .bind(seq)
+            .bind(new.created_at.as_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
         notify(&mut *tx).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok(Created::New(new.id))
@@ -298,39 +295,21 @@ impl Store for PostgresStore {
             AttemptEnd::RetryAt(when) => (BatchStatus::Retrying.code(), Some(when.as_micros())),
         };
         // Only the lease holder records an attempt: a node whose lease ran out
-        // while it worked must not overwrite the run that rescued its batch. A
-        // retry of a cancelled request is cancelled instead.
-        let row = sqlx::query(
-            "WITH target AS (
-                 SELECT CASE WHEN $1 = 3 AND i.cancelled_at IS NOT NULL THEN 5 ELSE $1 END AS status
-                 FROM ingestions i WHERE i.seq = $4
-             ), done AS (
-                 UPDATE batches b
-                 SET status = t.status,
-                     retry_at = CASE WHEN t.status = 3 THEN $2 END,
-                     completed_at = CASE WHEN t.status IN (2, 4, 5) THEN $6 END,
-                     results = $3, lease_owner = NULL, lease_expires_at = NULL
-                 FROM target t
-                 WHERE b.ingestion_seq = $4 AND b.position = $5 AND b.status = 1 AND b.lease_owner = $7
-                 RETURNING b.status
-             )
-             SELECT status, pg_notify($8, ''),
-                    CASE WHEN status IN (2, 4, 5) THEN sluice_batch_ended($4, $5, status, $6) ELSE FALSE END
-             FROM done",
-        )
-        .bind(code as i16)
-        .bind(retry_at)
-        .bind(Json(&outcomes))
-        .bind(batch.ingestion_seq)
-        .bind(batch.position as i32)
-        .bind(at.as_micros())
-        .bind(self.node)
-        .bind(WAKE_CHANNEL)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        match row {
-            Some(row) => Ok(row.get::<bool, _>(2)),
+        // while it worked must not overwrite the run that rescued its batch.
+        let ended: Option<bool> = sqlx::query("SELECT sluice_finish($1, $2, $3, $4, $5, $6, $7)")
+            .bind(self.node)
+            .bind(batch.ingestion_seq)
+            .bind(batch.position as i32)
+            .bind(code as i32)
+            .bind(retry_at)
+            .bind(Json(&outcomes))
+            .bind(at.as_micros())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        match ended {
+            Some(ended) => Ok(ended),
             None => {
                 tracing::warn!(
                     ?batch,
@@ -346,46 +325,14 @@ impl Store for PostgresStore {
         id: IngestionId,
         at: Timestamp,
     ) -> Result<Option<u64>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let Some(seq) = sqlx::query(
-            "UPDATE ingestions SET cancelled_at = coalesce(cancelled_at, $2) WHERE id = $1 RETURNING seq",
-        )
-        .bind(uuid(id))
-        .bind(at.as_micros())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        .map(|row| row.get::<i64, _>(0)) else {
-            return Ok(None);
-        };
-        let cancelled: i64 = sqlx::query(
-            "WITH cancelled AS (
-                 UPDATE batches SET status = 5, retry_at = NULL, completed_at = $2
-                 WHERE ingestion_seq = $1 AND status IN (0, 3)
-                 RETURNING position
-             ), announced AS (
-                 SELECT sluice_event($1, position, 5, $2) FROM cancelled
-             )
-             SELECT count(*) FROM announced",
-        )
-        .bind(seq)
-        .bind(at.as_micros())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        .get(0);
-        let cancelled = cancelled as u64;
-        if cancelled > 0 {
-            sqlx::query("SELECT sluice_close_batches($1, $2, $3)")
-                .bind(seq)
-                .bind(cancelled as i32)
-                .bind(at.as_micros())
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        }
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Some(cancelled))
+        let cancelled: Option<i32> = sqlx::query("SELECT sluice_cancel($1, $2)")
+            .bind(uuid(id))
+            .bind(at.as_micros())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        Ok(cancelled.map(|n| n as u64))
     }
 
     async fn batch_outcomes(
@@ -435,12 +382,7 @@ impl Store for PostgresStore {
     }
 
     async fn release_unfinished(&self, _at: Timestamp) -> Result<u64, StoreError> {
-        requeue(
-            &self.pool,
-            "WHERE status = 1 AND lease_owner = $1",
-            Some(self.node),
-        )
-        .await
+        requeue(&self.pool, Some(self.node)).await
     }
 
     async fn events_after(
@@ -672,26 +614,15 @@ impl Store for PostgresStore {
     }
 }
 
-/// Puts `triggered` batches matching `filter` back in the queue, first in their
-/// priority, and wakes every node if there were any.
-async fn requeue(pool: &PgPool, filter: &str, node: Option<Uuid>) -> Result<u64, StoreError> {
-    let sql = format!(
-        "WITH back AS (
-             UPDATE batches
-             SET status = 0, lane = 0, lease_owner = NULL, lease_expires_at = NULL,
-                 scheduled_at = NULL, started_at = NULL
-             {filter}
-             RETURNING ingestion_seq, position
-         ), announced AS (
-             SELECT sluice_event(ingestion_seq, position, 0, sluice_now_us()) FROM back
-         ), counted AS (SELECT count(*) AS n FROM announced)
-         SELECT n, CASE WHEN n > 0 THEN pg_notify('{WAKE_CHANNEL}', '') END FROM counted"
-    );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    if let Some(node) = node {
-        query = query.bind(node);
-    }
-    let n: i64 = query.fetch_one(pool).await.map_err(unavailable)?.get(0);
+/// Puts running batches back in the queue: those of `owner`, or with `None`
+/// every batch whose lease has run out. Wakes every node if there were any.
+async fn requeue(pool: &PgPool, owner: Option<Uuid>) -> Result<u64, StoreError> {
+    let n: i32 = sqlx::query("SELECT sluice_requeue($1)")
+        .bind(owner)
+        .fetch_one(pool)
+        .await
+        .map_err(unavailable)?
+        .get(0);
     Ok(n as u64)
 }
 
