@@ -118,6 +118,11 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     dispatch_in_flight: usize,
 
+    /// Nodes draining the unthrottled backlog together, each a `sluice serve`
+    /// on the same database (PostgreSQL only when more than 1).
+    #[arg(long, default_value_t = 1)]
+    dispatch_nodes: usize,
+
     /// Batch starts in the rate scenario [default: 1000; 300 with --quick].
     #[arg(long)]
     rate_batches: Option<usize>,
@@ -259,6 +264,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             .unwrap_or(if quick { 30_000 } else { 100_000 })
             .max(1),
         dispatch_in_flight: args.dispatch_in_flight.max(1),
+        dispatch_nodes: args.dispatch_nodes.max(1),
         rate_batches: args
             .rate_batches
             .unwrap_or(if quick { 300 } else { 1_000 })

@@ -38,6 +38,7 @@ pub struct Settings {
     pub big_repeats: usize,
     pub dispatch_batches: usize,
     pub dispatch_in_flight: usize,
+    pub dispatch_nodes: usize,
     pub rate_batches: usize,
     pub rate_interval: Duration,
     /// Before each measurement, wait up to this long for the rest of the
@@ -415,11 +416,16 @@ impl Bench {
     pub async fn dispatch(&mut self) -> anyhow::Result<()> {
         let batches = self.settings.dispatch_batches;
         let in_flight = self.settings.dispatch_in_flight.to_string();
+        let nodes = self.settings.dispatch_nodes;
         println!(
-            "\n== e. Unthrottled dispatch: {} batches of {BATCH_SIZE}, --interval 0 --mock-latency 0ms --max-in-flight {in_flight} ==",
+            "\n== e. Unthrottled dispatch: {} batches of {BATCH_SIZE}, --interval 0 --mock-latency 0ms --max-in-flight {in_flight}, {nodes} node(s) ==",
             thousands(batches as u64)
         );
         let db = self.database.create("dispatch")?;
+        ensure!(
+            nodes == 1 || db.url().starts_with("postgres"),
+            "several nodes share a PostgreSQL database only"
+        );
         // Queue the backlog with the dispatcher held back, then restart the
         // service unthrottled on the same database: the figure is the
         // dispatcher's alone, not shared with ingestion.
@@ -455,23 +461,27 @@ impl Bench {
 
         self.settle().await;
         let restart = SystemTime::now();
-        let mut server = self.start_server(
-            &db,
-            "dispatch",
-            &[
-                "--interval",
-                "0",
-                "--mock-latency",
-                "0ms",
-                "--max-in-flight",
-                &in_flight,
-            ],
-        )?;
-        let (cpu0, machine0) = (server.cpu_time(), machine_busy_time());
+        let mut servers = Vec::new();
+        for node in 0..nodes {
+            servers.push(self.start_server(
+                &db,
+                &format!("dispatch-{node}"),
+                &[
+                    "--interval",
+                    "0",
+                    "--mock-latency",
+                    "0ms",
+                    "--max-in-flight",
+                    &in_flight,
+                ],
+            )?);
+        }
+        let cpu_of = |servers: &[Server]| servers.iter().map(Server::cpu_time).sum::<Duration>();
+        let (cpu0, machine0) = (cpu_of(&servers), machine_busy_time());
         let ready = Instant::now();
         let deadline =
             ready + Duration::from_secs(300).max(Duration::from_millis(5 * batches as u64));
-        let mut conn = Connection::open(server.addr()).await?;
+        let mut conn = Connection::open(servers[0].addr()).await?;
         loop {
             let status = conn.status(&sentinel).await?;
             if status.status == "completed" {
@@ -483,11 +493,13 @@ impl Bench {
                     deadline - ready
                 );
             }
-            server.check_alive()?;
+            for server in &mut servers {
+                server.check_alive()?;
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let wall = ready.elapsed();
-        let cpu = server.cpu_time().saturating_sub(cpu0);
+        let cpu = cpu_of(&servers).saturating_sub(cpu0);
         let machine = machine_busy_time().saturating_sub(machine0);
         let mut all = Vec::new();
         for id in &requests {
@@ -499,7 +511,9 @@ impl Bench {
             );
             all.extend(status.batches);
         }
-        server.stop()?;
+        for server in servers {
+            server.stop()?;
+        }
 
         let restart_micros = micros_since_epoch(restart);
         let mut starts = Vec::new();
@@ -540,7 +554,11 @@ impl Bench {
             secs(wall)
         );
         self.summary.add(
-            "unthrottled dispatch",
+            if nodes == 1 {
+                "unthrottled dispatch".to_string()
+            } else {
+                format!("unthrottled dispatch, {nodes} nodes")
+            },
             format!("{} batches/s", thousands(rate as u64)),
             format!("≥ {} batches/s", thousands(TARGET_DISPATCH as u64)),
             Some(rate >= TARGET_DISPATCH),

@@ -101,7 +101,10 @@ CREATE TABLE rate_limiter (
 );
 INSERT INTO rate_limiter (id, last_slot) VALUES (1, NULL);
 
--- Claims the next batch in one round trip and one transaction.
+-- Claims the next batches in one round trip and one transaction: up to
+-- `max_batches`, each checked against the rate and in-flight limits as if it
+-- were claimed alone, stopping at the first that may not start now (so several
+-- only when there is no interval to wait).
 --
 -- The node passes its own clock (`local_now`) so that the answer's time
 -- (`not_before`) can be given back in the node's clock, while every decision is
@@ -116,7 +119,8 @@ CREATE FUNCTION sluice_claim(
     rate_interval BIGINT,
     late_tolerance BIGINT,
     max_in_flight INTEGER,
-    lease BIGINT
+    lease BIGINT,
+    max_batches INTEGER
 ) RETURNS TABLE (
     outcome TEXT,
     not_before BIGINT,
@@ -133,68 +137,89 @@ LANGUAGE plpgsql AS $$
 DECLARE
     db_now     BIGINT := sluice_now_us();
     skew       BIGINT := db_now - local_now;
-    -- GREATEST ignores NULL: a node that waited for its slot passes no ready_at.
-    v_slot     BIGINT := GREATEST(ready_at + skew, db_now - late_tolerance);
+    v_slot     BIGINT;
     v_last     BIGINT;
     v_next     BIGINT;
     next_retry BIGINT;
     running    INTEGER;
+    claimed    INTEGER := 0;
     chosen     RECORD;
-    first_start BOOLEAN;
+    -- The events of the claims, written after the loop: the event lock last.
+    ev_seqs    BIGINT[] := '{}';
+    ev_pos     INTEGER[] := '{}';
 BEGIN
     SELECT r.last_slot INTO v_last FROM rate_limiter r WHERE r.id = 1 FOR UPDATE;
-    IF v_last IS NOT NULL THEN
-        v_next := v_last + rate_interval;
-        IF db_now < v_next THEN
-            RETURN QUERY SELECT 'not_before'::TEXT, v_next - skew, NULL::BIGINT, NULL::INTEGER,
-                NULL::SMALLINT, NULL::BYTEA, NULL::INTEGER, NULL::UUID, NULL::BIGINT, NULL::JSONB;
-            RETURN;
-        END IF;
-        v_slot := GREATEST(v_slot, v_next);
-    END IF;
-    v_slot := LEAST(v_slot, db_now);
-
     SELECT count(*) INTO running FROM batches b WHERE b.status = 1;
-    IF running >= max_in_flight THEN
-        RETURN QUERY SELECT 'busy'::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::INTEGER,
-            NULL::SMALLINT, NULL::BYTEA, NULL::INTEGER, NULL::UUID, NULL::BIGINT, NULL::JSONB;
-        RETURN;
-    END IF;
+    LOOP
+        -- GREATEST ignores NULL: a node that waited for its slot passes no ready_at.
+        v_slot := GREATEST(ready_at + skew, db_now - late_tolerance);
+        IF v_last IS NOT NULL THEN
+            v_next := v_last + rate_interval;
+            IF db_now < v_next THEN
+                IF claimed = 0 THEN
+                    RETURN QUERY SELECT 'not_before'::TEXT, v_next - skew, NULL::BIGINT,
+                        NULL::INTEGER, NULL::SMALLINT, NULL::BYTEA, NULL::INTEGER, NULL::UUID,
+                        NULL::BIGINT, NULL::JSONB;
+                END IF;
+                EXIT;
+            END IF;
+            v_slot := GREATEST(v_slot, v_next);
+        END IF;
+        v_slot := LEAST(v_slot, db_now);
 
-    SELECT b.ingestion_seq, b.position, b.status INTO chosen
-    FROM batches b
-    WHERE b.status IN (0, 3) AND (b.retry_at IS NULL OR b.retry_at <= db_now)
-    ORDER BY b.priority, b.lane, b.ingestion_seq, b.position
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED;
-    IF NOT FOUND THEN
-        SELECT min(b.retry_at) INTO next_retry FROM batches b WHERE b.status = 3;
-        RETURN QUERY SELECT CASE WHEN next_retry IS NULL THEN 'idle' ELSE 'not_before' END,
-            next_retry - skew, NULL::BIGINT, NULL::INTEGER,
-            NULL::SMALLINT, NULL::BYTEA, NULL::INTEGER, NULL::UUID, NULL::BIGINT, NULL::JSONB;
-        RETURN;
-    END IF;
+        IF running >= max_in_flight THEN
+            IF claimed = 0 THEN
+                RETURN QUERY SELECT 'busy'::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::INTEGER,
+                    NULL::SMALLINT, NULL::BYTEA, NULL::INTEGER, NULL::UUID, NULL::BIGINT, NULL::JSONB;
+            END IF;
+            EXIT;
+        END IF;
 
-    UPDATE rate_limiter SET last_slot = v_slot WHERE rate_limiter.id = 1;
-    UPDATE batches b
-    SET status = 1, lane = 1, attempts = b.attempts + 1, retry_at = NULL, scheduled_at = v_slot,
-        started_at = db_now, lease_owner = node, lease_expires_at = db_now + lease
-    WHERE b.ingestion_seq = chosen.ingestion_seq AND b.position = chosen.position;
-    UPDATE ingestions i SET started = TRUE WHERE i.seq = chosen.ingestion_seq AND NOT i.started;
-    first_start := FOUND;
-    -- Between attempts a batch already reads `triggered`: no change to announce.
-    IF chosen.status <> 3 THEN
-        PERFORM sluice_event(chosen.ingestion_seq, chosen.position, 1, db_now);
-    END IF;
-    IF first_start THEN
-        PERFORM sluice_event(chosen.ingestion_seq, NULL, 1, db_now);
-    END IF;
+        SELECT b.ingestion_seq, b.position, b.status INTO chosen
+        FROM batches b
+        WHERE b.status IN (0, 3) AND (b.retry_at IS NULL OR b.retry_at <= db_now)
+        ORDER BY b.priority, b.lane, b.ingestion_seq, b.position
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            IF claimed = 0 THEN
+                SELECT min(b.retry_at) INTO next_retry FROM batches b WHERE b.status = 3;
+                RETURN QUERY SELECT CASE WHEN next_retry IS NULL THEN 'idle' ELSE 'not_before' END,
+                    next_retry - skew, NULL::BIGINT, NULL::INTEGER,
+                    NULL::SMALLINT, NULL::BYTEA, NULL::INTEGER, NULL::UUID, NULL::BIGINT, NULL::JSONB;
+            END IF;
+            EXIT;
+        END IF;
 
-    RETURN QUERY
-    SELECT 'started'::TEXT, NULL::BIGINT, b.ingestion_seq, b.position, b.priority, b.ids,
-        b.attempts, i.id, v_slot, b.results
-    FROM batches b JOIN ingestions i ON i.seq = b.ingestion_seq
-    WHERE b.ingestion_seq = chosen.ingestion_seq AND b.position = chosen.position;
+        UPDATE rate_limiter SET last_slot = v_slot WHERE rate_limiter.id = 1;
+        v_last := v_slot;
+        UPDATE batches b
+        SET status = 1, lane = 1, attempts = b.attempts + 1, retry_at = NULL, scheduled_at = v_slot,
+            started_at = db_now, lease_owner = node, lease_expires_at = db_now + lease
+        WHERE b.ingestion_seq = chosen.ingestion_seq AND b.position = chosen.position;
+        -- Between attempts a batch already reads `triggered`: no change to announce.
+        IF chosen.status <> 3 THEN
+            ev_seqs := ev_seqs || chosen.ingestion_seq;
+            ev_pos := ev_pos || chosen.position;
+        END IF;
+        UPDATE ingestions i SET started = TRUE WHERE i.seq = chosen.ingestion_seq AND NOT i.started;
+        IF FOUND THEN
+            ev_seqs := ev_seqs || chosen.ingestion_seq;
+            ev_pos := ev_pos || NULL::INTEGER;
+        END IF;
+
+        RETURN QUERY
+        SELECT 'started'::TEXT, NULL::BIGINT, b.ingestion_seq, b.position, b.priority, b.ids,
+            b.attempts, i.id, v_slot, b.results
+        FROM batches b JOIN ingestions i ON i.seq = b.ingestion_seq
+        WHERE b.ingestion_seq = chosen.ingestion_seq AND b.position = chosen.position;
+        claimed := claimed + 1;
+        running := running + 1;
+        EXIT WHEN claimed >= max_batches;
+    END LOOP;
+    FOR n IN 1 .. coalesce(array_length(ev_seqs, 1), 0) LOOP
+        PERFORM sluice_event(ev_seqs[n], ev_pos[n], 1, db_now);
+    END LOOP;
 END
 $$;
 
@@ -279,6 +304,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     seq_      BIGINT;
     positions INTEGER[];
+    p         INTEGER;
     ended     BOOLEAN := FALSE;
 BEGIN
     UPDATE ingestions SET cancelled_at = coalesce(cancelled_at, at) WHERE id = id_
@@ -299,7 +325,9 @@ BEGIN
         RETURN 0;
     END IF;
     ended := sluice_close_batches(seq_, cardinality(positions), at);
-    PERFORM sluice_event(seq_, p, 5, at) FROM unnest(positions) AS p;
+    FOREACH p IN ARRAY positions LOOP
+        PERFORM sluice_event(seq_, p, 5, at);
+    END LOOP;
     IF ended THEN
         PERFORM sluice_ended(seq_, at);
     END IF;
@@ -336,7 +364,9 @@ BEGIN
     IF seqs IS NULL THEN
         RETURN 0;
     END IF;
-    PERFORM sluice_event(s, p, 0, db_now) FROM unnest(seqs, positions) AS t (s, p);
+    FOR n IN 1 .. cardinality(seqs) LOOP
+        PERFORM sluice_event(seqs[n], positions[n], 0, db_now);
+    END LOOP;
     PERFORM pg_notify('sluice_work', '');
     RETURN cardinality(seqs);
 END

@@ -34,6 +34,8 @@ use crate::upstream::SharedFetcher;
 
 /// How long to wait before asking a failing store again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
+/// The most batches one claim starts: bounds the claim's transaction.
+const MAX_CLAIM: usize = 128;
 
 #[derive(Debug, Clone, Copy)]
 pub struct DispatchSettings {
@@ -82,44 +84,67 @@ impl Dispatcher {
     /// back to the queue, to be processed again.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut processing = JoinSet::new();
-        while let Some(batch) = self.next_batch(&shutdown).await {
+        loop {
             while processing.try_join_next().is_some() {}
+            let Some(batches) = self.next_batches(processing.len(), &shutdown).await else {
+                break;
+            };
             self.signals.events_stored();
-            self.metrics.batches_started.inc();
-            Metrics::observe(
-                &self.metrics.dispatch_lag,
-                self.clock.now().since(batch.slot),
-            );
-            let (store, fetcher, signals, metrics) = (
-                Arc::clone(&self.store),
-                Arc::clone(&self.fetcher),
-                self.signals.clone(),
-                Arc::clone(&self.metrics),
-            );
-            let (clock, retry) = (self.clock, self.settings.retry);
-            processing.spawn(async move {
-                let request_ended = processing::process(
-                    store.as_ref(),
-                    fetcher.as_ref(),
-                    clock,
-                    retry,
-                    &metrics,
-                    batch,
-                )
-                .await;
-                signals.events_stored();
-                // A processing slot is free: the next claim may succeed now.
-                signals.work_available();
-                if request_ended {
-                    signals.request_ended();
-                }
-            });
+            for batch in batches {
+                self.start(batch, &mut processing);
+            }
         }
         self.drain(processing).await;
     }
 
-    /// Waits until the store starts a batch; `None` once shutdown begins.
-    async fn next_batch(&self, shutdown: &CancellationToken) -> Option<ClaimedBatch> {
+    /// Processes a started batch in its own task.
+    fn start(&self, batch: ClaimedBatch, processing: &mut JoinSet<()>) {
+        self.metrics.batches_started.inc();
+        Metrics::observe(
+            &self.metrics.dispatch_lag,
+            self.clock.now().since(batch.slot),
+        );
+        let (store, fetcher, signals, metrics) = (
+            Arc::clone(&self.store),
+            Arc::clone(&self.fetcher),
+            self.signals.clone(),
+            Arc::clone(&self.metrics),
+        );
+        let (clock, retry) = (self.clock, self.settings.retry);
+        processing.spawn(async move {
+            let request_ended = processing::process(
+                store.as_ref(),
+                fetcher.as_ref(),
+                clock,
+                retry,
+                &metrics,
+                batch,
+            )
+            .await;
+            signals.events_stored();
+            // A processing slot is free: the next claim may succeed now.
+            signals.work_available();
+            if request_ended {
+                signals.request_ended();
+            }
+        });
+    }
+
+    /// Waits until the store starts one or more batches; `None` once shutdown
+    /// begins. `running_here` batches of this process are processing.
+    async fn next_batches(
+        &self,
+        running_here: usize,
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<ClaimedBatch>> {
+        // Ask for every free processing slot at once: without an interval the
+        // store starts them all in one commit.
+        let free = self
+            .settings
+            .max_in_flight
+            .get()
+            .saturating_sub(running_here);
+        let batches = NonZeroUsize::new(free.min(MAX_CLAIM)).unwrap_or(NonZeroUsize::MIN);
         let mut ready_since = Some(self.clock.now());
         loop {
             let request = ClaimRequest {
@@ -127,9 +152,10 @@ impl Dispatcher {
                 now: self.clock.now(),
                 interval: self.settings.interval,
                 max_in_flight: self.settings.max_in_flight,
+                batches,
             };
-            let wait = match self.store.claim_next_batch(request).await {
-                Ok(ClaimOutcome::Started(batch)) => return Some(batch),
+            let wait = match self.store.claim_batches(request).await {
+                Ok(ClaimOutcome::Started(batches)) => return Some(batches),
                 Ok(ClaimOutcome::NotBefore(at)) => {
                     // We wait on the store's word, ready for the slot it named.
                     ready_since = None;

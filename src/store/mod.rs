@@ -161,6 +161,11 @@ pub struct ClaimRequest {
     pub interval: Interval,
     /// How many batches may be `triggered` at once, across the whole service.
     pub max_in_flight: NonZeroUsize,
+    /// At most this many starts in one claim. The store takes several in one
+    /// commit only when the rate allows them all now (no interval): that is
+    /// what makes an unthrottled dispatcher cost one commit per group rather
+    /// than one per batch.
+    pub batches: NonZeroUsize,
 }
 
 impl ClaimRequest {
@@ -192,8 +197,9 @@ impl ClaimRequest {
 /// The answer to a [`ClaimRequest`].
 #[derive(Debug, Clone)]
 pub enum ClaimOutcome {
-    /// The batch is now `triggered`, and the start is committed.
-    Started(ClaimedBatch),
+    /// These batches (one or more, in dispatch order) are now `triggered`, and
+    /// their starts are committed.
+    Started(Vec<ClaimedBatch>),
     /// No start before this time: the rate limit, or the earliest retry.
     NotBefore(Timestamp),
     /// `max_in_flight` batches are processing; wait for one to complete.
@@ -294,9 +300,9 @@ pub trait Store: Send + Sync + 'static {
     /// A request and its batches, in order; `None` if unknown.
     async fn ingestion(&self, id: IngestionId) -> Result<Option<IngestionRecord>, StoreError>;
 
-    /// Starts the next batch in dispatch order if the rate limit and the
-    /// in-flight limit allow it.
-    async fn claim_next_batch(&self, request: ClaimRequest) -> Result<ClaimOutcome, StoreError>;
+    /// Starts the next batches in dispatch order, as many as the rate limit,
+    /// the in-flight limit and `request.batches` allow, in one commit.
+    async fn claim_batches(&self, request: ClaimRequest) -> Result<ClaimOutcome, StoreError>;
 
     /// Records an attempt's outcomes (all the batch's outcomes so far) and where
     /// the batch goes next. Returns whether this ended the whole request.

@@ -40,8 +40,18 @@ async fn reference_timeline() {
 #[tokio::test]
 async fn priority_then_arrival_then_position() {
     let app = spawn_app_with(|c| c.interval = "200ms".parse().unwrap()).await;
-    // Starts at once and holds the first slot while the rest queue up.
+    // Starts at once and holds the first slot while the rest queue up. The
+    // rest are sent once it has started: until then a claim racing the next
+    // commit could rightly pick a more urgent batch first.
     let blocker = app.ingest(&[1], "LOW").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while app.status(&blocker).await["batches"][0]["started_at"].is_null() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the blocker never started"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let requests = [
         (vec![10, 11, 12, 13], "LOW"),
         (vec![20], "MEDIUM"),

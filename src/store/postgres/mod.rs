@@ -240,8 +240,8 @@ impl Store for PostgresStore {
         }))
     }
 
-    async fn claim_next_batch(&self, request: ClaimRequest) -> Result<ClaimOutcome, StoreError> {
-        let row = sqlx::query("SELECT * FROM sluice_claim($1, $2, $3, $4, $5, $6, $7)")
+    async fn claim_batches(&self, request: ClaimRequest) -> Result<ClaimOutcome, StoreError> {
+        let rows = sqlx::query("SELECT * FROM sluice_claim($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(self.node)
             .bind(request.ready_since.map(Timestamp::as_micros))
             .bind(request.now.as_micros())
@@ -249,35 +249,24 @@ impl Store for PostgresStore {
             .bind(request.interval.late_tolerance_micros())
             .bind(i32::try_from(request.max_in_flight.get()).unwrap_or(i32::MAX))
             .bind(micros(self.leases.lease))
-            .fetch_one(&self.pool)
+            .bind(i32::try_from(request.batches.get()).unwrap_or(i32::MAX))
+            .fetch_all(&self.pool)
             .await
             .map_err(unavailable)?;
-        let outcome: &str = row.get("outcome");
-        Ok(match outcome {
-            "not_before" => ClaimOutcome::NotBefore(Timestamp::from_micros(row.get("not_before"))),
+        let Some(first) = rows.first() else {
+            return Err(StoreError::Corrupt("a claim without an outcome".into()));
+        };
+        Ok(match first.get::<&str, _>("outcome") {
+            "not_before" => {
+                ClaimOutcome::NotBefore(Timestamp::from_micros(first.get("not_before")))
+            }
             "busy" => ClaimOutcome::Busy,
             "idle" => ClaimOutcome::Idle,
-            "started" => {
-                let ingestion_seq: i64 = row.get("ingestion_seq");
-                let position = row.get::<i32, _>("batch_position") as u32;
-                let ingestion: Uuid = row.get("ingestion_id");
-                let outcomes: Option<Json<Vec<IdOutcome>>> = row.get("results");
-                ClaimOutcome::Started(ClaimedBatch {
-                    key: BatchKey {
-                        ingestion_seq,
-                        position,
-                    },
-                    id: BatchId {
-                        ingestion: IngestionId::from_bytes(ingestion.into_bytes()),
-                        position,
-                    },
-                    priority: priority(row.get("priority"))?,
-                    ids: decode_ids(row.get("ids"))?,
-                    attempt: row.get::<i32, _>("attempts") as u32,
-                    slot: Timestamp::from_micros(row.get("slot")),
-                    outcomes: outcomes.map(|json| json.0).unwrap_or_default(),
-                })
-            }
+            "started" => ClaimOutcome::Started(
+                rows.iter()
+                    .map(claimed_batch)
+                    .collect::<Result<_, StoreError>>()?,
+            ),
             other => return Err(StoreError::Corrupt(format!("claim outcome {other:?}"))),
         })
     }
@@ -612,6 +601,35 @@ impl Store for PostgresStore {
             shutdown,
         ));
     }
+}
+
+/// A `started` row of `sluice_claim`.
+fn claimed_batch(row: &sqlx::postgres::PgRow) -> Result<ClaimedBatch, StoreError> {
+    let outcome: &str = row.get("outcome");
+    if outcome != "started" {
+        return Err(StoreError::Corrupt(format!(
+            "claim outcome {outcome:?} after a start"
+        )));
+    }
+    let ingestion_seq: i64 = row.get("ingestion_seq");
+    let position = row.get::<i32, _>("batch_position") as u32;
+    let ingestion: Uuid = row.get("ingestion_id");
+    let outcomes: Option<Json<Vec<IdOutcome>>> = row.get("results");
+    Ok(ClaimedBatch {
+        key: BatchKey {
+            ingestion_seq,
+            position,
+        },
+        id: BatchId {
+            ingestion: IngestionId::from_bytes(ingestion.into_bytes()),
+            position,
+        },
+        priority: priority(row.get("priority"))?,
+        ids: decode_ids(row.get("ids"))?,
+        attempt: row.get::<i32, _>("attempts") as u32,
+        slot: Timestamp::from_micros(row.get("slot")),
+        outcomes: outcomes.map(|json| json.0).unwrap_or_default(),
+    })
 }
 
 /// Puts running batches back in the queue: those of `owner`, or with `None`

@@ -118,8 +118,8 @@ impl Store for SqliteStore {
         self.read(move |conn| reads::ingestion(conn, id)).await
     }
 
-    async fn claim_next_batch(&self, request: ClaimRequest) -> Result<ClaimOutcome, StoreError> {
-        self.write(move |conn| writes::claim_next_batch(conn, request))
+    async fn claim_batches(&self, request: ClaimRequest) -> Result<ClaimOutcome, StoreError> {
+        self.write(move |conn| writes::claim_batches(conn, request))
             .await
     }
 

@@ -4,7 +4,7 @@ use std::num::NonZeroUsize;
 
 use super::SqliteStore;
 use crate::domain::{BatchSize, IngestionId, Interval, ItemId, Priority, Timestamp};
-use crate::store::{AttemptEnd, ClaimOutcome, ClaimRequest, NewIngestion, Store};
+use crate::store::{AttemptEnd, ClaimOutcome, ClaimRequest, ClaimedBatch, NewIngestion, Store};
 
 const SECOND: i64 = 1_000_000;
 
@@ -30,6 +30,15 @@ fn claim(now: i64, interval_secs: u64, max_in_flight: usize) -> ClaimRequest {
         now: at(now),
         interval: Interval::from_duration(std::time::Duration::from_secs(interval_secs)),
         max_in_flight: NonZeroUsize::new(max_in_flight).unwrap(),
+        batches: NonZeroUsize::MIN,
+    }
+}
+
+/// The one batch a claim of one started.
+fn started(outcome: ClaimOutcome) -> ClaimedBatch {
+    match outcome {
+        ClaimOutcome::Started(mut batches) if batches.len() == 1 => batches.remove(0),
+        other => panic!("expected one start, got {other:?}"),
     }
 }
 
@@ -62,11 +71,7 @@ async fn claims_follow_priority_then_arrival_then_position() {
 
     let mut order = Vec::new();
     for n in 0..6 {
-        let ClaimOutcome::Started(batch) =
-            store.claim_next_batch(claim(10 + n, 0, 100)).await.unwrap()
-        else {
-            panic!("claim {n} started nothing");
-        };
+        let batch = started(store.claim_batches(claim(10 + n, 0, 100)).await.unwrap());
         order.push(batch.ids.iter().map(|i| i.get()).collect::<Vec<_>>());
     }
     assert_eq!(
@@ -74,7 +79,7 @@ async fn claims_follow_priority_then_arrival_then_position() {
         [vec![4, 5], vec![6], vec![7], vec![8], vec![1, 2], vec![3]]
     );
     assert!(matches!(
-        store.claim_next_batch(claim(20, 0, 100)).await.unwrap(),
+        store.claim_batches(claim(20, 0, 100)).await.unwrap(),
         ClaimOutcome::Idle
     ));
 }
@@ -87,18 +92,17 @@ async fn the_rate_and_the_in_flight_limit_are_taken_in_the_claim() {
         .await
         .unwrap();
 
-    let ClaimOutcome::Started(first) = store.claim_next_batch(claim(0, 5, 1)).await.unwrap() else {
-        panic!("an idle store starts at once");
-    };
+    // An idle store starts at once.
+    let first = started(store.claim_batches(claim(0, 5, 1)).await.unwrap());
     assert_eq!(first.slot, at(0));
     // Within the interval: not before the next slot.
-    match store.claim_next_batch(claim(3, 5, 1)).await.unwrap() {
+    match store.claim_batches(claim(3, 5, 1)).await.unwrap() {
         ClaimOutcome::NotBefore(t) => assert_eq!(t, at(5)),
         other => panic!("{other:?}"),
     }
     // At the slot, but the one processing slot is taken.
     assert!(matches!(
-        store.claim_next_batch(claim(5, 5, 1)).await.unwrap(),
+        store.claim_batches(claim(5, 5, 1)).await.unwrap(),
         ClaimOutcome::Busy
     ));
     store
@@ -110,12 +114,54 @@ async fn the_rate_and_the_in_flight_limit_are_taken_in_the_claim() {
     let mut late = claim(5, 5, 1);
     late.ready_since = None;
     late.now = late.now.saturating_add_micros(1_000);
-    let ClaimOutcome::Started(second) = store.claim_next_batch(late).await.unwrap() else {
-        panic!("the slot is free");
-    };
+    let second = started(store.claim_batches(late).await.unwrap());
     assert_eq!(
         second.slot,
         at(5),
         "no drift from a late wake-up within tolerance"
+    );
+}
+
+#[tokio::test]
+async fn one_claim_starts_many_only_when_no_interval_separates_them() {
+    let (_dir, store) = open().await;
+    store
+        .create_ingestion(request(Priority::Medium, &(1..=14).collect::<Vec<_>>(), 0))
+        .await
+        .unwrap();
+
+    // With an interval, asking for many starts one.
+    let mut spaced = claim(0, 5, 10);
+    spaced.batches = NonZeroUsize::new(10).unwrap();
+    let first = started(store.claim_batches(spaced).await.unwrap());
+    assert_eq!(first.id.position, 0);
+
+    // Without one, as many as asked and as the in-flight limit allows (4 of
+    // the 5 processing slots are free), in order, each on the same slot.
+    let mut unthrottled = claim(10, 0, 5);
+    unthrottled.batches = NonZeroUsize::new(10).unwrap();
+    let ClaimOutcome::Started(batches) = store.claim_batches(unthrottled).await.unwrap() else {
+        panic!("four slots are free");
+    };
+    let positions: Vec<u32> = batches.iter().map(|b| b.id.position).collect();
+    assert_eq!(positions, [1, 2, 3, 4]);
+    assert!(batches.iter().all(|b| b.slot == at(10)));
+    assert!(matches!(
+        store.claim_batches(unthrottled).await.unwrap(),
+        ClaimOutcome::Busy
+    ));
+
+    // Fewer asked than free: that many.
+    for batch in batches.iter().take(2) {
+        store
+            .finish_attempt(batch.key, Vec::new(), AttemptEnd::Completed, at(11))
+            .await
+            .unwrap();
+    }
+    let mut one = claim(12, 0, 5);
+    one.batches = NonZeroUsize::MIN;
+    assert_eq!(
+        started(store.claim_batches(one).await.unwrap()).id.position,
+        5
     );
 }

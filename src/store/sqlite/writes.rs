@@ -87,24 +87,41 @@ pub fn create_ingestion(conn: &Connection, new: &NewIngestion) -> Result<Created
     Ok(Created::New(new.id))
 }
 
-pub fn claim_next_batch(
-    conn: &Connection,
-    request: ClaimRequest,
-) -> Result<ClaimOutcome, StoreError> {
+/// Claims up to `request.batches` batches, one after the other in the same
+/// transaction, each checked against the rate and in-flight limits as if it
+/// were claimed alone; stops at the first that may not start now.
+pub fn claim_batches(conn: &Connection, request: ClaimRequest) -> Result<ClaimOutcome, StoreError> {
+    let mut started = Vec::new();
+    while started.len() < request.batches.get() {
+        match claim_one(conn, &request)? {
+            Claim::Started(batch) => started.push(batch),
+            Claim::Not(outcome) if started.is_empty() => return Ok(outcome),
+            Claim::Not(_) => break,
+        }
+    }
+    Ok(ClaimOutcome::Started(started))
+}
+
+enum Claim {
+    Started(ClaimedBatch),
+    Not(ClaimOutcome),
+}
+
+fn claim_one(conn: &Connection, request: &ClaimRequest) -> Result<Claim, StoreError> {
     let last_slot: Option<Timestamp> = conn
         .prepare_cached("SELECT last_slot FROM rate_limiter WHERE id = 1")?
         .query_row([], |row| row.get(0))
         .optional()?
         .map(Timestamp::from_micros);
     if let Some(next) = request.next_allowed(last_slot) {
-        return Ok(ClaimOutcome::NotBefore(next));
+        return Ok(Claim::Not(ClaimOutcome::NotBefore(next)));
     }
 
     let running: i64 = conn
         .prepare_cached("SELECT count(*) FROM batches WHERE status = 1")?
         .query_row([], |row| row.get(0))?;
     if running >= request.max_in_flight.get() as i64 {
-        return Ok(ClaimOutcome::Busy);
+        return Ok(Claim::Not(ClaimOutcome::Busy));
     }
 
     let next = conn
@@ -145,10 +162,10 @@ pub fn claim_next_batch(
         let next_retry: Option<i64> = conn
             .prepare_cached("SELECT min(retry_at) FROM batches WHERE status = 3")?
             .query_row([], |row| row.get(0))?;
-        return Ok(match next_retry {
+        return Ok(Claim::Not(match next_retry {
             Some(at) => ClaimOutcome::NotBefore(Timestamp::from_micros(at)),
             None => ClaimOutcome::Idle,
-        });
+        }));
     };
 
     let slot = request.slot_after(last_slot);
@@ -185,7 +202,7 @@ pub fn claim_next_batch(
         )?;
     }
 
-    Ok(ClaimOutcome::Started(ClaimedBatch {
+    Ok(Claim::Started(ClaimedBatch {
         key: BatchKey {
             ingestion_seq,
             position,
