@@ -149,11 +149,11 @@ pub async fn ingest(
             app.metrics.ids_accepted.inc_by(id_count as u64);
             app.signals.work_available();
             app.signals.events_stored();
-            tracing::info!(ingestion_id = %id, %priority, ids = id_count, batches, "ingestion accepted");
+            tracing::debug!(ingestion_id = %id, %priority, ids = id_count, batches, "ingestion accepted");
             Ok(Json(IngestResponse { ingestion_id: id }).into_response())
         }
         Created::Replayed(id) => {
-            tracing::info!(ingestion_id = %id, "idempotent replay");
+            tracing::debug!(ingestion_id = %id, "idempotent replay");
             let mut response = Json(IngestResponse { ingestion_id: id }).into_response();
             response
                 .headers_mut()

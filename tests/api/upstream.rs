@@ -266,7 +266,14 @@ async fn the_rate_limit_holds_across_retries() {
     // apart (the retry base); a request can only drift from its slot by the
     // time our own process takes to send it.
     assert!(rate <= configured * 1.01, "{rate:.2}/s");
-    assert!(min_gap >= interval / 2, "two requests {min_gap:?} apart");
+    // And no burst: bypassing retries would put many requests 10 ms apart. A
+    // send delayed by a busy machine shortens the one gap after it, so a
+    // couple of short gaps are tolerated; a burst is not.
+    let short = times
+        .windows(2)
+        .filter(|pair| pair[1] - pair[0] < interval / 2)
+        .count();
+    assert!(short <= 2, "{short} gaps under half the interval");
 }
 
 #[tokio::test]
