@@ -9,7 +9,10 @@ use crate::store::StoreError;
 
 /// The schema's history, applied in order; `PRAGMA user_version` counts how many
 /// a database has. Append, never edit: databases in the field have run them.
-const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../../migrations/sqlite/0002_batch_counts.sql"),
+];
 
 /// Waiting for a lock beats failing at once: the only other holder is a
 /// checkpoint or a reader opening a snapshot.

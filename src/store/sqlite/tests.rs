@@ -3,7 +3,7 @@
 use std::num::NonZeroUsize;
 
 use super::SqliteStore;
-use crate::domain::{BatchSize, IngestionId, Interval, ItemId, Priority, Timestamp};
+use crate::domain::{BatchSize, BatchStatus, IngestionId, Interval, ItemId, Priority, Timestamp};
 use crate::store::{AttemptEnd, ClaimOutcome, ClaimRequest, ClaimedBatch, NewIngestion, Store};
 
 const SECOND: i64 = 1_000_000;
@@ -164,4 +164,76 @@ async fn one_claim_starts_many_only_when_no_interval_separates_them() {
         started(store.claim_batches(one).await.unwrap()).id.position,
         5
     );
+}
+
+#[tokio::test]
+async fn stats_count_every_batch_by_priority_and_status_as_they_move() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("t.db");
+    let store = SqliteStore::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let ids: Vec<u64> = (1..=20).collect();
+    store
+        .create_ingestion(request(Priority::High, &ids, 0))
+        .await
+        .unwrap();
+    store
+        .create_ingestion(request(Priority::Low, &ids[..6], 1))
+        .await
+        .unwrap();
+    let cancelled = request(Priority::Medium, &ids[..8], 2);
+    let cancelled_id = cancelled.id;
+    store.create_ingestion(cancelled).await.unwrap();
+
+    // Every kind of move: started, completed, failed, retrying, cancelled.
+    let mut claim_five = claim(10, 0, 100);
+    claim_five.batches = NonZeroUsize::new(5).unwrap();
+    let ClaimOutcome::Started(batches) = store.claim_batches(claim_five).await.unwrap() else {
+        panic!("five start");
+    };
+    let ends = [
+        AttemptEnd::Completed,
+        AttemptEnd::Completed,
+        AttemptEnd::Failed,
+        AttemptEnd::RetryAt(at(60)),
+    ];
+    for (batch, end) in batches.iter().zip(ends) {
+        store
+            .finish_attempt(batch.key, Vec::new(), end, at(11))
+            .await
+            .unwrap();
+    }
+    store.cancel_ingestion(cancelled_id, at(12)).await.unwrap();
+
+    let mut counted = store.stats().await.unwrap().batches;
+    counted.sort_by_key(|&(p, s, _)| (p.rank(), s.code()));
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mut scan = conn
+        .prepare("SELECT priority, status, count(*) FROM batches GROUP BY 1, 2 ORDER BY 1, 2")
+        .unwrap();
+    let truth: Vec<(Priority, BatchStatus, u64)> = scan
+        .query_map([], |row| {
+            Ok((
+                Priority::from_rank(row.get(0)?).unwrap(),
+                BatchStatus::from_code(row.get(1)?).unwrap(),
+                row.get::<_, i64>(2)? as u64,
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(counted, truth);
+    // Each kind of move is in there.
+    for status in [
+        BatchStatus::YetToStart,
+        BatchStatus::Triggered,
+        BatchStatus::Completed,
+        BatchStatus::Failed,
+        BatchStatus::Retrying,
+        BatchStatus::Cancelled,
+    ] {
+        assert!(counted.iter().any(|&(_, s, _)| s == status), "{status:?}");
+    }
+    assert_eq!(store.stats().await.unwrap().ingestions, 3);
 }

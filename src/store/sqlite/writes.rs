@@ -73,6 +73,9 @@ pub fn create_ingestion(conn: &Connection, new: &NewIngestion) -> Result<Created
         IngestionStatus::YetToStart.code(),
         new.created_at,
     )?;
+    // Counted here, once per request; later changes by a trigger (0002).
+    conn.prepare_cached("UPDATE batch_counts SET n = n + ?1 WHERE priority = ?2 AND status = 0")?
+        .execute(params![batches.len() as i64, new.priority.rank()])?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO batches (ingestion_seq, position, priority, ids) VALUES (?1, ?2, ?3, ?4)",
     )?;
