@@ -1,7 +1,8 @@
 //! The closed-loop load generator: N kept-alive connections, each sending its
 //! next request as soon as the previous answer has been read (as wrk does), for
 //! a warm-up and then a measured window. Latency is from just before the request
-//! is written to the last byte of the answer.
+//! is written to the last byte of the answer. (The soak's open-loop, paced load
+//! is in `soak.rs`; it makes its requests with [`Requests`] too.)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,13 +23,88 @@ pub enum Workload {
     Ingest(Arc<Vec<Bytes>>),
     /// `GET` of these paths (`/status/{id}`), picked at random.
     Get(Arc<Vec<String>>),
+    /// Half the connections (the even ones) `POST /ingest`, the other half
+    /// `GET /status/{id}`: the service taking work and answering about it at
+    /// once, as the soak needs.
+    Mixed {
+        bodies: Arc<Vec<Bytes>>,
+        paths: Arc<Vec<String>>,
+    },
 }
+
+pub const INGEST: &str = "POST /ingest";
+pub const STATUS: &str = "GET /status/{id}";
 
 impl Workload {
     pub fn name(&self) -> &'static str {
         match self {
-            Self::Ingest(_) => "POST /ingest",
-            Self::Get(_) => "GET /status/{id}",
+            Self::Ingest(_) => INGEST,
+            Self::Get(_) => STATUS,
+            Self::Mixed { .. } => "POST /ingest + GET /status/{id}",
+        }
+    }
+}
+
+/// The requests one connection sends: one route, and its place in the bodies
+/// or its random pick of paths.
+pub struct Requests {
+    route: Route,
+    rng: Rng,
+    next_body: usize,
+}
+
+enum Route {
+    Ingest(Arc<Vec<Bytes>>),
+    Get(Arc<Vec<String>>),
+}
+
+impl Requests {
+    /// The requests of connection `index` of `workload`.
+    pub fn new(workload: &Workload, index: u64) -> Self {
+        let route = match workload {
+            Workload::Ingest(bodies) => Route::Ingest(Arc::clone(bodies)),
+            Workload::Get(paths) => Route::Get(Arc::clone(paths)),
+            Workload::Mixed { bodies, .. } if index.is_multiple_of(2) => {
+                Route::Ingest(Arc::clone(bodies))
+            }
+            Workload::Mixed { paths, .. } => Route::Get(Arc::clone(paths)),
+        };
+        Self {
+            route,
+            rng: Rng::new(index),
+            // Connections start at different bodies, so that they do not all
+            // send the same ids at once.
+            next_body: index as usize * 7919,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self.route {
+            Route::Ingest(_) => INGEST,
+            Route::Get(_) => STATUS,
+        }
+    }
+
+    pub fn is_ingest(&self) -> bool {
+        matches!(self.route, Route::Ingest(_))
+    }
+
+    /// The next request: method, path, body.
+    pub fn next(&mut self) -> (Method, &str, Option<Bytes>) {
+        match &self.route {
+            Route::Ingest(bodies) => {
+                self.next_body = (self.next_body + 1) % bodies.len();
+                (
+                    Method::POST,
+                    "/ingest",
+                    Some(bodies[self.next_body].clone()),
+                )
+            }
+            Route::Get(paths) => (
+                Method::GET,
+                paths[self.rng.below(paths.len() as u64) as usize].as_str(),
+                None,
+            ),
         }
     }
 }
@@ -50,10 +126,30 @@ pub struct LoadResult {
     pub window: Duration,
     /// Latency of the measured successful requests, in microseconds.
     pub latency: Histogram<u64>,
+    /// The same per route, when the workload mixes routes.
+    pub routes: Vec<RouteResult>,
     pub client_cpu: Duration,
     pub server_cpu: Duration,
     /// CPU time of the whole machine in the window (all processes, interrupts).
     pub machine_cpu: Duration,
+}
+
+/// One route's share of a mixed load.
+pub struct RouteResult {
+    pub name: &'static str,
+    pub connections: usize,
+    pub ok: u64,
+    pub latency: Histogram<u64>,
+}
+
+impl RouteResult {
+    pub fn per_second(&self, window: Duration) -> f64 {
+        self.ok as f64 / window.as_secs_f64()
+    }
+
+    pub fn p(&self, quantile: f64) -> Duration {
+        Duration::from_micros(self.latency.value_at_quantile(quantile))
+    }
 }
 
 impl LoadResult {
@@ -100,6 +196,19 @@ impl LoadResult {
             ms(self.p(0.999)),
             ms(self.max())
         );
+        if self.routes.len() > 1 {
+            for route in &self.routes {
+                println!(
+                    "    {:<16}  {} connections, {} req/s, p50 {}  p99 {}  max {}",
+                    route.name,
+                    route.connections,
+                    thousands(route.per_second(self.window) as u64),
+                    ms(route.p(0.50)),
+                    ms(route.p(0.99)),
+                    ms(Duration::from_micros(route.latency.max()))
+                );
+            }
+        }
         let secs = self.window.as_secs_f64();
         println!(
             "    CPU         server {:.2} cores, load generator {:.2} cores, rest of the machine {:.2} cores (of {})",
@@ -132,11 +241,9 @@ pub async fn run(
     let until = measure_from + spec.duration;
     let mut tasks = Vec::with_capacity(spec.connections);
     for index in 0..spec.connections {
-        let workload = workload.clone();
         tasks.push(tokio::spawn(drive(
             addr,
-            workload,
-            index as u64,
+            Requests::new(&workload, index as u64),
             measure_from,
             until,
         )));
@@ -156,6 +263,7 @@ pub async fn run(
         first_errors: Vec::new(),
         window: spec.duration,
         latency: new_histogram(),
+        routes: Vec::new(),
         client_cpu: client_cpu_1.saturating_sub(client_cpu_0),
         server_cpu: server_cpu_1.saturating_sub(server_cpu_0),
         machine_cpu: machine_1.saturating_sub(machine_0),
@@ -165,6 +273,19 @@ pub async fn run(
         result.ok += one.ok;
         result.errors += one.errors;
         result.latency.add(&one.latency)?;
+        match result.routes.iter_mut().find(|r| r.name == one.route) {
+            Some(route) => {
+                route.connections += 1;
+                route.ok += one.ok;
+                route.latency.add(&one.latency)?;
+            }
+            None => result.routes.push(RouteResult {
+                name: one.route,
+                connections: 1,
+                ok: one.ok,
+                latency: one.latency.clone(),
+            }),
+        }
         for error in one.first_errors {
             if result.first_errors.len() < 5 {
                 result.first_errors.push(error);
@@ -175,33 +296,32 @@ pub async fn run(
 }
 
 struct ConnectionResult {
+    route: &'static str,
     ok: u64,
     errors: u64,
     first_errors: Vec<String>,
     latency: Histogram<u64>,
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub fn new_histogram() -> Histogram<u64> {
     // 1 µs to 10 min, 3 significant digits.
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
 async fn drive(
     addr: SocketAddr,
-    workload: Workload,
-    index: u64,
+    mut requests: Requests,
     measure_from: Instant,
     until: Instant,
 ) -> anyhow::Result<ConnectionResult> {
     let mut out = ConnectionResult {
+        route: requests.name(),
         ok: 0,
         errors: 0,
         first_errors: Vec::new(),
         latency: new_histogram(),
     };
-    let mut rng = Rng::new(index);
     let mut connection = None;
-    let mut next_body = index as usize * 7919;
     while Instant::now() < until {
         let conn = match &mut connection {
             Some(conn) => conn,
@@ -214,17 +334,7 @@ async fn drive(
                 }
             },
         };
-        let (method, path, body) = match &workload {
-            Workload::Ingest(bodies) => {
-                next_body = (next_body + 1) % bodies.len();
-                (Method::POST, "/ingest", Some(bodies[next_body].clone()))
-            }
-            Workload::Get(paths) => (
-                Method::GET,
-                paths[rng.below(paths.len() as u64) as usize].as_str(),
-                None,
-            ),
-        };
+        let (method, path, body) = requests.next();
         let sent = Instant::now();
         // A request still unanswered 30 s after the end is a failure.
         let answer = tokio::time::timeout(

@@ -6,6 +6,7 @@
 //! cargo build --release
 //! cargo run --release -p sluice-bench -- --quick            # every scenario, ~3 min
 //! cargo run --release -p sluice-bench -- --scenario ingest  # one scenario, full length
+//! cargo run --release -p sluice-bench -- --scenario soak    # issue 7's soak, ~12 min
 //! ```
 
 mod http;
@@ -13,6 +14,7 @@ mod load;
 mod report;
 mod scenarios;
 mod server;
+mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,11 +29,13 @@ use crate::server::DatabaseSpec;
 
 /// Benchmarks the release `sluice` binary: load over kept-alive HTTP/1.1
 /// connections, memory with a deep queue, one huge request, the unthrottled
-/// dispatcher, and rate exactness. Run `cargo build --release` first.
+/// dispatcher, and rate exactness; and, only when asked, a soak at half the
+/// peak load. Run `cargo build --release` first.
 #[derive(Debug, Parser)]
 #[command(name = "sluice-bench", version)]
 struct Args {
-    /// Scenarios to run, comma-separated.
+    /// Scenarios to run, comma-separated. `all` is the six of issue 6; the
+    /// soak (10+ minutes) runs only when named: `--scenario soak`.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     scenario: Vec<Scenario>,
 
@@ -131,6 +135,30 @@ struct Args {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
     rate_interval: Duration,
 
+    /// The soak's paced run at a fraction of the peak [default: 10m; 1m with
+    /// --quick].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    soak_duration: Option<Duration>,
+
+    /// The soak's closed-loop mixed run that finds the peak.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    soak_peak_duration: Duration,
+
+    /// The soak's load as a fraction of the measured peak.
+    #[arg(long, default_value_t = 0.5)]
+    soak_fraction: f64,
+
+    /// How often the soak prints a row [default: 1m; 15s with --quick].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    soak_report_every: Option<Duration>,
+
+    /// Do not read GET /stats (the queue depth) at each soak row, only after
+    /// the load: it counts every batch, so it slows as the database grows, and
+    /// on SQLite the reads that queue behind it on its reader connection wait
+    /// as long.
+    #[arg(long)]
+    soak_skip_stats: bool,
+
     /// Before each measurement, wait up to this long (e.g. `10m`) for the rest
     /// of the machine to go quiet: a build beside the benchmark takes the CPU
     /// and the disk the figures are about.
@@ -155,6 +183,8 @@ enum Scenario {
     Big,
     Dispatch,
     Rate,
+    /// Issue 7's soak: not part of `all`, for it takes 10+ minutes.
+    Soak,
     All,
 }
 
@@ -166,6 +196,9 @@ const ORDER: [Scenario; 6] = [
     Scenario::Dispatch,
     Scenario::Rate,
 ];
+
+/// Scenarios that run only when named, after the others.
+const ON_REQUEST: [Scenario; 1] = [Scenario::Soak];
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -270,8 +303,47 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             .unwrap_or(if quick { 300 } else { 1_000 })
             .max(2),
         rate_interval: args.rate_interval,
+        soak_duration: pick(args.soak_duration, 600, 60),
+        soak_peak_duration: args.soak_peak_duration,
+        soak_fraction: args.soak_fraction,
+        soak_report_every: pick(args.soak_report_every, 60, 15),
+        soak_skip_stats: args.soak_skip_stats,
         wait_quiet: args.wait_quiet,
     };
+
+    // `all` is the six scenarios of issue 6; the soak runs only when named.
+    let all = args.scenario.contains(&Scenario::All);
+    let chosen: Vec<Scenario> = ORDER
+        .iter()
+        .copied()
+        .filter(|s| all || args.scenario.contains(s))
+        .chain(
+            ON_REQUEST
+                .iter()
+                .copied()
+                .filter(|s| args.scenario.contains(s)),
+        )
+        .collect();
+    let soak = chosen.contains(&Scenario::Soak);
+    if soak {
+        if !(settings.soak_fraction > 0.0 && settings.soak_fraction.is_finite()) {
+            bail!(
+                "--soak-fraction must be above 0; got {}",
+                settings.soak_fraction
+            );
+        }
+        if settings.soak_peak_duration.is_zero() || settings.soak_report_every.is_zero() {
+            bail!("--soak-peak-duration and --soak-report-every must be above 0");
+        }
+        // The verdict compares the first window with the last.
+        if settings.soak_duration < settings.soak_report_every * 2 {
+            bail!(
+                "--soak-duration ({}) must hold at least two --soak-report-every windows ({} each)",
+                humantime::format_duration(settings.soak_duration),
+                humantime::format_duration(settings.soak_report_every)
+            );
+        }
+    }
 
     print_header(&binary, &database, &args, &settings);
     let mut bench = Bench {
@@ -283,15 +355,6 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         summary: Summary::default(),
     };
 
-    let chosen: Vec<Scenario> = if args.scenario.contains(&Scenario::All) {
-        ORDER.to_vec()
-    } else {
-        ORDER
-            .iter()
-            .copied()
-            .filter(|s| args.scenario.contains(s))
-            .collect()
-    };
     let started = std::time::Instant::now();
     let mut failed = Vec::new();
     for scenario in chosen {
@@ -302,6 +365,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             Scenario::Big => bench.big().await,
             Scenario::Dispatch => bench.dispatch().await,
             Scenario::Rate => bench.rate().await,
+            Scenario::Soak => bench.soak().await,
             Scenario::All => unreachable!("expanded above"),
         };
         if let Err(error) = result {
@@ -311,8 +375,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
 
     println!(
-        "\n== Summary ({} in all; targets from issue 6) ==\n",
-        report::secs(started.elapsed())
+        "\n== Summary ({} in all; targets from issue 6{}) ==\n",
+        report::secs(started.elapsed()),
+        if soak {
+            ", the soak's from issue 7"
+        } else {
+            ""
+        }
     );
     bench.summary.print();
     if !failed.is_empty() {

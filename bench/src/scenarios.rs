@@ -1,5 +1,6 @@
 //! The six scenarios of issue 6. Each starts its own server(s) on a database of
-//! its own, prints its figures, and adds its rows to the summary.
+//! its own, prints its figures, and adds its rows to the summary. The soak of
+//! issue 7 is a scenario too, in `soak.rs`, with the helpers here.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,6 +42,16 @@ pub struct Settings {
     pub dispatch_nodes: usize,
     pub rate_batches: usize,
     pub rate_interval: Duration,
+    /// The soak's paced run, after its peak has been measured.
+    pub soak_duration: Duration,
+    /// The soak's closed-loop run that finds the peak.
+    pub soak_peak_duration: Duration,
+    /// The soak's load, as a fraction of the peak.
+    pub soak_fraction: f64,
+    /// How often the soak prints a row of figures.
+    pub soak_report_every: Duration,
+    /// Leave `GET /stats` out of the soak's rows (it disturbs the reads).
+    pub soak_skip_stats: bool,
     /// Before each measurement, wait up to this long for the rest of the
     /// machine to go quiet.
     pub wait_quiet: Option<Duration>,
@@ -63,7 +74,12 @@ const TARGET_DISPATCH: f64 = 40_000.0;
 const TARGET_RATE_P99_MICROS: i64 = 2_000;
 
 impl Bench {
-    fn start_server(&self, db: &Database, label: &str, args: &[&str]) -> anyhow::Result<Server> {
+    pub(crate) fn start_server(
+        &self,
+        db: &Database,
+        label: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Server> {
         let mut all = vec!["--batch-size".to_string(), BATCH_SIZE.to_string()];
         all.extend(args.iter().map(|a| a.to_string()));
         let config = ServerConfig {
@@ -85,7 +101,7 @@ impl Bench {
     /// With `--wait-quiet`, waits until the rest of the machine has used less
     /// than `QUIET_CORES` for a second (a build beside the benchmark would
     /// take the CPU and the disk that the figures are about).
-    async fn settle(&self) {
+    pub(crate) async fn settle(&self) {
         let Some(limit) = self.settings.wait_quiet else {
             return;
         };
@@ -135,15 +151,21 @@ impl Bench {
     }
 
     fn ingest_workload(&self, seed: u64) -> Workload {
-        Workload::Ingest(load::ingest_bodies(
-            seed,
-            4096,
-            self.settings.ids_per_request,
-        ))
+        Workload::Ingest(self.ingest_bodies(seed))
+    }
+
+    /// The bodies that `POST /ingest` under load cycles through.
+    pub(crate) fn ingest_bodies(&self, seed: u64) -> Arc<Vec<Bytes>> {
+        load::ingest_bodies(seed, 4096, self.settings.ids_per_request)
+    }
+
+    /// Creates the ingestions that `GET /status` reads; their load.
+    async fn status_targets(&self, server: &Server) -> anyhow::Result<Workload> {
+        Ok(Workload::Get(self.status_paths(server).await?))
     }
 
     /// Creates the ingestions that `GET /status` reads; their paths.
-    async fn status_targets(&self, server: &Server) -> anyhow::Result<Workload> {
+    pub(crate) async fn status_paths(&self, server: &Server) -> anyhow::Result<Arc<Vec<String>>> {
         let count = self.settings.status_ingestions;
         let started = Instant::now();
         let ids = load::create_ingestions(server.addr(), count, self.settings.ids_per_request, 16)
@@ -155,9 +177,9 @@ impl Bench {
             self.settings.ids_per_request,
             secs(started.elapsed())
         );
-        Ok(Workload::Get(Arc::new(
+        Ok(Arc::new(
             ids.into_iter().map(|id| format!("/status/{id}")).collect(),
-        )))
+        ))
     }
 
     /// a. `POST /ingest` under load.

@@ -1,0 +1,883 @@
+//! The soak of issue 7 (point 6): a long run at half the measured peak, to show
+//! that memory and latency stay flat while the service takes work, processes
+//! it and answers about it, all at once.
+//!
+//! First a closed-loop run of the mixed load (half the connections `POST
+//! /ingest`, half `GET /status/{id}`) finds the peak. Then an open-loop, paced
+//! load at a fraction of it, on the same connections: each sends on a fixed
+//! schedule whatever the answers do, so that a server slowing down shows as
+//! latency instead of as fewer requests (no coordinated omission). A row of
+//! figures every `--soak-report-every`; at the end the first window against
+//! the last.
+//!
+//! The fraction applies to each route's own peak rate, not to the total split
+//! evenly: in the closed loop a `GET` is answered several times faster than a
+//! `POST`, so the peak is mostly `GET`s, and half of the total as half `POST`s
+//! would ask for more `POST`s than the service took at its peak, an overload
+//! rather than a soak.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use hdrhistogram::Histogram;
+use hyper::{Method, StatusCode};
+
+use crate::http::{Connection, with_deadline};
+use crate::load::{self, LoadSpec, Requests, Workload, new_histogram, thousands};
+use crate::report::{mib, secs};
+use crate::scenarios::Bench;
+use crate::server::{Server, cpu_time_of, machine_busy_time};
+
+/// `--max-queued-ids` of the soak's server: far past any queue the soak can
+/// build, so that no `POST` is refused for it (429s are still counted apart).
+const NO_QUEUE_LIMIT: &str = "1000000000000";
+
+/// A request still unanswered after this long counts as an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long to let the dispatcher drain what the peak run queued, so that the
+/// soak's first window does not start on a backlog (which would make its
+/// figures worse, and so "flat" easier to meet).
+const DRAIN_LIMIT: Duration = Duration::from_secs(300);
+
+/// The rule for "flat": the last window's RSS at most 1.2 × the first's + 8 MB,
+/// and each route's last-window p99 at most 2 × the first's + 1 ms. The slack
+/// covers what is not growth: allocator and page-cache warm-up, and the noise
+/// of a shared 2-core machine in a single window.
+const RSS_FACTOR: f64 = 1.2;
+const RSS_SLACK: u64 = 8 * 1024 * 1024;
+const P99_FACTOR: u32 = 2;
+const P99_SLACK: Duration = Duration::from_millis(1);
+const RULE: &str = "flat = last-window RSS ≤ 1.2 × first-window RSS + 8 MB, and per route last-window p99 ≤ 2 × first-window p99 + 1 ms";
+
+/// Error messages kept to print, of the whole soak.
+const FIRST_ERRORS: usize = 5;
+
+impl Bench {
+    /// The soak: peak, then a paced load at a fraction of it for a long time.
+    pub async fn soak(&mut self) -> anyhow::Result<()> {
+        let settings = self.settings.clone();
+        let connections = settings.connections;
+        ensure!(
+            connections >= 2,
+            "the soak mixes two routes over its connections: --connections must be at least 2"
+        );
+        println!(
+            "\n== Soak (issue 7): peak of POST /ingest + GET /status/{{id}} over {connections} connections, then {:.0}% of it, paced, for {} ==",
+            settings.soak_fraction * 100.0,
+            humantime::format_duration(settings.soak_duration)
+        );
+        let db = self.database.create("soak")?;
+        let in_flight = settings.dispatch_in_flight.to_string();
+        let mut server = self.start_server(
+            &db,
+            "soak",
+            &[
+                "--interval",
+                "0",
+                "--mock-latency",
+                "0ms",
+                "--max-in-flight",
+                &in_flight,
+                "--max-queued-ids",
+                NO_QUEUE_LIMIT,
+            ],
+        )?;
+        let paths = self.status_paths(&server).await?;
+        let workload = Workload::Mixed {
+            bodies: self.ingest_bodies(21),
+            paths,
+        };
+
+        println!(
+            "  -- peak: closed loop, {connections} connections (even ones POST, odd ones GET), {} after a {} warm-up",
+            secs(settings.soak_peak_duration),
+            secs(settings.warmup)
+        );
+        self.settle().await;
+        let spec = LoadSpec {
+            connections,
+            warmup: settings.warmup,
+            duration: settings.soak_peak_duration,
+        };
+        let peak = load::run(&server, workload.clone(), &spec).await?;
+        peak.print();
+        let route_rate = |name: &str| -> anyhow::Result<f64> {
+            let route = peak
+                .routes
+                .iter()
+                .find(|r| r.name == name)
+                .with_context(|| format!("no {name} in the peak run"))?;
+            ensure!(
+                route.ok > 0,
+                "no {name} succeeded in the peak run: nothing to soak at"
+            );
+            Ok(route.per_second(peak.window) * settings.soak_fraction)
+        };
+        let plan = Plan {
+            post_rate: route_rate(load::INGEST)?,
+            get_rate: route_rate(load::STATUS)?,
+            connections,
+            duration: settings.soak_duration,
+            report_every: settings.soak_report_every,
+            read_stats: !settings.soak_skip_stats,
+        };
+        let rate = plan.post_rate + plan.get_rate;
+
+        let mut stats = StatsReader::new(server.addr());
+        drain(&mut server, &mut stats).await?;
+
+        println!(
+            "  -- soak: open loop, {:.0}% of each route's peak for {}: {} POST/s ({} connections, each every {}) + {} GET/s ({} connections, each every {}) = {} req/s",
+            settings.soak_fraction * 100.0,
+            humantime::format_duration(settings.soak_duration),
+            thousands(plan.post_rate as u64),
+            plan.route_connections(true),
+            load::ms(plan.period(true)),
+            thousands(plan.get_rate as u64),
+            plan.route_connections(false),
+            load::ms(plan.period(false)),
+            thousands(rate as u64),
+        );
+        println!(
+            "     latency from each request's scheduled send time (a connection that falls behind sends at once, and the wait counts); times in ms"
+        );
+        self.settle().await;
+        let soak = paced_run(&mut server, &mut stats, &workload, &plan).await?;
+        let hwm = server.memory()?.peak;
+        server.stop()?;
+
+        soak.print_totals(rate, hwm);
+        self.add_soak_rows(&peak, &plan, &soak);
+        Ok(())
+    }
+
+    fn add_soak_rows(&mut self, peak: &load::LoadResult, plan: &Plan, soak: &SoakResult) {
+        let rate = plan.post_rate + plan.get_rate;
+        let per_route = peak
+            .routes
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r.name.split(' ').next().unwrap_or(r.name),
+                    thousands(r.per_second(peak.window) as u64)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.summary.add(
+            format!("soak: peak, mixed closed loop, {} conn.", peak.connections),
+            format!(
+                "{} req/s ({per_route})",
+                thousands(peak.per_second() as u64)
+            ),
+            "",
+            None,
+        );
+        self.summary.add(
+            format!(
+                "soak: {:.0}% of peak, paced, {}",
+                self.settings.soak_fraction * 100.0,
+                humantime::format_duration(self.settings.soak_duration)
+            ),
+            format!(
+                "{} req/s offered (POST {}, GET {}), {} achieved; {} errors ({} were 429)",
+                thousands(rate as u64),
+                thousands(plan.post_rate as u64),
+                thousands(plan.get_rate as u64),
+                thousands(soak.achieved() as u64),
+                soak.errors(),
+                soak.throttled()
+            ),
+            "",
+            None,
+        );
+        let (Some(first), Some(last)) = (soak.rows.first(), soak.rows.last()) else {
+            return;
+        };
+        let span = |row: &Row| format!("{}–{}", clock(row.end - row.length), clock(row.end));
+        let windows = format!("{} vs {}", span(first), span(last));
+        self.summary.add(
+            format!("soak: RSS, first vs last window ({windows})"),
+            format!(
+                "{} → {} ({:+.1} MB)",
+                mib(first.rss),
+                mib(last.rss),
+                (last.rss as f64 - first.rss as f64) / (1024.0 * 1024.0)
+            ),
+            "flat",
+            Some(rss_flat(first.rss, last.rss)),
+        );
+        for (name, a, b) in [
+            ("POST /ingest", &first.post, &last.post),
+            ("GET /status", &first.get, &last.get),
+        ] {
+            self.summary.add(
+                format!("soak: {name} p99, first vs last window"),
+                format!(
+                    "{} → {} (p50 {} → {})",
+                    load::ms(p(a, 0.99)),
+                    load::ms(p(b, 0.99)),
+                    load::ms(p(a, 0.5)),
+                    load::ms(p(b, 0.5))
+                ),
+                "flat",
+                Some(p99_flat(a, b)),
+            );
+        }
+        let queued = |row: &Row| row.queue.waiting().map_or("-".to_string(), thousands);
+        self.summary.add(
+            "soak: batches waiting, first vs last window",
+            format!("{} → {}", queued(first), queued(last)),
+            "",
+            None,
+        );
+    }
+}
+
+/// Waits for the dispatcher to process what the peak run queued.
+async fn drain(server: &mut Server, stats: &mut StatsReader) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut backlog = None;
+    loop {
+        server.check_alive()?;
+        let queue = stats.read().await?.0;
+        let left = queue.waiting + queue.processing;
+        let first = *backlog.get_or_insert(left);
+        if left == 0 {
+            let took = started.elapsed();
+            println!(
+                "  the peak run left {} batches queued; drained in {}{}",
+                thousands(first),
+                secs(took),
+                if first > 0 && took > Duration::from_secs(1) {
+                    format!(
+                        " (about {} batches/s)",
+                        thousands((first as f64 / took.as_secs_f64()) as u64)
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            return Ok(());
+        }
+        if started.elapsed() > DRAIN_LIMIT {
+            println!(
+                "  the peak run left {} batches queued; {} still queued after {}: the soak starts on them",
+                thousands(first),
+                thousands(left),
+                secs(DRAIN_LIMIT)
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The shape of the paced run.
+struct Plan {
+    /// `POST /ingest` per second, over the even connections.
+    post_rate: f64,
+    /// `GET /status/{id}` per second, over the odd connections.
+    get_rate: f64,
+    connections: usize,
+    duration: Duration,
+    report_every: Duration,
+    /// Read `GET /stats` at each row (not with `--soak-skip-stats`).
+    read_stats: bool,
+}
+
+impl Plan {
+    /// How many connections carry the route (the even ones `POST`).
+    fn route_connections(&self, ingest: bool) -> usize {
+        if ingest {
+            self.connections.div_ceil(2)
+        } else {
+            self.connections / 2
+        }
+    }
+
+    /// Time between two sends of one connection of the route: its
+    /// connections / its rate.
+    fn period(&self, ingest: bool) -> Duration {
+        let rate = if ingest {
+            self.post_rate
+        } else {
+            self.get_rate
+        };
+        Duration::from_secs_f64(self.route_connections(ingest) as f64 / rate)
+    }
+}
+
+/// What the paced connections counted since the last row.
+struct Window {
+    /// Latency of the successful `POST`s, in µs, from their scheduled send.
+    post: Histogram<u64>,
+    /// The same for the `GET`s.
+    get: Histogram<u64>,
+    /// Actual send − scheduled send, in µs: tokio's timer has a 1 ms tick, so
+    /// up to about 1 ms of it is the load generator's own; more means a
+    /// connection fell behind its schedule (a slow answer, or no CPU for this
+    /// tool).
+    lag: Histogram<u64>,
+    /// Answers other than 200 and failed requests (429s among them).
+    errors: u64,
+    /// 429s: the queue limit, which the soak sets out of reach.
+    throttled: u64,
+}
+
+impl Window {
+    fn new() -> Self {
+        Self {
+            post: new_histogram(),
+            get: new_histogram(),
+            lag: new_histogram(),
+            errors: 0,
+            throttled: 0,
+        }
+    }
+}
+
+/// Shared by the paced connections and the reporter, which swaps the window
+/// out at each row.
+struct Tally {
+    window: Window,
+    first_errors: Vec<String>,
+}
+
+impl Tally {
+    fn error(&mut self, throttled: bool, message: impl FnOnce() -> String) {
+        self.window.errors += 1;
+        if throttled {
+            self.window.throttled += 1;
+        }
+        if self.first_errors.len() < FIRST_ERRORS {
+            self.first_errors.push(message());
+        }
+    }
+}
+
+fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
+    // A panicking connection task is reported by its join; its counts stand.
+    tally.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One row: a report window.
+struct Row {
+    /// The window's end, from the start of the paced run.
+    end: Duration,
+    length: Duration,
+    post: Histogram<u64>,
+    get: Histogram<u64>,
+    lag: Histogram<u64>,
+    errors: u64,
+    throttled: u64,
+    /// Server RSS at the window's end.
+    rss: u64,
+    server_cores: f64,
+    client_cores: f64,
+    other_cores: f64,
+    /// From `GET /stats` at the window's end.
+    queue: Probe,
+}
+
+impl Row {
+    fn ok(&self) -> u64 {
+        self.post.len() + self.get.len()
+    }
+
+    fn print_header() {
+        println!(
+            "  {:>5} {:>7} | {:>8} {:>7} {:>8} | {:>8} {:>7} {:>8} | {:>7} {:>6} {:>6} | {:>9} {:>6} | {:>7} {:>6}",
+            "time",
+            "req/s",
+            "POST p50",
+            "p99",
+            "max",
+            "GET p50",
+            "p99",
+            "max",
+            "RSS MB",
+            "server",
+            "rest",
+            "queued",
+            "/stats",
+            "lag p99",
+            "errors"
+        );
+    }
+
+    fn print(&self) {
+        let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1e3);
+        let (queued, stats) = match self.queue {
+            Probe::Read(q, took) => (thousands(q.waiting), ms(took)),
+            Probe::Failed => ("?".to_string(), "?".to_string()),
+            Probe::Skipped => ("-".to_string(), "-".to_string()),
+        };
+        println!(
+            "  {:>5} {:>7} | {:>8} {:>7} {:>8} | {:>8} {:>7} {:>8} | {:>7.1} {:>6.2} {:>6.2} | {:>9} {:>6} | {:>7} {:>6}",
+            clock(self.end),
+            thousands((self.ok() as f64 / self.length.as_secs_f64()) as u64),
+            ms(p(&self.post, 0.5)),
+            ms(p(&self.post, 0.99)),
+            ms(max(&self.post)),
+            ms(p(&self.get, 0.5)),
+            ms(p(&self.get, 0.99)),
+            ms(max(&self.get)),
+            self.rss as f64 / (1024.0 * 1024.0),
+            self.server_cores,
+            self.other_cores,
+            queued,
+            stats,
+            ms(p(&self.lag, 0.99)),
+            self.errors
+        );
+    }
+}
+
+struct SoakResult {
+    rows: Vec<Row>,
+    duration: Duration,
+    first_errors: Vec<String>,
+}
+
+impl SoakResult {
+    fn achieved(&self) -> f64 {
+        self.rows.iter().map(Row::ok).sum::<u64>() as f64 / self.duration.as_secs_f64()
+    }
+
+    fn errors(&self) -> u64 {
+        self.rows.iter().map(|r| r.errors).sum()
+    }
+
+    fn throttled(&self) -> u64 {
+        self.rows.iter().map(|r| r.throttled).sum()
+    }
+
+    fn print_totals(&self, rate: f64, hwm: u64) {
+        let mut post = new_histogram();
+        let mut get = new_histogram();
+        let mut lag = new_histogram();
+        for row in &self.rows {
+            // Same bounds everywhere: adding cannot fail.
+            let _ = post.add(&row.post);
+            let _ = get.add(&row.get);
+            let _ = lag.add(&row.lag);
+        }
+        println!(
+            "  whole soak: {} answers in {}, {} req/s achieved of {} offered; {} errors ({} were 429); server RSS peak (VmHWM) {}",
+            thousands(post.len() + get.len()),
+            humantime::format_duration(self.duration),
+            thousands(self.achieved() as u64),
+            thousands(rate as u64),
+            self.errors(),
+            self.throttled(),
+            mib(hwm)
+        );
+        for (name, h) in [("POST /ingest", &post), ("GET /status", &get)] {
+            println!(
+                "    {name:<13} {} answers, p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+                thousands(h.len()),
+                load::ms(p(h, 0.5)),
+                load::ms(p(h, 0.9)),
+                load::ms(p(h, 0.99)),
+                load::ms(p(h, 0.999)),
+                load::ms(max(h))
+            );
+        }
+        println!(
+            "    send lag (actual − scheduled send; ≤ ~1 ms is tokio's timer tick): p50 {}  p99 {}  max {}",
+            load::ms(p(&lag, 0.5)),
+            load::ms(p(&lag, 0.99)),
+            load::ms(max(&lag))
+        );
+        let cores = |f: fn(&Row) -> f64| {
+            self.rows
+                .iter()
+                .map(|r| f(r) * r.length.as_secs_f64())
+                .sum::<f64>()
+                / self.duration.as_secs_f64()
+        };
+        println!(
+            "    CPU: server {:.2} cores, load generator {:.2} cores, rest of the machine {:.2} cores (of {})",
+            cores(|r| r.server_cores),
+            cores(|r| r.client_cores),
+            cores(|r| r.other_cores),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        for error in &self.first_errors {
+            println!("    error: {error}");
+        }
+        let (Some(first), Some(last)) = (self.rows.first(), self.rows.last()) else {
+            return;
+        };
+        let span = |row: &Row| format!("{}–{}", clock(row.end - row.length), clock(row.end));
+        println!(
+            "  first window ({}) vs last window ({}); {RULE}",
+            span(first),
+            span(last)
+        );
+        let busiest = first.other_cores.max(last.other_cores);
+        if busiest > 0.25 {
+            println!(
+                "    warning: the rest of the machine took {busiest:.2} cores in the first or the last window; their latencies compare the neighbours as much as the service"
+            );
+        }
+        let verdict = |flat: bool| if flat { "flat" } else { "NOT flat" };
+        println!(
+            "    RSS           {} → {} ({:+.1} MB, {:+.0}%): {}",
+            mib(first.rss),
+            mib(last.rss),
+            (last.rss as f64 - first.rss as f64) / (1024.0 * 1024.0),
+            (last.rss as f64 / first.rss.max(1) as f64 - 1.0) * 100.0,
+            verdict(rss_flat(first.rss, last.rss))
+        );
+        for (name, a, b) in [
+            ("POST /ingest", &first.post, &last.post),
+            ("GET /status", &first.get, &last.get),
+        ] {
+            let (pa, pb) = (p(a, 0.99), p(b, 0.99));
+            println!(
+                "    {name:<13} p99 {} → {} ({:+.3} ms), p50 {} → {}: {}",
+                load::ms(pa),
+                load::ms(pb),
+                (pb.as_secs_f64() - pa.as_secs_f64()) * 1e3,
+                load::ms(p(a, 0.5)),
+                load::ms(p(b, 0.5)),
+                verdict(p99_flat(a, b))
+            );
+        }
+        let most = self.rows.iter().filter_map(|r| r.queue.waiting()).max();
+        if let (Some(most), Some(b)) = (most, last.queue.waiting()) {
+            println!(
+                "    queue         {} → {} batches waiting (the most at a row's end: {})",
+                first.queue.waiting().map_or("-".to_string(), thousands),
+                thousands(b),
+                thousands(most)
+            );
+        }
+        let slowest = self
+            .rows
+            .iter()
+            .filter_map(|r| match r.queue {
+                Probe::Read(_, took) => Some(took),
+                _ => None,
+            })
+            .max();
+        if let Some(slowest) = slowest.filter(|t| *t >= Duration::from_millis(50)) {
+            println!(
+                "    note: GET /stats took up to {}. It counts every batch, so it slows as the database grows, and on SQLite it holds one of the server's reader connections meanwhile: reads sent to that connection wait behind it, so the window after a slow GET /stats shows it in its GET latency. --soak-skip-stats leaves it out",
+                load::ms(slowest)
+            );
+        }
+    }
+}
+
+fn rss_flat(first: u64, last: u64) -> bool {
+    last as f64 <= first as f64 * RSS_FACTOR + RSS_SLACK as f64
+}
+
+/// A route that got no answer in the last window is not flat: it stalled.
+fn p99_flat(first: &Histogram<u64>, last: &Histogram<u64>) -> bool {
+    !last.is_empty() && p(last, 0.99) <= p(first, 0.99) * P99_FACTOR + P99_SLACK
+}
+
+fn p(h: &Histogram<u64>, quantile: f64) -> Duration {
+    Duration::from_micros(h.value_at_quantile(quantile))
+}
+
+fn max(h: &Histogram<u64>) -> Duration {
+    Duration::from_micros(h.max())
+}
+
+/// 75 s as "1:15".
+fn clock(d: Duration) -> String {
+    let s = d.as_secs_f64().round() as u64;
+    format!("{}:{:02}", s / 60, s % 60)
+}
+
+/// Runs the paced load and prints a row every `plan.report_every`.
+async fn paced_run(
+    server: &mut Server,
+    stats: &mut StatsReader,
+    workload: &Workload,
+    plan: &Plan,
+) -> anyhow::Result<SoakResult> {
+    let tally = Arc::new(Mutex::new(Tally {
+        window: Window::new(),
+        first_errors: Vec::new(),
+    }));
+    // Time for every connection to open before the first send.
+    let start = Instant::now() + Duration::from_millis(500);
+    let until = start + plan.duration;
+    let mut tasks = Vec::with_capacity(plan.connections);
+    for index in 0..plan.connections {
+        let requests = Requests::new(workload, index as u64);
+        let ingest = requests.is_ingest();
+        let period = plan.period(ingest);
+        // Spread each route's schedules over one of its periods, so that the
+        // sends are even in time rather than in bursts.
+        let first =
+            start + period.mul_f64((index / 2) as f64 / plan.route_connections(ingest) as f64);
+        tasks.push(tokio::spawn(paced(
+            server.addr(),
+            requests,
+            first,
+            period,
+            until,
+            Arc::clone(&tally),
+        )));
+    }
+    tokio::time::sleep_until(start.into()).await;
+    Row::print_header();
+    let mut rows = Vec::new();
+    let mut before = (server.cpu_time(), cpu_time_of("self"), machine_busy_time());
+    let mut window_start = start;
+    let mut last = false;
+    while !last {
+        let end = (window_start + plan.report_every).min(until);
+        last = end >= until;
+        tokio::time::sleep_until(end.into()).await;
+        if last {
+            // The answers still on their way belong to the last window.
+            for task in tasks.drain(..) {
+                task.await.context("a paced connection panicked")?;
+            }
+        }
+        let now = (server.cpu_time(), cpu_time_of("self"), machine_busy_time());
+        let window = std::mem::replace(&mut lock(&tally).window, Window::new());
+        server.check_alive()?;
+        let rss = server.memory()?.rss;
+        // The last read comes after the load has stopped: it disturbs nothing.
+        let queue = if plan.read_stats || last {
+            match stats.read().await {
+                Ok((queue, took)) => Probe::Read(queue, took),
+                Err(error) => {
+                    eprintln!("  (GET /stats failed: {error:#})");
+                    Probe::Failed
+                }
+            }
+        } else {
+            Probe::Skipped
+        };
+        let length = end - window_start;
+        let cores = |d: Duration| d.as_secs_f64() / length.as_secs_f64();
+        let server_cpu = now.0.saturating_sub(before.0);
+        let client_cpu = now.1.saturating_sub(before.1);
+        let machine_cpu = now.2.saturating_sub(before.2);
+        let row = Row {
+            end: end - start,
+            length,
+            post: window.post,
+            get: window.get,
+            lag: window.lag,
+            errors: window.errors,
+            throttled: window.throttled,
+            rss,
+            server_cores: cores(server_cpu),
+            client_cores: cores(client_cpu),
+            other_cores: cores(
+                machine_cpu
+                    .saturating_sub(server_cpu)
+                    .saturating_sub(client_cpu),
+            ),
+            queue,
+        };
+        row.print();
+        rows.push(row);
+        before = now;
+        window_start = end;
+    }
+    let first_errors = std::mem::take(&mut lock(&tally).first_errors);
+    Ok(SoakResult {
+        rows,
+        duration: plan.duration,
+        first_errors,
+    })
+}
+
+/// One paced connection: its k-th request is due at `first + k × period`,
+/// until `until`. Latency runs from that due time, so a connection held up by
+/// a slow answer sends its next request at once and the wait counts; nothing
+/// is skipped.
+async fn paced(
+    addr: SocketAddr,
+    mut requests: Requests,
+    first: Instant,
+    period: Duration,
+    until: Instant,
+    tally: Arc<Mutex<Tally>>,
+) {
+    let ingest = requests.is_ingest();
+    let mut connection = Connection::open(addr).await.ok();
+    for k in 0u32.. {
+        let due = first + period * k;
+        if due >= until {
+            break;
+        }
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let sent = Instant::now();
+        let (method, path, body) = requests.next();
+        let conn = match &mut connection {
+            Some(conn) => conn,
+            None => match Connection::open(addr).await {
+                Ok(conn) => connection.insert(conn),
+                Err(error) => {
+                    lock(&tally).error(false, || format!("{error:#}"));
+                    continue;
+                }
+            },
+        };
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, conn.request(method, path, body)).await;
+        let done = Instant::now();
+        let mut counts = lock(&tally);
+        match answer {
+            Ok(Ok((StatusCode::OK, _))) => {
+                let micros = (done.duration_since(due).as_micros() as u64).max(1);
+                let window = &mut counts.window;
+                if ingest {
+                    window.post.saturating_record(micros);
+                } else {
+                    window.get.saturating_record(micros);
+                }
+                window
+                    .lag
+                    .saturating_record(sent.duration_since(due).as_micros() as u64);
+            }
+            Ok(Ok((status, body))) => {
+                counts.error(status == StatusCode::TOO_MANY_REQUESTS, || {
+                    let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
+                    format!("{path} answered {status}: {text}")
+                });
+            }
+            Ok(Err(error)) => {
+                counts.error(false, || format!("{path}: {error:#}"));
+                connection = None;
+            }
+            Err(_) => {
+                counts.error(false, || {
+                    format!("{path}: no answer within {}", secs(REQUEST_TIMEOUT))
+                });
+                connection = None;
+            }
+        }
+    }
+}
+
+/// What `GET /stats` said at a row's end, and how long it took.
+#[derive(Debug, Clone, Copy)]
+enum Probe {
+    Read(Queue, Duration),
+    Failed,
+    /// `--soak-skip-stats`.
+    Skipped,
+}
+
+impl Probe {
+    fn waiting(&self) -> Option<u64> {
+        match self {
+            Self::Read(queue, _) => Some(queue.waiting),
+            _ => None,
+        }
+    }
+}
+
+/// Batches waiting (yet to start, or waiting to retry) and processing.
+#[derive(Debug, Clone, Copy)]
+struct Queue {
+    waiting: u64,
+    processing: u64,
+}
+
+/// Reads `GET /stats` over a connection of its own, reopened after a failure.
+struct StatsReader {
+    addr: SocketAddr,
+    connection: Option<Connection>,
+}
+
+impl StatsReader {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            connection: None,
+        }
+    }
+
+    /// The queue, and how long `GET /stats` took (it counts every batch by
+    /// priority and status, so its time grows with the database: worth
+    /// watching in a soak).
+    async fn read(&mut self) -> anyhow::Result<(Queue, Duration)> {
+        let result = with_deadline("GET /stats", REQUEST_TIMEOUT, self.try_read()).await;
+        if result.is_err() {
+            self.connection = None;
+        }
+        result
+    }
+
+    async fn try_read(&mut self) -> anyhow::Result<(Queue, Duration)> {
+        let conn = match &mut self.connection {
+            Some(conn) => conn,
+            None => self.connection.insert(Connection::open(self.addr).await?),
+        };
+        let started = Instant::now();
+        let (status, body) = conn.request(Method::GET, "/stats", None).await?;
+        let took = started.elapsed();
+        ensure!(
+            status == StatusCode::OK,
+            "GET /stats answered {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        );
+        let stats: serde_json::Value =
+            serde_json::from_slice(&body).context("reading the GET /stats answer")?;
+        let queue = stats
+            .get("queue")
+            .and_then(serde_json::Value::as_object)
+            .context("no queue in the GET /stats answer")?;
+        let count = |status: &str| -> u64 {
+            queue
+                .values()
+                .filter_map(|by_status| by_status.get(status)?.as_u64())
+                .sum()
+        };
+        Ok((
+            Queue {
+                waiting: count("yet_to_start") + count("retrying"),
+                processing: count("triggered"),
+            },
+            took,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_reads_minutes_and_seconds() {
+        assert_eq!(clock(Duration::from_secs(0)), "0:00");
+        assert_eq!(clock(Duration::from_secs(75)), "1:15");
+        assert_eq!(clock(Duration::from_millis(599_700)), "10:00");
+    }
+
+    #[test]
+    fn flat_rule() {
+        let mb = 1024 * 1024;
+        assert!(rss_flat(20 * mb, 32 * mb));
+        assert!(!rss_flat(20 * mb, 33 * mb));
+        let mut first = new_histogram();
+        let mut last = new_histogram();
+        first.record(1_000).unwrap();
+        last.record(2_900).unwrap();
+        assert!(p99_flat(&first, &last));
+        last.record(3_200).unwrap();
+        last.record(3_200).unwrap();
+        assert!(!p99_flat(&first, &last));
+        assert!(!p99_flat(&first, &new_histogram()));
+    }
+}
