@@ -319,3 +319,64 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Every line a server has logged so far (see [`ServerProcess::start_logged`]).
+#[derive(Clone, Default)]
+pub struct ServerLog(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl ServerLog {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// How many lines contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.lines().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// The last `n` lines, for a failure message.
+    pub fn tail(&self, n: usize) -> String {
+        let lines = self.lines();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl ServerProcess {
+    /// Like [`ServerProcess::start`], but keeps every line the server logs, so
+    /// a test can check what it said and show it when an assertion fails.
+    pub fn start_logged(database: &str, extra_args: &[&str]) -> (Self, ServerLog) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--database", database])
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the sluice binary starts");
+        let log = ServerLog::default();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let address = loop {
+            let Some(line) = lines.next() else {
+                panic!(
+                    "the server exited before printing its address:\n{}",
+                    log.tail(50)
+                );
+            };
+            let line = line.unwrap();
+            log.0.lock().unwrap().push(line.clone());
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        // Keep reading so the server never blocks on a full pipe.
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.0.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+        (Self { child, address }, log)
+    }
+}

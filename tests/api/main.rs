@@ -15,5 +15,6 @@ mod protection;
 mod rate;
 mod sqlite_only;
 mod status;
+mod store_trouble;
 mod torture;
 mod upstream;

@@ -37,6 +37,10 @@ use crate::signals::Signals;
 const WAKE_CHANNEL: &str = "sluice_work";
 /// How many batches one INSERT carries when a large request is stored.
 const INSERT_CHUNK: usize = 10_000;
+/// How soon, then at most how often, recording an attempt is retried while
+/// the database fails (see `finish_attempt`).
+const FINISH_RETRY_FIRST: Duration = Duration::from_millis(100);
+const FINISH_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// How the nodes of a cluster hand work to each other.
 #[derive(Debug, Clone, Copy)]
@@ -285,18 +289,40 @@ impl Store for PostgresStore {
         };
         // Only the lease holder records an attempt: a node whose lease ran out
         // while it worked must not overwrite the run that rescued its batch.
-        let ended: Option<bool> = sqlx::query("SELECT sluice_finish($1, $2, $3, $4, $5, $6, $7)")
-            .bind(self.node)
-            .bind(batch.ingestion_seq)
-            .bind(batch.position as i32)
-            .bind(code as i32)
-            .bind(retry_at)
-            .bind(Json(&outcomes))
-            .bind(at.as_micros())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(unavailable)?
-            .get(0);
+        //
+        // Retried until the database answers (store trouble: PostgreSQL
+        // restarting). This node's heartbeat renews the lease of every batch
+        // it holds, this one included, so an attempt left unrecorded would
+        // keep its batch `triggered`, holding a processing slot of the whole
+        // cluster, for as long as the node lives. The caller waits meanwhile
+        // with the outcome in hand; a shutdown ends the wait (the node then
+        // hands its batches back, or their leases run out).
+        let mut wait = FINISH_RETRY_FIRST;
+        let ended: Option<bool> = loop {
+            let finished = sqlx::query("SELECT sluice_finish($1, $2, $3, $4, $5, $6, $7)")
+                .bind(self.node)
+                .bind(batch.ingestion_seq)
+                .bind(batch.position as i32)
+                .bind(code as i32)
+                .bind(retry_at)
+                .bind(Json(&outcomes))
+                .bind(at.as_micros())
+                .fetch_one(&self.pool)
+                .await;
+            match finished {
+                Ok(row) => break row.get(0),
+                Err(error @ sqlx::Error::PoolClosed) => return Err(unavailable(error)),
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        retry_in = ?wait,
+                        "cannot record the attempt yet; keeping its outcome and retrying"
+                    );
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(FINISH_RETRY_MAX);
+                }
+            }
+        };
         match ended {
             Some(ended) => Ok(ended),
             None => {

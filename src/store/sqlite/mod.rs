@@ -38,6 +38,10 @@ use crate::domain::{IdOutcome, IngestionId, Timestamp};
 const WRITE_QUEUE: usize = 8192;
 /// How many read-only connections serve status reads.
 const READERS: usize = 4;
+/// How soon, then at most how often, recording an attempt is retried while
+/// the store fails (see `finish_attempt`).
+const FINISH_RETRY_FIRST: Duration = Duration::from_millis(100);
+const FINISH_RETRY_MAX: Duration = Duration::from_secs(2);
 
 pub struct SqliteStore {
     writes: mpsc::Sender<Job>,
@@ -123,6 +127,13 @@ impl Store for SqliteStore {
             .await
     }
 
+    /// Retried until the store takes it (store trouble: a full disk, a lock).
+    /// Only this process uses the file, so an attempt left unrecorded would
+    /// keep its batch `triggered`, holding a processing slot, until the next
+    /// start: with `--max-in-flight 1` nothing would be processed any more.
+    /// The caller waits meanwhile with the outcome in hand, so no id is fetched
+    /// twice; a shutdown ends the wait (the batch then runs again at the next
+    /// start).
     async fn finish_attempt(
         &self,
         batch: BatchKey,
@@ -130,8 +141,26 @@ impl Store for SqliteStore {
         end: AttemptEnd,
         at: Timestamp,
     ) -> Result<bool, StoreError> {
-        self.write(move |conn| writes::finish_attempt(conn, batch, &outcomes, end, at))
-            .await
+        let outcomes = Arc::new(outcomes);
+        let mut wait = FINISH_RETRY_FIRST;
+        loop {
+            let outcomes = Arc::clone(&outcomes);
+            match self
+                .write(move |conn| writes::finish_attempt(conn, batch, &outcomes, end, at))
+                .await
+            {
+                Err(StoreError::Unavailable(error)) => {
+                    tracing::warn!(
+                        %error,
+                        retry_in = ?wait,
+                        "cannot record the attempt yet; keeping its outcome and retrying"
+                    );
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(FINISH_RETRY_MAX);
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn cancel_ingestion(

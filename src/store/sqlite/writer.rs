@@ -3,7 +3,9 @@
 //! A write is a job: a function run against the connection inside its own
 //! savepoint. The thread takes all the jobs waiting, runs each, commits once,
 //! and only then answers each caller with its job's result (or the commit's
-//! error). One failing job rolls back alone; the rest of its group commits.
+//! error). One failing job rolls back alone; the rest of its group commits,
+//! unless the failure made SQLite roll back the whole transaction: then the
+//! whole group fails, and says so.
 
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
@@ -36,6 +38,9 @@ impl Job {
             let answer: Answer = Box::new(move |commit| {
                 let answer = match (commit, result) {
                     (Ok(()), Some(result)) => result,
+                    // The job's own failure (say, the disk is full) tells its
+                    // caller more than the group's.
+                    (Err(_), Some(Err(own))) => Err(own),
                     (Err(e), _) => Err(e.clone()),
                     (Ok(()), None) => Err(StoreError::Unavailable("write not run".into())),
                 };
@@ -67,12 +72,28 @@ fn commit_group(conn: &mut Connection, group: &mut Vec<Job>) {
     let commit = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(mut tx) => {
             for Job(job) in group.drain(..) {
-                let Ok(savepoint) = tx.savepoint() else {
+                // After some errors (SQLITE_FULL or SQLITE_IOERR while SQLite
+                // spills its page cache to the disk, among others) SQLite rolls
+                // the whole transaction back by itself. A savepoint taken after
+                // that would open a transaction of its own, committed when it is
+                // released, while the group's COMMIT fails: the job would be
+                // stored yet answered as failed (a request answered 503 but
+                // kept; a claim committed that the dispatcher never sees). So
+                // once the transaction is gone, no more job runs.
+                if tx.is_autocommit() {
+                    answers.push(job(None).1);
+                    continue;
+                }
+                let Ok(mut savepoint) = tx.savepoint() else {
                     answers.push(job(None).1);
                     continue;
                 };
                 let (ok, answer) = job(Some(&savepoint));
-                let kept = if ok {
+                let kept = if savepoint.is_autocommit() {
+                    // Gone with the whole transaction: nothing left to close.
+                    savepoint.set_drop_behavior(rusqlite::DropBehavior::Ignore);
+                    Ok(())
+                } else if ok {
                     savepoint.commit()
                 } else {
                     savepoint.finish()
@@ -82,7 +103,13 @@ fn commit_group(conn: &mut Connection, group: &mut Vec<Job>) {
                 }
                 answers.push(answer);
             }
-            tx.commit().map_err(StoreError::from)
+            if tx.is_autocommit() {
+                Err(StoreError::Unavailable(
+                    "SQLite rolled back a group of writes after one of them failed".into(),
+                ))
+            } else {
+                tx.commit().map_err(StoreError::from)
+            }
         }
         Err(e) => {
             answers.extend(group.drain(..).map(|Job(job)| job(None).1));
@@ -94,5 +121,67 @@ fn commit_group(conn: &mut Connection, group: &mut Vec<Job>) {
     }
     for answer in answers {
         answer(&commit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write that inserts one row of `bytes` random bytes, with its answer.
+    fn insert(bytes: usize) -> (Job, oneshot::Receiver<Result<(), StoreError>>) {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::new(
+            move |conn| {
+                conn.execute("INSERT INTO t VALUES (randomblob(?1))", [bytes as i64])?;
+                Ok(())
+            },
+            reply,
+        );
+        (job, answer)
+    }
+
+    /// A write fails so that SQLite rolls the whole transaction back by itself
+    /// (here the database's page limit, under a cache too small to hold the
+    /// write: as on a full disk). The jobs after it must not run on their own
+    /// and commit while the group is answered as failed: nothing of the group
+    /// is stored, every caller hears so, and the next group commits.
+    #[test]
+    fn a_write_that_makes_sqlite_roll_back_fails_its_whole_group() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE t (x BLOB);
+             PRAGMA max_page_count = 64; PRAGMA cache_size = 8;",
+        )
+        .unwrap();
+
+        let (before, before_answer) = insert(10);
+        let (too_big, too_big_answer) = insert(1 << 20);
+        let (after, after_answer) = insert(10);
+        commit_group(&mut conn, &mut vec![before, too_big, after]);
+        assert!(conn.is_autocommit(), "no transaction left open");
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows, 0, "nothing of the failed group is stored");
+        for (what, answer) in [
+            ("before", before_answer),
+            ("too big", too_big_answer),
+            ("after", after_answer),
+        ] {
+            assert!(
+                matches!(answer.blocking_recv(), Ok(Err(StoreError::Unavailable(_)))),
+                "the write {what} the failure hears that it failed"
+            );
+        }
+
+        let (next, next_answer) = insert(10);
+        commit_group(&mut conn, &mut vec![next]);
+        assert!(matches!(next_answer.blocking_recv(), Ok(Ok(()))));
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
     }
 }
