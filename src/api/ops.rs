@@ -62,14 +62,24 @@ pub async fn healthz() -> Json<Health> {
     ),
 )]
 pub async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiError> {
-    match app.store.check_ready().await {
-        Ok(()) => Ok(Json(Health { status: "ready" })),
-        Err(error) => Err(ApiError::unavailable(
+    // Probes give up after a second or so: a store that cannot answer within
+    // that (PostgreSQL down, the pool waiting for a connection) is not ready,
+    // and the probe should hear so rather than time out.
+    match tokio::time::timeout(READY_WITHIN, app.store.check_ready()).await {
+        Ok(Ok(())) => Ok(Json(Health { status: "ready" })),
+        Ok(Err(error)) => Err(ApiError::unavailable(
             format!("the store is not ready: {error}"),
+            5,
+        )),
+        Err(_) => Err(ApiError::unavailable(
+            format!("the store is not ready: no answer within {READY_WITHIN:?}"),
             5,
         )),
     }
 }
+
+/// How long readiness waits for the store.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_millis(800);
 
 /// `GET /metrics`: Prometheus metrics (OpenMetrics text).
 #[utoipa::path(

@@ -10,11 +10,10 @@ use crate::metrics::{Metrics, OutcomeLabels};
 use crate::store::{AttemptEnd, ClaimedBatch, Store, StoreError};
 use crate::upstream::Fetcher;
 
-/// How often, and how far apart, recording an attempt is retried while the
-/// store fails. After that the batch stays `triggered` and is recovered at the
-/// next start (or by another node, once its lease runs out).
-const RECORD_ATTEMPTS: u32 = 5;
-const RECORD_BACKOFF: Duration = Duration::from_millis(200);
+/// How soon, then at most how often, recording an attempt is tried again while
+/// the store fails (a full disk, a database restarting).
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// When a batch with transient failures is tried again.
 #[derive(Debug, Clone, Copy)]
@@ -173,6 +172,14 @@ async fn attempt(
     (outcomes, end)
 }
 
+/// Records the attempt, trying until the store takes it.
+///
+/// Giving up would leave the batch `triggered`, holding a processing slot: with
+/// SQLite until the next start, and on PostgreSQL for as long as this node lives,
+/// since its heartbeat renews the leases of the batches it processes. So the
+/// outcome is kept and the store asked again, with backoff, and nothing is
+/// fetched twice. A shutdown ends the wait (the batch then runs again, at the
+/// next start or on another node).
 async fn record(
     store: &dyn Store,
     batch: &ClaimedBatch,
@@ -180,25 +187,29 @@ async fn record(
     end: AttemptEnd,
     clock: Clock,
 ) -> bool {
-    let mut backoff = RECORD_BACKOFF;
-    for attempt in 1..=RECORD_ATTEMPTS {
-        let at: Timestamp = clock.now();
+    let at: Timestamp = clock.now();
+    let mut wait = RECORD_RETRY_FIRST;
+    loop {
         match store
             .finish_attempt(batch.key, outcomes.clone(), end, at)
             .await
         {
             Ok(ended) => return ended,
-            Err(StoreError::Closed) => break,
-            Err(error) if attempt < RECORD_ATTEMPTS => {
-                tracing::warn!(%error, attempt, "cannot record the attempt; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
+            Err(StoreError::Closed) => {
+                tracing::error!("the store closed; the batch will run again at the next start");
+                return false;
             }
-            Err(error) => tracing::error!(%error, "cannot record the attempt"),
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    retry_in = ?wait,
+                    "cannot record the attempt yet; keeping its outcome and retrying"
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RECORD_RETRY_MAX);
+            }
         }
     }
-    tracing::error!("batch left triggered; it will be recovered and run again");
-    false
 }
 
 #[cfg(test)]

@@ -833,6 +833,12 @@ mod postgres_restart {
             assert_unavailable(stats.0, "GET /stats with PostgreSQL down", &log).await;
             assert_unavailable(ready.0, "GET /readyz with PostgreSQL down", &log).await;
             assert_eq!(health.0.status(), 200, "the process itself is alive");
+            // A readiness probe hears "not ready" before its own timeout.
+            assert!(
+                ready.1 < Duration::from_millis(1500),
+                "GET /readyz took {:?} with PostgreSQL down",
+                ready.1
+            );
             assert!(
                 health.1 < Duration::from_secs(1),
                 "GET /healthz took {:?} with PostgreSQL down",

@@ -10,12 +10,13 @@ use uuid::Uuid;
 
 use crate::signals::Signals;
 
-use super::{LeaseSettings, WAKE_CHANNEL, micros, requeue_expired};
+use super::{LeaseSettings, Processing, WAKE_CHANNEL, micros, requeue_expired};
 
 pub async fn run(
     pool: PgPool,
     node: Uuid,
     leases: LeaseSettings,
+    processing: Processing,
     signals: Signals,
     shutdown: CancellationToken,
 ) {
@@ -30,7 +31,7 @@ pub async fn run(
             biased;
             _ = shutdown.cancelled() => return,
             _ = heartbeat.tick() => {
-                if let Err(error) = renew_and_rescue(&pool, node, leases.lease, &signals).await {
+                if let Err(error) = renew_and_rescue(&pool, node, leases.lease, &processing, &signals).await {
                     tracing::warn!(%error, "lease heartbeat failed");
                 }
             }
@@ -84,17 +85,29 @@ async fn renew_and_rescue(
     pool: &PgPool,
     node: Uuid,
     lease: Duration,
+    processing: &Processing,
     signals: &Signals,
 ) -> Result<(), crate::store::StoreError> {
-    sqlx::query(
-        "UPDATE batches SET lease_expires_at = sluice_now_us() + $2
-         WHERE status = 1 AND lease_owner = $1",
-    )
-    .bind(node)
-    .bind(micros(lease))
-    .execute(pool)
-    .await
-    .map_err(super::unavailable)?;
+    let (seqs, positions): (Vec<i64>, Vec<i32>) = processing
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .iter()
+        .map(|key| (key.ingestion_seq, key.position as i32))
+        .unzip();
+    if !seqs.is_empty() {
+        sqlx::query(
+            "UPDATE batches SET lease_expires_at = sluice_now_us() + $2
+             WHERE status = 1 AND lease_owner = $1
+               AND (ingestion_seq, position) IN (SELECT * FROM unnest($3::bigint[], $4::int[]))",
+        )
+        .bind(node)
+        .bind(micros(lease))
+        .bind(&seqs)
+        .bind(&positions)
+        .execute(pool)
+        .await
+        .map_err(super::unavailable)?;
+    }
     let rescued = requeue_expired(pool).await?;
     if rescued > 0 {
         tracing::warn!(

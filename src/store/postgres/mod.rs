@@ -14,6 +14,8 @@
 
 mod background;
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,10 +39,6 @@ use crate::signals::Signals;
 const WAKE_CHANNEL: &str = "sluice_work";
 /// How many batches one INSERT carries when a large request is stored.
 const INSERT_CHUNK: usize = 10_000;
-/// How soon, then at most how often, recording an attempt is retried while
-/// the database fails (see `finish_attempt`).
-const FINISH_RETRY_FIRST: Duration = Duration::from_millis(100);
-const FINISH_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// How the nodes of a cluster hand work to each other.
 #[derive(Debug, Clone, Copy)]
@@ -58,7 +56,15 @@ pub struct PostgresStore {
     /// This process, as the owner of its leases.
     node: Uuid,
     leases: LeaseSettings,
+    /// The batches this process is processing: the only leases its heartbeat
+    /// renews. A claim whose answer never arrived (the database went away just
+    /// after committing it) is not in here, so its lease runs out and another
+    /// node, or this one, runs the batch.
+    processing: Processing,
 }
+
+/// The batches a node holds and is working on.
+pub(crate) type Processing = Arc<Mutex<HashSet<BatchKey>>>;
 
 impl PostgresStore {
     /// Connects to a `postgres://` URL and applies pending migrations; several
@@ -81,6 +87,7 @@ impl PostgresStore {
             pool,
             node: Uuid::now_v7(),
             leases,
+            processing: Processing::default(),
         })
     }
 }
@@ -266,11 +273,17 @@ impl Store for PostgresStore {
             }
             "busy" => ClaimOutcome::Busy,
             "idle" => ClaimOutcome::Idle,
-            "started" => ClaimOutcome::Started(
-                rows.iter()
-                    .map(claimed_batch)
-                    .collect::<Result<_, StoreError>>()?,
-            ),
+            "started" => {
+                let batches: Vec<ClaimedBatch> =
+                    rows.iter()
+                        .map(claimed_batch)
+                        .collect::<Result<_, StoreError>>()?;
+                self.processing
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .extend(batches.iter().map(|b| b.key));
+                ClaimOutcome::Started(batches)
+            }
             other => return Err(StoreError::Corrupt(format!("claim outcome {other:?}"))),
         })
     }
@@ -289,40 +302,22 @@ impl Store for PostgresStore {
         };
         // Only the lease holder records an attempt: a node whose lease ran out
         // while it worked must not overwrite the run that rescued its batch.
-        //
-        // Retried until the database answers (store trouble: PostgreSQL
-        // restarting). This node's heartbeat renews the lease of every batch
-        // it holds, this one included, so an attempt left unrecorded would
-        // keep its batch `triggered`, holding a processing slot of the whole
-        // cluster, for as long as the node lives. The caller waits meanwhile
-        // with the outcome in hand; a shutdown ends the wait (the node then
-        // hands its batches back, or their leases run out).
-        let mut wait = FINISH_RETRY_FIRST;
-        let ended: Option<bool> = loop {
-            let finished = sqlx::query("SELECT sluice_finish($1, $2, $3, $4, $5, $6, $7)")
-                .bind(self.node)
-                .bind(batch.ingestion_seq)
-                .bind(batch.position as i32)
-                .bind(code as i32)
-                .bind(retry_at)
-                .bind(Json(&outcomes))
-                .bind(at.as_micros())
-                .fetch_one(&self.pool)
-                .await;
-            match finished {
-                Ok(row) => break row.get(0),
-                Err(error @ sqlx::Error::PoolClosed) => return Err(unavailable(error)),
-                Err(error) => {
-                    tracing::warn!(
-                        %error,
-                        retry_in = ?wait,
-                        "cannot record the attempt yet; keeping its outcome and retrying"
-                    );
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(FINISH_RETRY_MAX);
-                }
-            }
-        };
+        let ended: Option<bool> = sqlx::query("SELECT sluice_finish($1, $2, $3, $4, $5, $6, $7)")
+            .bind(self.node)
+            .bind(batch.ingestion_seq)
+            .bind(batch.position as i32)
+            .bind(code as i32)
+            .bind(retry_at)
+            .bind(Json(&outcomes))
+            .bind(at.as_micros())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        self.processing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&batch);
         match ended {
             Some(ended) => Ok(ended),
             None => {
@@ -623,6 +618,7 @@ impl Store for PostgresStore {
             self.pool.clone(),
             self.node,
             self.leases,
+            Arc::clone(&self.processing),
             signals,
             shutdown,
         ));

@@ -38,10 +38,6 @@ use crate::domain::{IdOutcome, IngestionId, Timestamp};
 const WRITE_QUEUE: usize = 8192;
 /// How many read-only connections serve status reads.
 const READERS: usize = 4;
-/// How soon, then at most how often, recording an attempt is retried while
-/// the store fails (see `finish_attempt`).
-const FINISH_RETRY_FIRST: Duration = Duration::from_millis(100);
-const FINISH_RETRY_MAX: Duration = Duration::from_secs(2);
 
 pub struct SqliteStore {
     writes: mpsc::Sender<Job>,
@@ -127,13 +123,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    /// Retried until the store takes it (store trouble: a full disk, a lock).
-    /// Only this process uses the file, so an attempt left unrecorded would
-    /// keep its batch `triggered`, holding a processing slot, until the next
-    /// start: with `--max-in-flight 1` nothing would be processed any more.
-    /// The caller waits meanwhile with the outcome in hand, so no id is fetched
-    /// twice; a shutdown ends the wait (the batch then runs again at the next
-    /// start).
     async fn finish_attempt(
         &self,
         batch: BatchKey,
@@ -141,26 +130,8 @@ impl Store for SqliteStore {
         end: AttemptEnd,
         at: Timestamp,
     ) -> Result<bool, StoreError> {
-        let outcomes = Arc::new(outcomes);
-        let mut wait = FINISH_RETRY_FIRST;
-        loop {
-            let outcomes = Arc::clone(&outcomes);
-            match self
-                .write(move |conn| writes::finish_attempt(conn, batch, &outcomes, end, at))
-                .await
-            {
-                Err(StoreError::Unavailable(error)) => {
-                    tracing::warn!(
-                        %error,
-                        retry_in = ?wait,
-                        "cannot record the attempt yet; keeping its outcome and retrying"
-                    );
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(FINISH_RETRY_MAX);
-                }
-                other => return other,
-            }
-        }
+        self.write(move |conn| writes::finish_attempt(conn, batch, &outcomes, end, at))
+            .await
     }
 
     async fn cancel_ingestion(
@@ -216,7 +187,9 @@ impl Store for SqliteStore {
     async fn waiting_batches(&self) -> Result<u64, StoreError> {
         self.read(|conn| {
             let n: i64 = conn
-                .prepare_cached("SELECT count(*) FROM batches WHERE status IN (0, 3)")?
+                .prepare_cached(
+                    "SELECT coalesce(sum(n), 0) FROM batch_counts WHERE status IN (0, 3)",
+                )?
                 .query_row([], |row| row.get(0))?;
             Ok(n as u64)
         })
@@ -261,19 +234,26 @@ struct ReaderPool {
 }
 
 impl ReaderPool {
-    /// Runs `query` on the next connection, round robin, inside one read
-    /// transaction: every statement of a read sees the same snapshot, so a
-    /// request is never seen half-way through a commit. A std `Mutex` is right
-    /// here: the caller is already on a blocking thread, and a query holds it
-    /// for microseconds.
+    /// Runs `query` on an idle connection inside one read transaction: every
+    /// statement of a read sees the same snapshot, so a request is never seen
+    /// half-way through a commit. The search for an idle connection starts at
+    /// the next one round robin, and only when all are busy does the read wait,
+    /// for that one: a long read (the results of a big request) then holds up
+    /// no status read while another connection is free. A std `Mutex` is right
+    /// here: the caller is already on a blocking thread.
     fn with<T>(
         &self,
         query: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
-        let conn = self.connections[i]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let n = self.connections.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let idle = (0..n).find_map(|k| self.connections[(first + k) % n].try_lock().ok());
+        let conn = match idle {
+            Some(conn) => conn,
+            None => self.connections[first]
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        };
         let snapshot = conn.unchecked_transaction()?;
         let result = query(&snapshot)?;
         snapshot.commit()?;
