@@ -64,13 +64,27 @@ pub fn body_error(rejection: BytesRejection) -> ApiError {
     }
 }
 
+/// Reads a JSON body: `400` when it is not JSON at all, `422` when it is JSON
+/// of the wrong shape.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    // JSON is UTF-8 (RFC 8259), and serde_json does not check the values it
+    // skips (unknown fields), so check it here.
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| ApiError::invalid_json(format!("the body is not UTF-8: {e}")))?;
+    if text.trim_ascii().is_empty() {
         return Err(ApiError::invalid_json("the body is empty"));
     }
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+    serde_json::from_str(text).map_err(|e| match e.classify() {
+        // serde stops at the first value of the wrong shape, maybe before a
+        // syntax error further on (`[1, 1,1,` is a wrong type at byte 1): only
+        // a body that is JSON throughout is a 422.
         serde_json::error::Category::Data => {
-            ApiError::validation(vec![super::error::FieldError::new("body", e.to_string())])
+            match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Ok(_) => {
+                    ApiError::validation(vec![super::error::FieldError::new("body", e.to_string())])
+                }
+                Err(syntax) => ApiError::invalid_json(syntax.to_string()),
+            }
         }
         _ => ApiError::invalid_json(e.to_string()),
     })

@@ -8,13 +8,14 @@
 //! is picked up at once. An asset asked for without its current hash is
 //! revalidated like the page.
 
-use axum::extract::{Path, RawQuery};
+use axum::extract::RawQuery;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rust_embed::RustEmbed;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
+use super::path::PathParam;
 
 #[derive(RustEmbed)]
 #[folder = "assets/dashboard/"]
@@ -66,7 +67,7 @@ pub async fn index(headers: HeaderMap) -> Response {
 
 /// `GET /dashboard/{*path}`: a script, style sheet or image of the dashboard.
 pub async fn asset(
-    Path(path): Path<String>,
+    PathParam(path): PathParam,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {

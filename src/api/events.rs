@@ -9,7 +9,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::stream::{self, Stream, StreamExt};
@@ -19,6 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::error::ApiError;
 use super::openapi::{BadRequest, Internal, NotFound, RequestTimeout, Unauthorized, Unavailable};
+use super::path::PathParam;
 use super::status::{parse_ingestion_id, unknown_ingestion};
 use crate::domain::{BatchId, BatchStatus, IngestionId, IngestionStatus, Timestamp};
 use crate::store::{Event, EventSubject};
@@ -134,7 +135,7 @@ pub const EVENTS_FORMAT: &str = "Server-Sent Events, two types:\n\n\
 )]
 pub async fn ingestion_events(
     State(app): State<AppState>,
-    Path(raw_id): Path<String>,
+    PathParam(raw_id): PathParam,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let id = parse_ingestion_id(&raw_id)?;

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, StreamExt};
@@ -17,6 +17,7 @@ use super::openapi::{
     BadRequest, Forbidden, Internal, NotFound, RequestTimeout, Unauthorized, Unavailable,
     string_enum,
 };
+use super::path::PathParam;
 use super::status::{StatusSummary, parse_ingestion_id, unknown_ingestion};
 use crate::domain::{BatchId, BatchStatus, FetchFailure, IngestionId, ItemId, Outcome, Timestamp};
 use crate::store::{BatchOutcomes, SharedStore};
@@ -162,7 +163,7 @@ pub struct ResultsPage {
 )]
 pub async fn results(
     State(app): State<AppState>,
-    Path(raw_id): Path<String>,
+    PathParam(raw_id): PathParam,
     query: Result<Query<ResultsQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -279,7 +280,7 @@ pub struct CancelResponse {
 )]
 pub async fn cancel(
     State(app): State<AppState>,
-    Path(raw_id): Path<String>,
+    PathParam(raw_id): PathParam,
 ) -> Result<Json<CancelResponse>, ApiError> {
     let id = parse_ingestion_id(&raw_id)?;
     let cancelled = app

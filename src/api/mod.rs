@@ -10,6 +10,7 @@ mod ingestions;
 pub mod limits;
 mod openapi;
 mod ops;
+mod path;
 mod status;
 
 use std::ops::Deref;

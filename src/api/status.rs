@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::schema::Object;
 use utoipa::{IntoParams, ToSchema};
@@ -16,6 +16,7 @@ use super::openapi::{
     BadRequest, Internal, NotFound, PayloadTooLarge, RequestTimeout, Unauthorized, Unavailable,
     ValidationFailed, string_enum,
 };
+use super::path::PathParam;
 use crate::domain::{
     BatchId, BatchStatus, IngestionId, IngestionStatus, ItemId, Priority, Timestamp,
 };
@@ -185,7 +186,7 @@ impl From<CallbackRecord> for CallbackView {
 )]
 pub async fn status_by_path(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<StatusResponse>, ApiError> {
     lookup(&app, &id).await
 }

@@ -243,6 +243,21 @@ fn bad_requests() -> Vec<BadRequest> {
             Some("application/json"),
             400,
         ),
+        // Not JSON further on, though its start is JSON of the wrong shape:
+        // still 400, not 422 (found by the fuzzer).
+        raw(
+            "a wrong type, then broken JSON",
+            "[1, 1,1, ",
+            Some("application/json"),
+            400,
+        ),
+        raw(
+            "a repeated field, then broken JSON",
+            r#"{"ids":[1],"ids":"#,
+            Some("application/json"),
+            400,
+        ),
+        raw("a number, then garbage", "1x", Some("application/json"), 400),
         raw("empty body", "", Some("application/json"), 400),
         raw("blank body", "  \n ", Some("application/json"), 400),
         // 415: the Content-Type is not application/json.
@@ -390,6 +405,22 @@ async fn every_invalid_input_is_a_problem_and_stores_nothing() {
         }
     }
 
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_utf8_is_400_even_where_the_value_is_ignored() {
+    let app = spawn_app().await;
+    // An unknown field is skipped, but JSON is UTF-8 throughout (RFC 8259).
+    let mut body = br#"{"ids": [1], "priority": "LOW", "note": ""#.to_vec();
+    body.extend_from_slice(&[0xff, 0xfe]);
+    body.extend_from_slice(br#""}"#);
+    let response = app.post_ingest_raw(body, Some("application/json")).await;
+    let problem = assert_problem(response, 400, "not UTF-8").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("UTF-8"),
+        "{problem:#}"
+    );
     assert_nothing_stored(&app).await;
 }
 

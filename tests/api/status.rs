@@ -231,6 +231,8 @@ async fn unknown_and_malformed_ids_are_404_in_every_form() {
         "'; DROP TABLE ingestions; --",
         "%00",
         "ünïcödé",
+        // Not UTF-8 once decoded (found by the fuzzer).
+        "not-a-%DAuid",
     ] {
         for (form, code, body) in all_forms(&app, id).await {
             // An empty path segment is another route; every other form is a lookup.
