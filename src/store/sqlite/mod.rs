@@ -18,8 +18,8 @@ mod writes;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,6 +38,9 @@ use crate::domain::{IdOutcome, IngestionId, Timestamp};
 const WRITE_QUEUE: usize = 8192;
 /// How many read-only connections serve status reads.
 const READERS: usize = 4;
+/// The most batches of a status read run on the runtime's own thread (a few
+/// hundred microseconds at most); bigger ones go to a blocking thread.
+const INLINE_MAX_BATCHES: u32 = 256;
 
 pub struct SqliteStore {
     writes: mpsc::Sender<Job>,
@@ -115,6 +118,18 @@ impl Store for SqliteStore {
     }
 
     async fn ingestion(&self, id: IngestionId) -> Result<Option<IngestionRecord>, StoreError> {
+        // A status read is tens of microseconds: handing it to a blocking
+        // thread and back cost more than the read itself (docs/performance.md).
+        // So a small one runs right here, on an idle connection, and only a big
+        // request, or a moment when every connection is busy, goes the long way.
+        if let Some(conn) = self.readers.try_idle() {
+            let bounded = in_snapshot(&conn, |conn| {
+                reads::ingestion_bounded(conn, id, Some(INLINE_MAX_BATCHES))
+            })?;
+            if let reads::Bounded::Within(record) = bounded {
+                return Ok(record);
+            }
+        }
         self.read(move |conn| reads::ingestion(conn, id)).await
     }
 
@@ -234,31 +249,45 @@ struct ReaderPool {
 }
 
 impl ReaderPool {
-    /// Runs `query` on an idle connection inside one read transaction: every
-    /// statement of a read sees the same snapshot, so a request is never seen
-    /// half-way through a commit. The search for an idle connection starts at
-    /// the next one round robin, and only when all are busy does the read wait,
-    /// for that one: a long read (the results of a big request) then holds up
-    /// no status read while another connection is free. A std `Mutex` is right
-    /// here: the caller is already on a blocking thread.
+    /// Runs `query` on an idle connection, in one snapshot. The search for an
+    /// idle connection starts at the next one round robin, and only when all
+    /// are busy does the read wait for one: a long read (the results of a big
+    /// request) then holds up no status read while another connection is free.
+    /// A std `Mutex` is right here: the caller is on a blocking thread, and the
+    /// runtime's threads only ever `try_lock`.
     fn with<T>(
         &self,
         query: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let n = self.connections.len();
-        let first = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let idle = (0..n).find_map(|k| self.connections[(first + k) % n].try_lock().ok());
+        let idle = self.try_idle();
+        let first = self.next.load(Ordering::Relaxed) % self.connections.len();
         let conn = match idle {
             Some(conn) => conn,
             None => self.connections[first]
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         };
-        let snapshot = conn.unchecked_transaction()?;
-        let result = query(&snapshot)?;
-        snapshot.commit()?;
-        Ok(result)
+        in_snapshot(&conn, query)
     }
+
+    /// A connection no one is using, without waiting for one.
+    fn try_idle(&self) -> Option<MutexGuard<'_, Connection>> {
+        let n = self.connections.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n).find_map(|k| self.connections[(first + k) % n].try_lock().ok())
+    }
+}
+
+/// Runs `query` in one read transaction: every statement sees the same
+/// snapshot, so a request is never seen half-way through a commit.
+fn in_snapshot<T>(
+    conn: &Connection,
+    query: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let snapshot = conn.unchecked_transaction()?;
+    let result = query(&snapshot)?;
+    snapshot.commit()?;
+    Ok(result)
 }
 
 fn path_from_url(url: &str) -> Result<PathBuf, StoreError> {

@@ -9,10 +9,28 @@ use crate::store::{
     IngestionSummary, QueueStats, StoreError,
 };
 
+/// The answer of a read bounded by size: a big answer is read elsewhere.
+pub enum Bounded<T> {
+    Within(T),
+    Larger,
+}
+
 pub fn ingestion(
     conn: &Connection,
     id: IngestionId,
 ) -> Result<Option<IngestionRecord>, StoreError> {
+    match ingestion_bounded(conn, id, None)? {
+        Bounded::Within(record) => Ok(record),
+        Bounded::Larger => unreachable!("an unbounded read is never larger"),
+    }
+}
+
+/// A request and its batches, unless it has more than `max_batches` batches.
+pub fn ingestion_bounded(
+    conn: &Connection,
+    id: IngestionId,
+    max_batches: Option<u32>,
+) -> Result<Bounded<Option<IngestionRecord>>, StoreError> {
     let head = conn
         .prepare_cached(
             "SELECT seq, priority, created_at, finished_at, callback_url, callback_state,
@@ -33,8 +51,17 @@ pub fn ingestion(
         })
         .optional()?;
     let Some((seq, priority, created_at, finished_at, url, state, attempts, error)) = head else {
-        return Ok(None);
+        return Ok(Bounded::Within(None));
     };
+    if let Some(max) = max_batches {
+        // One seek in the primary key: the last position.
+        let last: Option<u32> = conn
+            .prepare_cached("SELECT max(position) FROM batches WHERE ingestion_seq = ?1")?
+            .query_row([seq], |row| row.get(0))?;
+        if last.is_some_and(|last| last >= max) {
+            return Ok(Bounded::Larger);
+        }
+    }
 
     let mut stmt = conn.prepare_cached(
         "SELECT position, status, attempts, ids, retry_at, scheduled_at, started_at, completed_at
@@ -63,7 +90,7 @@ pub fn ingestion(
         });
     }
 
-    Ok(Some(IngestionRecord {
+    Ok(Bounded::Within(Some(IngestionRecord {
         id,
         priority: priority_of(priority)?,
         created_at: Timestamp::from_micros(created_at),
@@ -79,7 +106,7 @@ pub fn ingestion(
             })
             .transpose()?,
         batches,
-    }))
+    })))
 }
 
 pub fn batch_outcomes(
