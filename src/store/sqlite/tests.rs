@@ -237,3 +237,20 @@ async fn stats_count_every_batch_by_priority_and_status_as_they_move() {
     }
     assert_eq!(store.stats().await.unwrap().ingestions, 3);
 }
+
+#[tokio::test]
+async fn a_status_read_is_whole_on_either_side_of_the_inline_bound() {
+    let (_dir, store) = open().await;
+    let bound = super::INLINE_MAX_BATCHES as u64;
+    // Batches of 2: `bound` batches read inline, one more goes to a blocking thread.
+    for batches in [bound, bound + 1] {
+        let ids: Vec<u64> = (1..=2 * batches).collect();
+        let new = request(Priority::Low, &ids, 0);
+        let id = new.id;
+        store.create_ingestion(new).await.unwrap();
+        let record = store.ingestion(id).await.unwrap().expect("stored");
+        assert_eq!(record.batches.len() as u64, batches);
+        let last = record.batches.last().unwrap();
+        assert_eq!(u64::from(last.ids.last().unwrap().get()), 2 * batches);
+    }
+}
