@@ -257,7 +257,12 @@ fn bad_requests() -> Vec<BadRequest> {
             Some("application/json"),
             400,
         ),
-        raw("a number, then garbage", "1x", Some("application/json"), 400),
+        raw(
+            "a number, then garbage",
+            "1x",
+            Some("application/json"),
+            400,
+        ),
         raw("empty body", "", Some("application/json"), 400),
         raw("blank body", "  \n ", Some("application/json"), 400),
         // 415: the Content-Type is not application/json.
