@@ -87,6 +87,10 @@ fn priority_any_case() -> Object {
         .build()
 }
 
+/// The request an answer is about, for its line in the access log.
+#[derive(Clone, Copy)]
+pub struct LoggedIngestion(pub IngestionId);
+
 /// Submit a request
 ///
 /// Validates the ids and the priority, splits the ids into batches and stores
@@ -150,11 +154,14 @@ pub async fn ingest(
             app.signals.work_available();
             app.signals.events_stored();
             tracing::debug!(ingestion_id = %id, %priority, ids = id_count, batches, "ingestion accepted");
-            Ok(Json(IngestResponse { ingestion_id: id }).into_response())
+            let mut response = Json(IngestResponse { ingestion_id: id }).into_response();
+            response.extensions_mut().insert(LoggedIngestion(id));
+            Ok(response)
         }
         Created::Replayed(id) => {
             tracing::debug!(ingestion_id = %id, "idempotent replay");
             let mut response = Json(IngestResponse { ingestion_id: id }).into_response();
+            response.extensions_mut().insert(LoggedIngestion(id));
             response
                 .headers_mut()
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));

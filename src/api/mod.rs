@@ -145,7 +145,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Counts and times every routed request, and logs it (see below for levels).
+/// Counts and times every routed request, and logs one line for it.
 async fn observe(
     State(app): State<AppState>,
     route: MatchedPath,
@@ -165,14 +165,19 @@ async fn observe(
             route: route.clone(),
         })
         .observe(elapsed.as_secs_f64());
-    // One line per request only at `debug`: at tens of thousands of requests a
-    // second, formatting and writing it took a sixth of the runtime's CPU (see
-    // docs/performance.md), and the metrics above already count every request.
-    // Server errors are always logged.
+    // The access log: one line per request, under its own target so that
+    // `RUST_LOG=info,sluice::access=off` drops it where its cost matters (a
+    // sixth of the runtime's CPU at tens of thousands of requests a second, see
+    // docs/performance.md); the metrics above count every request anyway.
+    let ingestion_id = response
+        .extensions()
+        .get::<ingest::LoggedIngestion>()
+        .map(|logged| tracing::field::display(logged.0));
+    let micros = elapsed.as_micros() as u64;
     if status >= 500 {
-        tracing::error!(%method, %route, status, micros = elapsed.as_micros() as u64, "request");
+        tracing::error!(target: "sluice::access", %method, %route, status, micros, ingestion_id, "request");
     } else {
-        tracing::debug!(%method, %route, status, micros = elapsed.as_micros() as u64, "request");
+        tracing::info!(target: "sluice::access", %method, %route, status, micros, ingestion_id, "request");
     }
     app.metrics
         .http_requests

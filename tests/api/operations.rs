@@ -310,3 +310,54 @@ async fn events_of_an_unknown_request_are_404() {
         .unwrap();
     assert_eq!(response.status(), 404);
 }
+
+#[tokio::test]
+async fn the_log_has_a_line_per_request_and_per_batch_transition() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let database = fresh_database(dir.path()).await;
+    let (server, log) =
+        ServerProcess::start_logged(&database, &["--interval", "10ms", "--mock-latency", "1ms"]);
+    let client = reqwest::Client::new();
+    let address = server.address.clone();
+    let id = ingest_at(&client, &address, &[1, 2, 3, 4], "HIGH").await;
+    wait_for_status(&client, &address, &id, "completed", Duration::from_secs(10)).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let has = |needles: &[&str]| {
+        log.lines()
+            .iter()
+            .any(|line| needles.iter().all(|n| line.contains(n)))
+    };
+    // Batch transitions arrive asynchronously; give the log a moment.
+    while !has(&["batch completed", &format!("{id}:1")]) {
+        assert!(tokio::time::Instant::now() < deadline, "{}", log.tail(30));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let access = [
+        "sluice::access",
+        "method=POST",
+        "route=/ingest",
+        "status=200",
+        &format!("ingestion_id={id}"),
+    ];
+    assert!(
+        has(&access),
+        "no access line for the POST:\n{}",
+        log.tail(30)
+    );
+    assert!(
+        has(&[
+            "sluice::access",
+            "method=GET",
+            "route=/status/{ingestion_id}",
+            "status=200"
+        ]),
+        "no access line for the GET:\n{}",
+        log.tail(30)
+    );
+    for position in 0..2 {
+        let batch = format!("{id}:{position}");
+        assert!(has(&["batch triggered", &batch]), "{}", log.tail(30));
+        assert!(has(&["batch completed", &batch]), "{}", log.tail(30));
+    }
+}
