@@ -73,7 +73,9 @@ impl DatabaseSpec {
             }),
             Self::Postgres { url, fresh: true } => {
                 let (base, query) = split_pg_url(url);
-                let name = format!("sluice_bench_{}_{}", std::process::id(), label);
+                // Labels like `memory-empty` are not SQL identifiers as they are.
+                let label = label.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+                let name = format!("sluice_bench_{}_{label}", std::process::id());
                 let maintenance_url = format!("{base}/postgres{query}");
                 psql(
                     &maintenance_url,
