@@ -252,6 +252,21 @@ pub struct ServerProcess {
     pub address: String,
 }
 
+/// `sluice serve` on port 0 with its log on a pipe (`binary`: this build's if
+/// `None`).
+fn spawn_server(binary: Option<&str>, database: &str, extra_args: &[&str]) -> Child {
+    Command::new(binary.unwrap_or(env!("CARGO_BIN_EXE_sluice")))
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--database", database])
+        .args(extra_args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the sluice binary starts")
+}
+
 impl ServerProcess {
     pub fn start(database: &str, extra_args: &[&str]) -> Self {
         Self::start_binary(None, database, extra_args)
@@ -259,16 +274,7 @@ impl ServerProcess {
 
     /// Starts `binary` (this build's `sluice` if `None`).
     pub fn start_binary(binary: Option<&str>, database: &str, extra_args: &[&str]) -> Self {
-        let mut child = Command::new(binary.unwrap_or(env!("CARGO_BIN_EXE_sluice")))
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--database", database])
-            .args(extra_args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the sluice binary starts");
+        let mut child = spawn_server(binary, database, extra_args);
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let address = loop {
             let line = lines
@@ -345,16 +351,7 @@ impl ServerProcess {
     /// Like [`ServerProcess::start`], but keeps every line the server logs, so
     /// a test can check what it said and show it when an assertion fails.
     pub fn start_logged(database: &str, extra_args: &[&str]) -> (Self, ServerLog) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--database", database])
-            .args(extra_args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the sluice binary starts");
+        let mut child = spawn_server(None, database, extra_args);
         let log = ServerLog::default();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let address = loop {
