@@ -147,6 +147,13 @@ impl Dispatcher {
         let batches = NonZeroUsize::new(free.min(MAX_CLAIM)).unwrap_or(NonZeroUsize::MIN);
         let mut ready_since = Some(self.clock.now());
         loop {
+            // Checked before every claim, not only while waiting: with a backlog
+            // and no interval, claims succeed one after another and the loop
+            // would never wait, so it would go on starting batches after a
+            // shutdown began (seen: 15 s of it after SIGTERM).
+            if shutdown.is_cancelled() {
+                return None;
+            }
             let request = ClaimRequest {
                 ready_since,
                 now: self.clock.now(),

@@ -152,3 +152,64 @@ async fn sigterm_lets_the_batch_in_flight_finish_and_exits_0() {
     );
     assert_eq!(second["attempts"], 0);
 }
+
+#[tokio::test]
+async fn sigterm_stops_an_unthrottled_backlog_at_once() {
+    // Without an interval, claims succeed back to back: shutdown must still
+    // stop the starts at once, not when the backlog happens to pause.
+    let dir = TempDir::new().unwrap();
+    let db = fresh_database(dir.path()).await;
+    let client = reqwest::Client::new();
+    let args = [
+        "--interval",
+        "0",
+        "--mock-latency",
+        "0ms",
+        "--max-in-flight",
+        "8",
+    ];
+    let server = ServerProcess::start(&db, &args);
+    let ids: Vec<u64> = (1..=300_000).collect();
+    let id = ingest_at(&client, &server.address, &ids, "LOW").await;
+    wait_for_status(
+        &client,
+        &server.address,
+        &id,
+        "triggered",
+        Duration::from_secs(10),
+    )
+    .await;
+
+    let sigterm_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    server.sigterm();
+    let exit = server.wait_exit(Duration::from_secs(5)).await;
+    assert!(exit.success(), "exit status {exit:?}");
+
+    let server = ServerProcess::start(&db, &["--interval", "1h"]);
+    let after = status_at(&client, &server.address, &id).await;
+    let batches = after["batches"].as_array().unwrap();
+    let started: Vec<i64> = batches
+        .iter()
+        .filter(|b| !b["started_at"].is_null())
+        .map(|b| micros(&b["started_at"]))
+        .collect();
+    assert!(!started.is_empty(), "the backlog was being processed");
+    assert!(
+        started.len() < batches.len(),
+        "the backlog was not finished before the SIGTERM"
+    );
+    // Claims already on their way when the signal came may still land.
+    let late: Vec<i64> = started
+        .iter()
+        .filter(|&&at| at > sigterm_at + 200_000)
+        .copied()
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{} batches started more than 200 ms after SIGTERM",
+        late.len()
+    );
+}
