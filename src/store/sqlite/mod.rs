@@ -259,14 +259,12 @@ impl ReaderPool {
         &self,
         query: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let idle = self.try_idle();
-        let first = self.next.load(Ordering::Relaxed) % self.connections.len();
-        let conn = match idle {
-            Some(conn) => conn,
-            None => self.connections[first]
+        let conn = self.try_idle().unwrap_or_else(|| {
+            let next = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+            self.connections[next]
                 .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        };
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        });
         in_snapshot(&conn, query)
     }
 
