@@ -425,12 +425,7 @@ async fn submit_wait_exits_1_when_the_request_is_cancelled() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let cancel = app
-        .client
-        .delete(format!("{}/ingestions/{id}", app.address))
-        .send()
-        .await
-        .unwrap();
+    let cancel = app.cancel(&id).await;
     assert_eq!(cancel.status(), 200, "{:?}", cancel.text().await);
 
     let output = tokio::task::spawn_blocking(move || {

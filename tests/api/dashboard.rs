@@ -699,11 +699,7 @@ async fn docs_screenshot() {
     let doomed = app.ingest(&range(3000, 3060), "LOW").await;
     app.ingest(&range(500, 530), "MEDIUM").await;
     tokio::time::sleep(Duration::from_secs(9)).await;
-    app.client
-        .delete(format!("{}/ingestions/{doomed}", app.address))
-        .send()
-        .await
-        .unwrap();
+    app.cancel(&doomed).await;
     app.ingest(&range(5000, 5030), "LOW").await;
     app.ingest(&range(700, 715), "HIGH").await;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -143,6 +143,15 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `DELETE /ingestions/{id}`: cancels what has not started.
+    pub async fn cancel(&self, id: &str) -> reqwest::Response {
+        self.client
+            .delete(format!("{}/ingestions/{id}", self.address))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn status(&self, id: &str) -> Value {
         let response = self.get_status(id).await;
         assert_eq!(response.status(), 200);

@@ -405,15 +405,7 @@ async fn cancel_stops_batches_not_started_and_is_harmless_twice() {
     )
     .await;
 
-    let first: Value = app
-        .client
-        .delete(format!("{}/ingestions/{id}", app.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first: Value = app.cancel(&id).await.json().await.unwrap();
     assert_eq!(first["cancelled_batches"], 2);
     assert_eq!(first["status"], "triggered", "the batch in flight finishes");
 
@@ -438,15 +430,7 @@ async fn cancel_stops_batches_not_started_and_is_harmless_twice() {
     let results = results(&app, &id).await;
     assert_eq!(results[3]["outcome"], "cancelled");
 
-    let unknown = app
-        .client
-        .delete(format!(
-            "{}/ingestions/0192f0b4-7c1e-7000-8000-000000000000",
-            app.address
-        ))
-        .send()
-        .await
-        .unwrap();
+    let unknown = app.cancel("0192f0b4-7c1e-7000-8000-000000000000").await;
     assert_eq!(unknown.status(), 404);
 }
 
@@ -616,12 +600,7 @@ async fn cancels_racing_the_dispatcher_always_answer_and_every_request_ends() {
         let app = &app;
         async move {
             tokio::time::sleep(Duration::from_millis(3 * n as u64)).await;
-            let cancel = app
-                .client
-                .delete(format!("{}/ingestions/{id}", app.address))
-                .send()
-                .await
-                .unwrap();
+            let cancel = app.cancel(id).await;
             assert_eq!(cancel.status(), 200, "{:?}", cancel.text().await);
             cancel.json::<Value>().await.unwrap()["cancelled_batches"]
                 .as_u64()
