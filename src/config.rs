@@ -105,9 +105,27 @@ pub struct Config {
 
     /// A file of API keys, one per line: `<role> <key>`, roles `read`,
     /// `submit` or `admin`. Re-read when it changes. Without it every endpoint
-    /// is open.
+    /// is open to the hosts `--allowed-hosts` describes, and listening beyond
+    /// loopback needs `--insecure-no-auth`.
     #[arg(long, env = "SLUICE_API_KEYS_FILE")]
     pub api_keys_file: Option<std::path::PathBuf>,
+
+    /// Listen beyond loopback without `--api-keys-file`: every endpoint is then
+    /// open to anyone who can reach the port. Only behind a firewall or an
+    /// authenticating proxy.
+    #[arg(long, env = "SLUICE_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// Without API keys, host names served besides loopback names and
+    /// addresses and the listen address (compared with the `Host` header, port
+    /// ignored; others get 403, which blocks DNS rebinding). Repeatable, or
+    /// comma-separated.
+    #[arg(
+        long = "allowed-hosts",
+        env = "SLUICE_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
 
     /// Writes (POST, DELETE) answered at once; more get 503 with Retry-After.
     #[arg(long, env = "SLUICE_MAX_CONCURRENT_WRITES", default_value = "512")]

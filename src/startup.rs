@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::ApiKeys;
+use crate::api::host::AllowedHosts;
 use crate::api::limits::Limits;
 use crate::api::{self, ApiLimits, App, AppState};
 use crate::callbacks::CallbackSender;
@@ -80,18 +81,35 @@ impl Application {
                 );
                 Some(Arc::new(keys))
             }
+            None if !config.listen.ip().is_loopback() && !config.insecure_no_auth => {
+                anyhow::bail!(
+                    "refusing to listen on {} without API keys: anyone who can reach it could \
+                     submit and cancel work. Give --api-keys-file FILE (see the README's \
+                     \"API keys\"), listen on 127.0.0.1, or, behind a firewall or an \
+                     authenticating proxy, pass --insecure-no-auth",
+                    config.listen
+                );
+            }
             None => {
-                tracing::info!("no API keys configured: every endpoint is open");
-                if !config.listen.ip().is_loopback() {
+                if config.listen.ip().is_loopback() {
+                    tracing::info!(
+                        "no API keys configured: every endpoint is open to this machine"
+                    );
+                } else {
                     tracing::warn!(
                         listen = %config.listen,
-                        "listening beyond this machine without API keys: anyone who can reach it \
-                         can submit and cancel; see --api-keys-file"
+                        "--insecure-no-auth: listening beyond this machine without API keys; \
+                         anyone who can reach it can submit and cancel"
                     );
                 }
                 None
             }
         };
+        // Keys authenticate every request; without them, only the Host header
+        // tells a local client from a web page rebound onto this address.
+        let allowed_hosts = api_keys
+            .is_none()
+            .then(|| Arc::new(AllowedHosts::new(config.listen.ip(), &config.allowed_hosts)));
         let overload = Limits {
             writes: Arc::new(Semaphore::new(config.max_concurrent_writes.max(1))),
             request_timeout: config.request_timeout.as_duration(),
@@ -122,6 +140,7 @@ impl Application {
             shutdown: stopping.clone(),
             overload: overload.clone(),
             api_keys,
+            allowed_hosts,
             clock,
             batch_size: config.batch_size,
             limits: ApiLimits {

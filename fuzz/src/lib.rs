@@ -100,6 +100,7 @@ impl Harness {
                         queued_ids: Arc::new(AtomicU64::new(0)),
                     },
                     api_keys: None,
+                    allowed_hosts: None,
                     idempotency_ttl: config.idempotency_ttl.as_duration(),
                 }))
             })

@@ -5,6 +5,7 @@ mod body;
 mod dashboard;
 pub mod error;
 mod events;
+pub mod host;
 mod ingest;
 mod ingestions;
 pub mod limits;
@@ -70,6 +71,9 @@ pub struct App {
     pub overload: limits::Limits,
     /// The API keys, when `--api-keys-file` is given.
     pub api_keys: Option<Arc<auth::ApiKeys>>,
+    /// Without API keys, the `Host` names served (DNS rebinding protection);
+    /// `None` when keys are configured.
+    pub allowed_hosts: Option<Arc<host::AllowedHosts>>,
     /// How long an `Idempotency-Key` holds.
     pub idempotency_ttl: std::time::Duration,
 }
@@ -136,6 +140,10 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            host::require_allowed_host,
         ))
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::internal(

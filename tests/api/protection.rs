@@ -270,12 +270,70 @@ async fn writes_past_the_concurrency_limit_get_503_and_reads_go_on() {
     assert_eq!(accepted.status(), 200);
 }
 
+/// `sluice serve` with these arguments, on a fresh SQLite file; its exit
+/// status and everything it wrote to stderr, or `None` if it was still running
+/// after `limit` (then it is killed).
+fn run_to_exit(args: &[&str], limit: Duration) -> Option<(std::process::ExitStatus, String)> {
+    use std::io::Read;
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("serve")
+        .args(args)
+        .arg("--database")
+        .arg(format!("sqlite://{}", dir.path().join("s.db").display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    status.map(|status| (status, stderr))
+}
+
 #[test]
-fn listening_beyond_loopback_without_keys_warns() {
+fn listening_beyond_loopback_without_keys_refuses_to_start_and_says_how_to_fix_it() {
+    let (status, stderr) = run_to_exit(&["--listen", "0.0.0.0:0"], Duration::from_secs(20))
+        .expect("the server exits by itself");
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0 without API keys"),
+        "{stderr}"
+    );
+    for fix in ["--api-keys-file", "127.0.0.1", "--insecure-no-auth"] {
+        assert!(stderr.contains(fix), "names {fix}: {stderr}");
+    }
+}
+
+#[test]
+fn insecure_no_auth_starts_beyond_loopback_with_a_warning() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::TempDir::new().unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--listen", "0.0.0.0:0", "--database"])
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--insecure-no-auth",
+            "--database",
+        ])
         .arg(format!("sqlite://{}", dir.path().join("s.db").display()))
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -292,9 +350,82 @@ fn listening_beyond_loopback_without_keys_warns() {
     child.kill().unwrap();
     child.wait().unwrap();
     let log = seen.join("\n");
-    assert!(log.contains("every endpoint is open"), "{log}");
+    assert!(log.contains("listening on"), "it started: {log}");
     assert!(
         log.contains("WARN") && log.contains("without API keys"),
         "{log}"
     );
+}
+
+/// A GET /stats naming `host` in its `Host` header.
+async fn stats_as_host(app: &TestApp, host: &str) -> reqwest::Response {
+    app.client
+        .get(format!("{}/stats", app.address))
+        .header(reqwest::header::HOST, host)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn without_keys_only_local_host_names_are_served() {
+    let app = spawn_app().await;
+    let port = app.address.rsplit(':').next().unwrap().to_owned();
+
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        assert_eq!(stats_as_host(&app, &host).await.status(), 200, "{host}");
+    }
+    for host in ["evil.example", "evil.example:8000", "10.1.2.3"] {
+        let refused = stats_as_host(&app, host).await;
+        assert_eq!(refused.status(), 403, "{host}");
+        assert_eq!(
+            refused.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: Value = refused.json().await.unwrap();
+        assert_eq!(problem["status"], 403);
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("--allowed-hosts"),
+            "{problem}"
+        );
+    }
+
+    // A write from a rebound page stores nothing.
+    let refused = app
+        .client
+        .post(format!("{}/ingest", app.address))
+        .header(reqwest::header::HOST, "evil.example")
+        .json(&json!({"ids": [1], "priority": "HIGH"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    assert_eq!(app.store.stats().await.unwrap().ingestions, 0);
+}
+
+#[tokio::test]
+async fn allowed_hosts_adds_names_and_keys_lift_the_host_check() {
+    let app = spawn_app_with(|c| c.allowed_hosts = vec!["sluice.internal".into()]).await;
+    assert_eq!(
+        stats_as_host(&app, "Sluice.Internal:8000").await.status(),
+        200
+    );
+    assert_eq!(stats_as_host(&app, "evil.example").await.status(), 403);
+
+    let dir = tempfile::TempDir::new().unwrap();
+    let keys = dir.path().join("keys");
+    write_keys(&keys, READ);
+    let app = spawn_app_with(|c| c.api_keys_file = Some(keys.clone())).await;
+    let with_key = app
+        .client
+        .get(format!("{}/stats", app.address))
+        .header(reqwest::header::HOST, "sluice.example.com")
+        .bearer_auth(READ)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_key.status(), 200, "keys authenticate every request");
 }
