@@ -183,10 +183,17 @@ impl Config {
             return Ok(None);
         };
         let mut headers = Vec::new();
-        for header in &self.upstream_headers {
-            let (name, value) = header
-                .split_once(':')
-                .with_context(|| format!("--upstream-header {header:?}: use `Name: value`"))?;
+        for (n, header) in self.upstream_headers.iter().enumerate() {
+            // The whole argument may be a secret (a token without its name),
+            // so the message says which one it is, never what it holds.
+            let (name, value) = header.split_once(':').with_context(|| {
+                format!(
+                    "--upstream-header number {} of {} has no `:`: use `Name: value` \
+                     (its text is not shown: it may hold a secret)",
+                    n + 1,
+                    self.upstream_headers.len()
+                )
+            })?;
             headers.push((name.trim().to_owned(), value.trim().to_owned()));
         }
         if let Some(path) = &self.upstream_token_file {

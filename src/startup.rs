@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::dispatcher::{DispatchSettings, Dispatcher};
 use crate::domain::{BatchSize, Clock};
 use crate::metrics::Metrics;
+use crate::redact::redacted_url;
 use crate::signals::Signals;
 use crate::store::{self, SharedStore};
 use crate::upstream::{HttpUpstream, Metered, MockUpstream, SharedFetcher};
@@ -43,7 +44,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let store = store::open(&config.database, config.lease_settings())
             .await
-            .with_context(|| format!("opening the database {}", config.database))?;
+            .with_context(|| format!("opening the database {}", redacted_url(&config.database)))?;
         let clock = Clock::new();
         let requeued = store
             .requeue_interrupted(clock.now())
@@ -59,7 +60,7 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let fetcher: SharedFetcher = match config.http_upstream()? {
             Some(settings) => {
-                tracing::info!(url = %settings.url_template, "fetching from an HTTP upstream");
+                tracing::info!(url = %redacted_url(&settings.url_template), "fetching from an HTTP upstream");
                 Arc::new(Metered::new(
                     HttpUpstream::new(settings)?,
                     Arc::clone(&metrics),

@@ -399,7 +399,8 @@ pub async fn open(url: &str, leases: postgres::LeaseSettings) -> Result<SharedSt
         Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
     } else {
         Err(StoreError::Unavailable(format!(
-            "unknown database URL {url:?}: use sqlite://PATH or postgres://…"
+            "unknown database URL {:?}: use sqlite://PATH or postgres://…",
+            crate::redact::redacted_url(url)
         )))
     }
 }

@@ -429,3 +429,60 @@ async fn allowed_hosts_adds_names_and_keys_lift_the_host_check() {
         .unwrap();
     assert_eq!(with_key.status(), 200, "keys authenticate every request");
 }
+
+/// A port on 127.0.0.1 where nothing listens.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[test]
+fn a_database_password_never_appears_in_what_the_server_prints() {
+    let secret = "db-Pa55word-never-shown";
+    let url = format!(
+        "postgres://sluice:{secret}@127.0.0.1:{}/sluice",
+        closed_port()
+    );
+    // The server here trusts local users, so a wrong password would connect:
+    // a closed port makes the start fail with the URL in the message.
+    let dir = tempfile::TempDir::new().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", &url])
+        .env("RUST_LOG", "trace")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("opening the database postgres://sluice:***@127.0.0.1:"),
+        "the message still names the database: {stderr}"
+    );
+    assert!(!stderr.contains(secret), "{stderr}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains(secret));
+}
+
+#[test]
+fn a_malformed_upstream_header_is_not_echoed() {
+    let secret = "Bearer-tok3n-never-shown";
+    let (status, stderr) = run_to_exit(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream-url",
+            "http://127.0.0.1:9/items/{id}",
+            "--upstream-header",
+            "Accept: application/json",
+            "--upstream-header",
+            &format!("Authorization {secret}"),
+        ],
+        Duration::from_secs(20),
+    )
+    .expect("the server exits by itself");
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--upstream-header number 2 of 2 has no `:`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(secret), "{stderr}");
+}
