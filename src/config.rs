@@ -8,6 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
+use crate::callbacks::CallbackSettings;
+use crate::callbacks::policy::{CallbackAllow, Destinations};
+use crate::callbacks::signing::SigningKey;
 use crate::dispatcher::RetryPolicy;
 use crate::domain::{BatchSize, Interval};
 use crate::store::postgres::LeaseSettings;
@@ -127,6 +130,23 @@ pub struct Config {
     )]
     pub allowed_hosts: Vec<String>,
 
+    /// An internal callback receiver to admit: a network (`10.1.0.0/16`,
+    /// `127.0.0.1`) or a host name (then whatever it resolves to). Repeatable,
+    /// or comma-separated. By default a callback may reach only public
+    /// addresses.
+    #[arg(
+        long = "callback-allow",
+        env = "SLUICE_CALLBACK_ALLOW",
+        value_delimiter = ','
+    )]
+    pub callback_allow: Vec<CallbackAllow>,
+
+    /// A file holding the secret callbacks are signed with (Standard
+    /// Webhooks: `whsec_<base64>`), read at start. Without it callbacks are
+    /// sent unsigned.
+    #[arg(long, env = "SLUICE_CALLBACK_SECRET_FILE")]
+    pub callback_secret_file: Option<std::path::PathBuf>,
+
     /// Writes (POST, DELETE) answered at once; more get 503 with Retry-After.
     #[arg(long, env = "SLUICE_MAX_CONCURRENT_WRITES", default_value = "512")]
     pub max_concurrent_writes: usize,
@@ -206,6 +226,18 @@ impl Config {
             headers,
             timeout: self.upstream_timeout.as_duration(),
         }))
+    }
+
+    /// Where callbacks may go, and their signing key, with the secret file read.
+    pub fn callback_settings(&self) -> anyhow::Result<CallbackSettings> {
+        let signing = match &self.callback_secret_file {
+            Some(path) => Some(SigningKey::load(path).context("--callback-secret-file")?),
+            None => None,
+        };
+        Ok(CallbackSettings {
+            destinations: Destinations::new(&self.callback_allow),
+            signing,
+        })
     }
 
     pub fn lease_settings(&self) -> LeaseSettings {

@@ -131,7 +131,16 @@ impl Application {
             signals.clone(),
             Arc::clone(&metrics),
         );
-        let callbacks = CallbackSender::new(Arc::clone(&store), clock, signals.clone());
+        let callback_settings = config.callback_settings()?;
+        if callback_settings.signing.is_none() {
+            tracing::info!("callbacks are not signed: see --callback-secret-file");
+        }
+        let callbacks = CallbackSender::new(
+            Arc::clone(&store),
+            clock,
+            signals.clone(),
+            callback_settings,
+        );
         let router = api::router(AppState::new(App {
             store: Arc::clone(&store),
             signals: signals.clone(),

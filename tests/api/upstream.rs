@@ -537,7 +537,7 @@ async fn start_receiver(failures: usize) -> (String, Arc<Mutex<Vec<Value>>>) {
 #[tokio::test]
 async fn the_callback_is_delivered_when_the_request_ends_and_retried() {
     let (url, received) = start_receiver(1).await;
-    let app = spawn_app().await;
+    let app = spawn_app_with(|c| c.callback_allow = vec!["127.0.0.0/8".parse().unwrap()]).await;
     let response = app
         .post_ingest(&json!({"ids": [1, 2, 3, 4], "priority": "HIGH", "callback_url": url}))
         .await;
