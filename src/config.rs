@@ -249,3 +249,40 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::callbacks::policy::CallbackAllow;
+
+    #[test]
+    fn protection_flags_repeat_and_split_on_commas() {
+        let config = Config::try_parse_from([
+            "serve",
+            "--callback-allow",
+            "10.0.0.0/8,hooks.internal",
+            "--callback-allow",
+            "127.0.0.1",
+            "--allowed-hosts",
+            "a.example,b.example",
+            "--insecure-no-auth",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.callback_allow,
+            vec![
+                CallbackAllow::Net("10.0.0.0/8".parse().unwrap()),
+                CallbackAllow::Host("hooks.internal".into()),
+                CallbackAllow::Net("127.0.0.1/32".parse().unwrap()),
+            ]
+        );
+        assert_eq!(config.allowed_hosts, ["a.example", "b.example"]);
+        assert!(config.insecure_no_auth);
+        assert!(Config::try_parse_from(["serve", "--callback-allow", "10.0.0.0/99"]).is_err());
+
+        let defaults = Config::defaults();
+        assert!(!defaults.insecure_no_auth);
+        assert!(defaults.callback_allow.is_empty());
+        assert!(defaults.callback_secret_file.is_none());
+    }
+}

@@ -486,3 +486,40 @@ fn a_malformed_upstream_header_is_not_echoed() {
     );
     assert!(!stderr.contains(secret), "{stderr}");
 }
+
+#[test]
+fn a_malformed_callback_secret_stops_the_start_without_being_echoed() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "hunter2-is-not-base64!").unwrap();
+    let (status, stderr) = run_to_exit(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--callback-secret-file",
+            secret.to_str().unwrap(),
+        ],
+        Duration::from_secs(20),
+    )
+    .expect("the server exits by itself");
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("--callback-secret-file"), "{stderr}");
+    assert!(stderr.contains("whsec_"), "says what it wants: {stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+#[tokio::test]
+async fn without_keys_a_request_with_no_host_is_served() {
+    // Browsers always send a Host, so a request without one cannot come from
+    // a rebinding page.
+    let app = spawn_app().await;
+    let mut stream = TcpStream::connect(app.address.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /stats HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let status = read_status_line(&mut stream).await;
+    assert!(status.contains(" 200 "), "{status}");
+}
