@@ -42,6 +42,9 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // Before anything is opened or created: a refused start leaves no trace.
+        refuse_open_access_beyond_loopback(&config)?;
+        let callback_settings = config.callback_settings()?;
         let store = store::open(&config.database, config.lease_settings())
             .await
             .with_context(|| format!("opening the database {}", redacted_url(&config.database)))?;
@@ -81,15 +84,6 @@ impl Application {
                     "API keys required on every endpoint but /healthz"
                 );
                 Some(Arc::new(keys))
-            }
-            None if !config.listen.ip().is_loopback() && !config.insecure_no_auth => {
-                anyhow::bail!(
-                    "refusing to listen on {} without API keys: anyone who can reach it could \
-                     submit and cancel work. Give --api-keys-file FILE (see the README's \
-                     \"API keys\"), listen on 127.0.0.1, or, behind a firewall or an \
-                     authenticating proxy, pass --insecure-no-auth",
-                    config.listen
-                );
             }
             None => {
                 if config.listen.ip().is_loopback() {
@@ -131,7 +125,6 @@ impl Application {
             signals.clone(),
             Arc::clone(&metrics),
         );
-        let callback_settings = config.callback_settings()?;
         if callback_settings.signing.is_none() {
             tracing::info!("callbacks are not signed: see --callback-secret-file");
         }
@@ -217,6 +210,24 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Protected mode: without API keys, listening beyond loopback would open
+/// every endpoint to the network, so it must be asked for by name.
+fn refuse_open_access_beyond_loopback(config: &Config) -> anyhow::Result<()> {
+    if config.api_keys_file.is_none()
+        && !config.listen.ip().is_loopback()
+        && !config.insecure_no_auth
+    {
+        anyhow::bail!(
+            "refusing to listen on {} without API keys: anyone who can reach it could submit \
+             and cancel work. Give --api-keys-file FILE (see the README's \"API keys\"), \
+             listen on 127.0.0.1, or, behind a firewall or an authenticating proxy, pass \
+             --insecure-no-auth",
+            config.listen
+        );
+    }
+    Ok(())
 }
 
 /// Runs `sluice serve` until SIGINT or SIGTERM.

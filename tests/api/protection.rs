@@ -323,6 +323,20 @@ fn listening_beyond_loopback_without_keys_refuses_to_start_and_says_how_to_fix_i
 }
 
 #[test]
+fn a_refused_start_creates_no_database() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let database = dir.path().join("s.db");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--database"])
+        .arg(format!("sqlite://{}", database.display()))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success());
+    assert!(!database.exists(), "nothing was opened before the refusal");
+}
+
+#[test]
 fn insecure_no_auth_starts_beyond_loopback_with_a_warning() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::TempDir::new().unwrap();
