@@ -40,6 +40,11 @@ pub enum StoreError {
     /// The database holds something this version cannot read.
     #[error("the store holds unexpected data: {0}")]
     Corrupt(String),
+    /// The database refused what it was given for its content (too large, a
+    /// value it cannot represent), not because it is down: asking again
+    /// would fail the same way.
+    #[error("the store refused the data: {0}")]
+    Rejected(String),
 }
 
 /// A validated request, ready to be stored.

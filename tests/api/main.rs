@@ -7,6 +7,7 @@ mod dashboard;
 mod durability;
 mod helpers;
 mod hostile;
+mod hostile_upstream;
 mod ingest;
 mod openapi;
 mod operations;
