@@ -25,6 +25,7 @@ const HOLD: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_secs(5);
 const BATCH: usize = 16;
 
+#[derive(Clone)]
 pub struct CallbackSender {
     store: SharedStore,
     client: reqwest::Client,

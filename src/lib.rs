@@ -16,7 +16,7 @@
 //!   [`upstream::Fetcher`] trait; the built-in mock by default.
 //!
 //! [`callbacks`] POSTs a request's final status to its `callback_url`.
-//! [`metrics`] counts what happens, for `/metrics`. [`signals`] are the wake-ups between them. [`startup`] wires them together; [`config`] and [`cli`] are the command line;
+//! [`metrics`] counts what happens, for `/metrics`. [`signals`] are the wake-ups between them; [`supervisor`] restarts a background part that stops. [`startup`] wires them together; [`config`] and [`cli`] are the command line;
 //! `main.rs` only parses flags and calls [`startup::serve`].
 //! [`client`] is `sluice submit`, `status` and `watch`, run by [`client::run`]: an API client.
 
@@ -31,5 +31,6 @@ pub mod metrics;
 pub mod signals;
 pub mod startup;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
 pub mod upstream;

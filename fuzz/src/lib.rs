@@ -101,6 +101,7 @@ impl Harness {
                     },
                     api_keys: None,
                     idempotency_ttl: config.idempotency_ttl.as_duration(),
+                    supervision: Default::default(),
                 }))
             })
             .collect();

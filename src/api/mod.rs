@@ -72,6 +72,8 @@ pub struct App {
     pub api_keys: Option<Arc<auth::ApiKeys>>,
     /// How long an `Idempotency-Key` holds.
     pub idempotency_ttl: std::time::Duration,
+    /// Which background parts are down: `/readyz` is 503 while any is.
+    pub supervision: crate::supervisor::Supervision,
 }
 
 impl AppState {

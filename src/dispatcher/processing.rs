@@ -1,8 +1,10 @@
 //! Processing one started batch: fetch the ids that still need it, store the
 //! outcomes, and decide where the batch goes next.
 
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tracing::Instrument;
 
 use crate::domain::{Clock, FailureKind, FetchFailure, IdOutcome, Outcome, Timestamp};
@@ -72,7 +74,20 @@ async fn run(
         attempt = batch.attempt,
         "batch triggered"
     );
-    let (outcomes, end) = attempt(fetcher, clock, retry, &batch).await;
+    // A panic while fetching (a bug, a fetcher's) ends this attempt as a
+    // transient failure of the batch, retried like any other: the batch never
+    // stays `triggered`, holding its processing slot.
+    let (outcomes, end) = match AssertUnwindSafe(attempt(fetcher, clock, retry, &batch))
+        .catch_unwind()
+        .await
+    {
+        Ok(attempted) => attempted,
+        Err(payload) => {
+            let panic = crate::supervisor::payload_message(payload.as_ref());
+            tracing::error!(%panic, "processing the batch panicked; a transient failure");
+            panicked(&batch, clock, retry, &panic)
+        }
+    };
     let ended = match &end {
         AttemptEnd::Completed => {
             tracing::info!("batch completed");
@@ -158,7 +173,62 @@ async fn attempt(
         });
     }
 
-    let end = if outcomes.iter().any(|o| !o.outcome.is_final()) {
+    let end = end_of(&outcomes, batch, retry, at, retry_after);
+    (outcomes, end)
+}
+
+/// The end of an attempt that panicked: every id still to fetch failed
+/// transiently (in error after the last attempt); earlier outcomes stay.
+fn panicked(
+    batch: &ClaimedBatch,
+    clock: Clock,
+    retry: RetryPolicy,
+    panic: &str,
+) -> (Vec<IdOutcome>, AttemptEnd) {
+    let at = clock.now();
+    let last_attempt = batch.attempt >= retry.max_attempts;
+    let outcomes: Vec<IdOutcome> = batch
+        .ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            let earlier = batch.outcomes.get(i).filter(|o| o.id == id);
+            match earlier {
+                Some(settled) if settled.outcome.is_final() => settled.clone(),
+                _ => {
+                    let error = FetchFailure {
+                        kind: FailureKind::Transient,
+                        status: None,
+                        message: format!("processing panicked: {panic}"),
+                    };
+                    IdOutcome {
+                        id,
+                        outcome: if last_attempt {
+                            Outcome::Error { error }
+                        } else {
+                            Outcome::Retrying { error }
+                        },
+                        attempts: earlier.map_or(0, |o| o.attempts) + 1,
+                        at,
+                    }
+                }
+            }
+        })
+        .collect();
+    let end = end_of(&outcomes, batch, retry, at, None);
+    (outcomes, end)
+}
+
+/// Where a batch goes after an attempt with these outcomes: retried while an
+/// id waits for another fetch, otherwise completed or failed.
+fn end_of(
+    outcomes: &[IdOutcome],
+    batch: &ClaimedBatch,
+    retry: RetryPolicy,
+    at: Timestamp,
+    retry_after: Option<Duration>,
+) -> AttemptEnd {
+    if outcomes.iter().any(|o| !o.outcome.is_final()) {
         let wait = retry.backoff(batch.attempt, retry_after);
         AttemptEnd::RetryAt(at.saturating_add_micros(wait.as_micros() as i64))
     } else if outcomes
@@ -168,8 +238,7 @@ async fn attempt(
         AttemptEnd::Completed
     } else {
         AttemptEnd::Failed
-    };
-    (outcomes, end)
+    }
 }
 
 /// Records the attempt, trying until the store takes it.

@@ -17,5 +17,6 @@ mod rate;
 mod sqlite_only;
 mod status;
 mod store_trouble;
+mod supervision;
 mod torture;
 mod upstream;

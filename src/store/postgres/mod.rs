@@ -28,9 +28,9 @@ use super::codec::{
     decode_ids, decode_outcomes, earlier_outcomes, encode_ids, encode_outcomes, event,
 };
 use super::{
-    AttemptEnd, BatchKey, BatchOutcomes, BatchRecord, CallbackDelivery, CallbackRecord,
-    CallbackState, ClaimOutcome, ClaimRequest, ClaimedBatch, Created, DueCallback, Event,
-    IngestionRecord, IngestionSummary, NewIngestion, QueueStats, Store, StoreError,
+    AttemptEnd, BackgroundPart, BatchKey, BatchOutcomes, BatchRecord, CallbackDelivery,
+    CallbackRecord, CallbackState, ClaimOutcome, ClaimRequest, ClaimedBatch, Created, DueCallback,
+    Event, IngestionRecord, IngestionSummary, NewIngestion, QueueStats, Store, StoreError,
 };
 use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, Priority, Timestamp};
 use crate::signals::Signals;
@@ -54,6 +54,9 @@ pub struct LeaseSettings {
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// One connection for the lease heartbeat alone (see
+    /// `background::keep_leases`).
+    heartbeat_pool: PgPool,
     /// This process, as the owner of its leases.
     node: Uuid,
     leases: LeaseSettings,
@@ -77,15 +80,20 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(unavailable)?;
+        let heartbeat_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(leases.lease)
+            .connect_lazy_with(options);
         sqlx::migrate!("./migrations/postgres")
             .run(&pool)
             .await
             .map_err(|e| StoreError::Unavailable(format!("migrating the database: {e}")))?;
         Ok(Self {
             pool,
+            heartbeat_pool,
             node: Uuid::now_v7(),
             leases,
             processing: Processing::default(),
@@ -615,15 +623,48 @@ impl Store for PostgresStore {
         })
     }
 
-    fn watch(&self, signals: Signals, shutdown: CancellationToken) {
-        tokio::spawn(background::run(
-            self.pool.clone(),
-            self.node,
-            self.leases,
-            Arc::clone(&self.processing),
-            signals,
-            shutdown,
-        ));
+    fn background(&self, signals: Signals, shutdown: CancellationToken) -> Vec<BackgroundPart> {
+        let listener = {
+            let (pool, poll, signals, shutdown) = (
+                self.pool.clone(),
+                self.leases.poll,
+                signals.clone(),
+                shutdown.clone(),
+            );
+            BackgroundPart {
+                name: "postgres listener",
+                run: Box::new(move || {
+                    Box::pin(background::listen(
+                        pool.clone(),
+                        poll,
+                        signals.clone(),
+                        shutdown.clone(),
+                    ))
+                }),
+            }
+        };
+        let heartbeat = {
+            let (pool, node, leases, processing) = (
+                self.heartbeat_pool.clone(),
+                self.node,
+                self.leases,
+                Arc::clone(&self.processing),
+            );
+            BackgroundPart {
+                name: "lease heartbeat",
+                run: Box::new(move || {
+                    Box::pin(background::keep_leases(
+                        pool.clone(),
+                        node,
+                        leases,
+                        Arc::clone(&processing),
+                        signals.clone(),
+                        shutdown.clone(),
+                    ))
+                }),
+            }
+        };
+        vec![listener, heartbeat]
     }
 }
 
