@@ -91,6 +91,17 @@ pub struct Config {
     #[arg(long, env = "SLUICE_UPSTREAM_TIMEOUT", default_value = "10s")]
     pub upstream_timeout: Interval,
 
+    /// The largest upstream answer read, in bytes; past it reading stops and
+    /// the id ends in a permanent error ("the answer was too large").
+    #[arg(long, env = "SLUICE_UPSTREAM_MAX_BODY", default_value = "1048576")]
+    pub upstream_max_body: u64,
+
+    /// Follow the upstream's redirects, and then only to the same scheme, host
+    /// and port, so headers never reach another host. Without it a redirect
+    /// ends the id in a permanent error.
+    #[arg(long, env = "SLUICE_UPSTREAM_FOLLOW_REDIRECTS")]
+    pub upstream_follow_redirects: bool,
+
     /// Attempts per batch, the first included, before a batch with transient
     /// failures is `failed`.
     #[arg(long, env = "SLUICE_MAX_ATTEMPTS", default_value = "5", value_parser = clap::value_parser!(u32).range(1..))]
@@ -225,6 +236,8 @@ impl Config {
             url_template,
             headers,
             timeout: self.upstream_timeout.as_duration(),
+            max_body: self.upstream_max_body,
+            follow_redirects: self.upstream_follow_redirects,
         }))
     }
 

@@ -17,12 +17,13 @@ use crate::api::limits::Limits;
 use crate::api::{self, ApiLimits, App, AppState};
 use crate::callbacks::CallbackSender;
 use crate::config::Config;
-use crate::dispatcher::{DispatchSettings, Dispatcher};
+use crate::dispatcher::{DispatchSettings, Dispatcher, LoopFault};
 use crate::domain::{BatchSize, Clock};
 use crate::metrics::Metrics;
 use crate::redact::redacted_url;
 use crate::signals::Signals;
 use crate::store::{self, SharedStore};
+use crate::supervisor::{Supervision, Supervisor};
 use crate::upstream::{HttpUpstream, Metered, MockUpstream, SharedFetcher};
 
 /// A service that is bound and recovered, ready to run.
@@ -38,10 +39,27 @@ pub struct Application {
     /// Where the queue counter keeps the API's view of the queue.
     queued_ids: Arc<AtomicU64>,
     batch_size: BatchSize,
+    /// Which background parts are down, as `/readyz` reports them.
+    supervision: Supervision,
+}
+
+/// Parts a test puts in place of those the configuration names.
+#[doc(hidden)]
+#[derive(Default)]
+pub struct TestParts {
+    /// Fetches instead of the mock or the HTTP upstream.
+    pub fetcher: Option<SharedFetcher>,
+    /// Runs in the dispatcher's loop before every claim.
+    pub dispatcher_fault: Option<LoopFault>,
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with(config, TestParts::default()).await
+    }
+
+    #[doc(hidden)]
+    pub async fn build_with(config: Config, parts: TestParts) -> anyhow::Result<Self> {
         // Before anything is opened or created: a refused start leaves no trace.
         refuse_open_access_beyond_loopback(&config)?;
         let callback_settings = config.callback_settings()?;
@@ -61,15 +79,16 @@ impl Application {
         }
 
         let metrics = Arc::new(Metrics::default());
-        let fetcher: SharedFetcher = match config.http_upstream()? {
-            Some(settings) => {
+        let fetcher: SharedFetcher = match (parts.fetcher, config.http_upstream()?) {
+            (Some(fetcher), _) => fetcher,
+            (None, Some(settings)) => {
                 tracing::info!(url = %redacted_url(&settings.url_template), "fetching from an HTTP upstream");
                 Arc::new(Metered::new(
                     HttpUpstream::new(settings)?,
                     Arc::clone(&metrics),
                 ))
             }
-            None => Arc::new(Metered::new(
+            (None, None) => Arc::new(Metered::new(
                 MockUpstream::new(config.mock_latency.as_duration()),
                 Arc::clone(&metrics),
             )),
@@ -112,7 +131,7 @@ impl Application {
             queued_ids: Arc::new(AtomicU64::new(0)),
         };
         let stopping = CancellationToken::new();
-        let dispatcher = Dispatcher::new(
+        let mut dispatcher = Dispatcher::new(
             Arc::clone(&store),
             fetcher,
             clock,
@@ -125,6 +144,10 @@ impl Application {
             signals.clone(),
             Arc::clone(&metrics),
         );
+        if let Some(fault) = parts.dispatcher_fault {
+            dispatcher = dispatcher.with_fault(fault);
+        }
+        let supervision = Supervision::default();
         if callback_settings.signing.is_none() {
             tracing::info!("callbacks are not signed: see --callback-secret-file");
         }
@@ -151,6 +174,7 @@ impl Application {
                 max_ids_per_request: config.max_ids_per_request,
             },
             idempotency_ttl: config.idempotency_ttl.as_duration(),
+            supervision: supervision.clone(),
         }));
         let listener = TcpListener::bind(config.listen)
             .await
@@ -166,6 +190,7 @@ impl Application {
             stopping,
             queued_ids: overload.queued_ids,
             batch_size: config.batch_size,
+            supervision,
         })
     }
 
@@ -182,30 +207,68 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled: stops accepting connections, starts
     /// no new batch, and gives batches in flight the shutdown grace to finish.
+    /// The background parts are supervised meanwhile: one that stops is
+    /// restarted.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!("listening on http://{}", self.local_addr());
-        self.store.watch(self.signals.clone(), shutdown.clone());
-        tokio::spawn(count_queue(
+        let mut supervisor = Supervisor::new(self.supervision, shutdown.clone());
+        for part in self
+            .store
+            .background(self.signals.clone(), shutdown.clone())
+        {
+            supervisor.spawn(part.name, part.run);
+        }
+        let (store, queued_ids, batch_size, stop) = (
             Arc::clone(&self.store),
             self.queued_ids,
             self.batch_size,
             shutdown.clone(),
-        ));
+        );
+        supervisor.spawn(
+            "queue counter",
+            Box::new(move || {
+                Box::pin(count_queue(
+                    Arc::clone(&store),
+                    Arc::clone(&queued_ids),
+                    batch_size,
+                    stop.clone(),
+                ))
+            }),
+        );
         let stopping = self.stopping.clone();
         let shutdown_seen = shutdown.clone();
         tokio::spawn(async move {
             shutdown_seen.cancelled().await;
             stopping.cancel();
         });
-        let dispatcher = tokio::spawn(self.dispatcher.run(shutdown.clone()));
-        let callbacks = tokio::spawn(self.callbacks.run(shutdown.clone()));
+        let (dispatcher, stop) = (Arc::new(self.dispatcher), shutdown.clone());
+        let mut runs = 0u64;
+        supervisor.spawn(
+            "dispatcher",
+            Box::new(move || {
+                let (dispatcher, stop) = (Arc::clone(&dispatcher), stop.clone());
+                runs += 1;
+                let first = runs == 1;
+                Box::pin(async move {
+                    if first {
+                        dispatcher.run(stop).await;
+                    } else {
+                        dispatcher.resume(stop).await;
+                    }
+                })
+            }),
+        );
+        let (callbacks, stop) = (self.callbacks, shutdown.clone());
+        supervisor.spawn(
+            "callback sender",
+            Box::new(move || Box::pin(callbacks.clone().run(stop.clone()))),
+        );
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;
         // If the server failed on its own, the dispatcher must stop too.
         shutdown.cancel();
-        dispatcher.await.context("the dispatcher panicked")?;
-        callbacks.await.context("the callback sender panicked")?;
+        supervisor.wait().await;
         served.context("the HTTP server failed")?;
         tracing::info!("stopped");
         Ok(())

@@ -102,6 +102,7 @@ impl Harness {
                     api_keys: None,
                     allowed_hosts: None,
                     idempotency_ttl: config.idempotency_ttl.as_duration(),
+                    supervision: Default::default(),
                 }))
             })
             .collect();

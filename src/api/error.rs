@@ -241,6 +241,12 @@ impl From<StoreError> for ApiError {
                 tracing::error!(%error, "store holds unexpected data");
                 ApiError::internal("the store holds data this version cannot read")
             }
+            // Only a write of what the request carries can be refused for
+            // its content: the request is too large for the store.
+            StoreError::Rejected(_) => {
+                tracing::warn!(%error, "the store refused a request's content");
+                ApiError::too_large("the store cannot hold this request; nothing was stored")
+            }
         }
     }
 }

@@ -76,6 +76,8 @@ pub struct App {
     pub allowed_hosts: Option<Arc<host::AllowedHosts>>,
     /// How long an `Idempotency-Key` holds.
     pub idempotency_ttl: std::time::Duration,
+    /// Which background parts are down: `/readyz` is 503 while any is.
+    pub supervision: crate::supervisor::Supervision,
 }
 
 impl AppState {

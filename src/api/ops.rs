@@ -46,13 +46,17 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// `GET /readyz`: the store answers and its migrations are applied.
+/// `GET /readyz`: every background part runs, the store answers and its
+/// migrations are applied.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "operations",
     operation_id = "readyz",
-    summary = "Readiness: the store answers and its migrations are applied",
+    summary = "Readiness: background work runs, the store answers and its migrations are applied",
+    description = "503 names what is not ready: a background part that stopped and waits to \
+        be restarted (the dispatcher, the callback sender, the queue counter, on PostgreSQL the \
+        listener and the lease heartbeat), or the store.",
     security((), ("api_key" = ["read"])),
     responses(
         (status = 200, description = "Ready: `{\"status\": \"ready\"}`.", body = Health),
@@ -62,6 +66,13 @@ pub async fn healthz() -> Json<Health> {
     ),
 )]
 pub async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiError> {
+    let down = app.supervision.down();
+    if !down.is_empty() {
+        return Err(ApiError::unavailable(
+            format!("stopped, restarting: {}", down.join(", ")),
+            1,
+        ));
+    }
     // Probes give up after a second or so: a store that cannot answer within
     // that (PostgreSQL down, the pool waiting for a connection) is not ready,
     // and the probe should hear so rather than time out.

@@ -47,6 +47,7 @@ pub struct CallbackSettings {
     pub signing: Option<SigningKey>,
 }
 
+#[derive(Clone)]
 pub struct CallbackSender {
     store: SharedStore,
     client: reqwest::Client,

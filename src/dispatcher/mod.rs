@@ -49,6 +49,11 @@ pub struct DispatchSettings {
     pub retry: RetryPolicy,
 }
 
+/// A fault injected into the dispatcher's loop, before every claim: tests use
+/// it to make the loop panic and watch it recover.
+#[doc(hidden)]
+pub type LoopFault = Arc<dyn Fn() + Send + Sync>;
+
 pub struct Dispatcher {
     store: SharedStore,
     fetcher: SharedFetcher,
@@ -58,6 +63,7 @@ pub struct Dispatcher {
     /// batch, or either seen elsewhere by the store); the loop sends the rest.
     signals: Signals,
     metrics: Arc<Metrics>,
+    fault: Option<LoopFault>,
 }
 
 impl Dispatcher {
@@ -76,13 +82,40 @@ impl Dispatcher {
             settings,
             signals,
             metrics,
+            fault: None,
         }
+    }
+
+    #[doc(hidden)]
+    pub fn with_fault(mut self, fault: LoopFault) -> Self {
+        self.fault = Some(fault);
+        self
+    }
+
+    /// Runs again after a run that stopped early (a panic): the batches that
+    /// run left processing were abandoned with it, so they go back to the
+    /// queue first, still `triggered`, to run again before anything else.
+    pub async fn resume(&self, shutdown: CancellationToken) {
+        match self.store.release_unfinished(self.clock.now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                batches = n,
+                "batches abandoned by the stopped dispatcher will run again"
+            ),
+            Err(error) => tracing::error!(
+                %error,
+                "cannot hand back the batches the stopped dispatcher left; \
+                 they will be recovered at the next start"
+            ),
+        }
+        self.signals.work_available();
+        self.run(shutdown).await;
     }
 
     /// Runs until `shutdown` is cancelled, then lets batches already processing
     /// finish within the grace period. A batch still processing after that goes
     /// back to the queue, to be processed again.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(&self, shutdown: CancellationToken) {
         let mut processing = JoinSet::new();
         loop {
             while processing.try_join_next().is_some() {}
@@ -153,6 +186,9 @@ impl Dispatcher {
             // shutdown began (seen: 15 s of it after SIGTERM).
             if shutdown.is_cancelled() {
                 return None;
+            }
+            if let Some(fault) = &self.fault {
+                fault();
             }
             let request = ClaimRequest {
                 ready_since,

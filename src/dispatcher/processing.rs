@@ -1,11 +1,13 @@
 //! Processing one started batch: fetch the ids that still need it, store the
 //! outcomes, and decide where the batch goes next.
 
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tracing::Instrument;
 
-use crate::domain::{Clock, FailureKind, IdOutcome, Outcome, Timestamp};
+use crate::domain::{Clock, FailureKind, FetchFailure, IdOutcome, Outcome, Timestamp};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::store::{AttemptEnd, ClaimedBatch, Store, StoreError};
 use crate::upstream::Fetcher;
@@ -72,7 +74,20 @@ async fn run(
         attempt = batch.attempt,
         "batch triggered"
     );
-    let (outcomes, end) = attempt(fetcher, clock, retry, &batch).await;
+    // A panic while fetching (a bug, a fetcher's) ends this attempt as a
+    // transient failure of the batch, retried like any other: the batch never
+    // stays `triggered`, holding its processing slot.
+    let (outcomes, end) = match AssertUnwindSafe(attempt(fetcher, clock, retry, &batch))
+        .catch_unwind()
+        .await
+    {
+        Ok(attempted) => attempted,
+        Err(payload) => {
+            let panic = crate::supervisor::payload_message(payload.as_ref());
+            tracing::error!(%panic, "processing the batch panicked; a transient failure");
+            panicked(&batch, clock, retry, &panic)
+        }
+    };
     let ended = match &end {
         AttemptEnd::Completed => {
             tracing::info!("batch completed");
@@ -158,7 +173,62 @@ async fn attempt(
         });
     }
 
-    let end = if outcomes.iter().any(|o| !o.outcome.is_final()) {
+    let end = end_of(&outcomes, batch, retry, at, retry_after);
+    (outcomes, end)
+}
+
+/// The end of an attempt that panicked: every id still to fetch failed
+/// transiently (in error after the last attempt); earlier outcomes stay.
+fn panicked(
+    batch: &ClaimedBatch,
+    clock: Clock,
+    retry: RetryPolicy,
+    panic: &str,
+) -> (Vec<IdOutcome>, AttemptEnd) {
+    let at = clock.now();
+    let last_attempt = batch.attempt >= retry.max_attempts;
+    let outcomes: Vec<IdOutcome> = batch
+        .ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            let earlier = batch.outcomes.get(i).filter(|o| o.id == id);
+            match earlier {
+                Some(settled) if settled.outcome.is_final() => settled.clone(),
+                _ => {
+                    let error = FetchFailure {
+                        kind: FailureKind::Transient,
+                        status: None,
+                        message: format!("processing panicked: {panic}"),
+                    };
+                    IdOutcome {
+                        id,
+                        outcome: if last_attempt {
+                            Outcome::Error { error }
+                        } else {
+                            Outcome::Retrying { error }
+                        },
+                        attempts: earlier.map_or(0, |o| o.attempts) + 1,
+                        at,
+                    }
+                }
+            }
+        })
+        .collect();
+    let end = end_of(&outcomes, batch, retry, at, None);
+    (outcomes, end)
+}
+
+/// Where a batch goes after an attempt with these outcomes: retried while an
+/// id waits for another fetch, otherwise completed or failed.
+fn end_of(
+    outcomes: &[IdOutcome],
+    batch: &ClaimedBatch,
+    retry: RetryPolicy,
+    at: Timestamp,
+    retry_after: Option<Duration>,
+) -> AttemptEnd {
+    if outcomes.iter().any(|o| !o.outcome.is_final()) {
         let wait = retry.backoff(batch.attempt, retry_after);
         AttemptEnd::RetryAt(at.saturating_add_micros(wait.as_micros() as i64))
     } else if outcomes
@@ -168,27 +238,31 @@ async fn attempt(
         AttemptEnd::Completed
     } else {
         AttemptEnd::Failed
-    };
-    (outcomes, end)
+    }
 }
 
 /// Records the attempt, trying until the store takes it.
 ///
 /// Giving up would leave the batch `triggered`, holding a processing slot: with
 /// SQLite until the next start, and on PostgreSQL for as long as this node lives,
-/// since its heartbeat renews the leases of the batches it processes. So the
-/// outcome is kept and the store asked again, with backoff, and nothing is
-/// fetched twice. A shutdown ends the wait (the batch then runs again, at the
-/// next start or on another node).
+/// since its heartbeat renews the leases of the batches it processes. So while
+/// the store is down the outcome is kept and the store asked again, with
+/// backoff, and nothing is fetched twice. A shutdown ends the wait (the batch
+/// then runs again, at the next start or on another node).
+///
+/// An outcome the store refuses for its content would be refused forever: the
+/// answers of this attempt are then replaced by errors saying so, and if even
+/// that is refused, every id ends in that error.
 async fn record(
     store: &dyn Store,
     batch: &ClaimedBatch,
-    outcomes: Vec<IdOutcome>,
-    end: AttemptEnd,
+    mut outcomes: Vec<IdOutcome>,
+    mut end: AttemptEnd,
     clock: Clock,
 ) -> bool {
     let at: Timestamp = clock.now();
     let mut wait = RECORD_RETRY_FIRST;
+    let mut refusals = 0;
     loop {
         match store
             .finish_attempt(batch.key, outcomes.clone(), end, at)
@@ -198,6 +272,16 @@ async fn record(
             Err(StoreError::Closed) => {
                 tracing::error!("the store closed; the batch will run again at the next start");
                 return false;
+            }
+            Err(StoreError::Rejected(reason)) if refusals < 2 => {
+                refusals += 1;
+                tracing::error!(%reason, "the store refused the outcome; its ids end in error");
+                let message = format!("the store refused the upstream's answer: {reason}");
+                (outcomes, end) = if refusals == 1 {
+                    refuse_answers(batch, outcomes, end, &message)
+                } else {
+                    refuse_all(outcomes, &message)
+                };
             }
             Err(error) => {
                 tracing::warn!(
@@ -212,9 +296,112 @@ async fn record(
     }
 }
 
+/// The outcomes with this attempt's answers replaced by a permanent error.
+fn refuse_answers(
+    batch: &ClaimedBatch,
+    outcomes: Vec<IdOutcome>,
+    end: AttemptEnd,
+    message: &str,
+) -> (Vec<IdOutcome>, AttemptEnd) {
+    let fetched_now = |i: usize, now: &IdOutcome| {
+        batch
+            .outcomes
+            .get(i)
+            .is_none_or(|before| before.attempts < now.attempts)
+    };
+    let outcomes: Vec<IdOutcome> = outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut outcome)| {
+            if fetched_now(i, &outcome) && matches!(outcome.outcome, Outcome::Ok { .. }) {
+                outcome.outcome = Outcome::Error {
+                    error: refused(message),
+                };
+            }
+            outcome
+        })
+        .collect();
+    let end = match end {
+        AttemptEnd::RetryAt(at) => AttemptEnd::RetryAt(at),
+        AttemptEnd::Completed | AttemptEnd::Failed => AttemptEnd::Failed,
+    };
+    (outcomes, end)
+}
+
+/// Every id ended in the store's refusal: the smallest outcome there is.
+fn refuse_all(outcomes: Vec<IdOutcome>, message: &str) -> (Vec<IdOutcome>, AttemptEnd) {
+    let outcomes = outcomes
+        .into_iter()
+        .map(|outcome| IdOutcome {
+            outcome: Outcome::Error {
+                error: refused(message),
+            },
+            ..outcome
+        })
+        .collect();
+    (outcomes, AttemptEnd::Failed)
+}
+
+fn refused(message: &str) -> FetchFailure {
+    FetchFailure {
+        kind: FailureKind::Permanent,
+        status: None,
+        message: message.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{BatchId, IngestionId, ItemId, Priority};
+    use crate::store::BatchKey;
+
+    fn outcome(id: u64, outcome: Outcome, attempts: u32) -> IdOutcome {
+        IdOutcome {
+            id: ItemId::new(id).unwrap(),
+            outcome,
+            attempts,
+            at: Timestamp::from_micros(0),
+        }
+    }
+
+    #[test]
+    fn a_refused_attempt_keeps_earlier_answers_and_ends_its_own_in_error() {
+        let ok = || Outcome::Ok {
+            data: serde_json::json!("data"),
+        };
+        let batch = ClaimedBatch {
+            key: BatchKey {
+                ingestion_seq: 1,
+                position: 0,
+            },
+            id: BatchId {
+                ingestion: IngestionId::from_bytes([0; 16]),
+                position: 0,
+            },
+            priority: Priority::High,
+            ids: [1, 2].map(|id| ItemId::new(id).unwrap()).to_vec(),
+            attempt: 2,
+            slot: Timestamp::from_micros(0),
+            outcomes: vec![outcome(1, ok(), 1)],
+        };
+        let now = vec![outcome(1, ok(), 1), outcome(2, ok(), 1)];
+        let (outcomes, end) = refuse_answers(&batch, now, AttemptEnd::Completed, "refused");
+        assert_eq!(outcomes[0].outcome, ok(), "an earlier answer is kept");
+        assert!(
+            matches!(&outcomes[1].outcome, Outcome::Error { error } if error.kind == FailureKind::Permanent),
+            "{outcomes:?}"
+        );
+        assert_eq!(end, AttemptEnd::Failed);
+
+        let (outcomes, end) = refuse_all(outcomes, "refused");
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o.outcome, Outcome::Error { .. }))
+        );
+        assert_eq!(end, AttemptEnd::Failed);
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_honours_retry_after() {

@@ -1,6 +1,6 @@
 //! How values are laid out in the database, the same in every store.
 
-use crate::domain::{BatchStatus, IngestionId, IngestionStatus, ItemId, Timestamp};
+use crate::domain::{BatchStatus, IdOutcome, IngestionId, IngestionStatus, ItemId, Timestamp};
 use crate::store::{Event, EventSubject, StoreError};
 
 /// Ids as consecutive little-endian `u32`s: four bytes an id, no parsing.
@@ -45,5 +45,28 @@ pub fn event(
         ingestion,
         subject,
         at: Timestamp::from_micros(at),
+    })
+}
+
+/// A batch's outcomes as stored: a JSON array, as text. serde_json escapes
+/// every control character, so the text holds no NUL byte whatever the
+/// upstream sent, and both stores keep it as it is.
+pub fn encode_outcomes(outcomes: &[IdOutcome]) -> Result<String, StoreError> {
+    serde_json::to_string(outcomes).map_err(|e| StoreError::Rejected(format!("results: {e}")))
+}
+
+pub fn decode_outcomes(json: Option<&str>) -> Result<Vec<IdOutcome>, StoreError> {
+    json.map_or(Ok(Vec::new()), |json| {
+        serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("results: {e}")))
+    })
+}
+
+/// The outcomes of earlier attempts, for a batch being started. Ones that
+/// cannot be read back (written by an older version) must not stop the
+/// dispatch: the batch then starts afresh, every id fetched again.
+pub fn earlier_outcomes(json: Option<&str>, batch: crate::domain::BatchId) -> Vec<IdOutcome> {
+    decode_outcomes(json).unwrap_or_else(|error| {
+        tracing::error!(%batch, %error, "cannot read the earlier outcomes; fetching every id again");
+        Vec::new()
     })
 }

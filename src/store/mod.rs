@@ -40,6 +40,11 @@ pub enum StoreError {
     /// The database holds something this version cannot read.
     #[error("the store holds unexpected data: {0}")]
     Corrupt(String),
+    /// The database refused what it was given for its content (too large, a
+    /// value it cannot represent), not because it is down: asking again
+    /// would fail the same way.
+    #[error("the store refused the data: {0}")]
+    Rejected(String),
 }
 
 /// A validated request, ready to be stored.
@@ -384,11 +389,21 @@ pub trait Store: Send + Sync + 'static {
     /// Counts for operators and tests.
     async fn stats(&self) -> Result<QueueStats, StoreError>;
 
-    /// Starts what the store runs in the background until `shutdown`, sending
-    /// `signals` for what other processes did. The PostgreSQL store listens for
+    /// What the store runs in the background until `shutdown`, sending
+    /// `signals` for what other processes did; the caller starts each part,
+    /// and starts it again if it stops. The PostgreSQL store listens for
     /// other nodes' work and keeps its leases; a store used by one process
     /// needs nothing.
-    fn watch(&self, _signals: Signals, _shutdown: CancellationToken) {}
+    fn background(&self, _signals: Signals, _shutdown: CancellationToken) -> Vec<BackgroundPart> {
+        Vec::new()
+    }
+}
+
+/// A part of the store's background work, named for logs and `/readyz`.
+pub struct BackgroundPart {
+    pub name: &'static str,
+    /// Makes one run of the part; called again for each restart.
+    pub run: crate::supervisor::Part,
 }
 
 /// Opens the store a database URL names: `sqlite:` or `postgres:`.

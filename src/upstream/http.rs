@@ -11,6 +11,13 @@ use crate::domain::ItemId;
 
 /// How much of an error body is kept in the outcome.
 const BODY_EXCERPT: usize = 200;
+/// How deeply nested an answer may be to be kept as JSON; a deeper one is kept
+/// as text. Stored with its outcome, the answer sits two levels deeper, and it
+/// must still decode well within serde_json's recursion limit (128) at a claim
+/// and in the results API.
+const MAX_JSON_DEPTH: usize = 64;
+/// The most redirects followed with `--upstream-follow-redirects`.
+const MAX_REDIRECTS: usize = 10;
 /// The longest `Retry-After` honoured; a larger one is read as this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
@@ -23,6 +30,12 @@ pub struct HttpUpstreamSettings {
     pub headers: Vec<(String, String)>,
     /// How long one request may take, connection included.
     pub timeout: Duration,
+    /// The largest answer read; past it reading stops and the id ends in a
+    /// permanent error.
+    pub max_body: u64,
+    /// Whether redirects to the same scheme, host and port are followed; a
+    /// redirect elsewhere is never followed, so headers never leave the host.
+    pub follow_redirects: bool,
 }
 
 pub struct HttpUpstream {
@@ -30,6 +43,7 @@ pub struct HttpUpstream {
     /// The template split around `{id}`: `prefix{id}suffix`.
     prefix: String,
     suffix: String,
+    max_body: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,9 +78,25 @@ impl HttpUpstream {
             value.set_sensitive(true);
             headers.insert(header, value);
         }
+        let redirects = if settings.follow_redirects {
+            reqwest::redirect::Policy::custom(|attempt| {
+                let same_origin = attempt
+                    .previous()
+                    .first()
+                    .is_some_and(|first| same_origin(first, attempt.url()));
+                if same_origin && attempt.previous().len() <= MAX_REDIRECTS {
+                    attempt.follow()
+                } else {
+                    attempt.stop()
+                }
+            })
+        } else {
+            reqwest::redirect::Policy::none()
+        };
         // One client for the process: it keeps connections alive and reuses them.
         let client = reqwest::Client::builder()
             .default_headers(headers)
+            .redirect(redirects)
             .timeout(settings.timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
@@ -76,6 +106,7 @@ impl HttpUpstream {
             client,
             prefix: prefix.to_owned(),
             suffix: suffix.to_owned(),
+            max_body: settings.max_body,
         })
     }
 
@@ -103,20 +134,18 @@ impl Fetcher for HttpUpstream {
         })?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
-        let body = response.bytes().await.map_err(|e| FetchError::Transient {
-            reason: if e.is_timeout() {
-                "timed out reading the body".into()
-            } else {
-                format!("reading the body failed: {e}")
-            },
-            status: Some(status.as_u16()),
-            retry_after: None,
-        })?;
+        let body = read_body(response, self.max_body).await?;
 
         if status.is_success() {
-            return Ok(serde_json::from_slice(&body).unwrap_or_else(|_| {
-                serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
-            }));
+            return Ok(answer(&body));
+        }
+        if status.is_redirection() {
+            return Err(FetchError::Permanent {
+                status: status.as_u16(),
+                body_excerpt: "a redirect, not followed (redirects are followed only with \
+                               --upstream-follow-redirects, and only to the same host)"
+                    .into(),
+            });
         }
         let excerpt = excerpt(&body);
         if is_transient(status) {
@@ -132,6 +161,68 @@ impl Fetcher for HttpUpstream {
             })
         }
     }
+}
+
+/// Reads the body, at most `max` bytes of it: a larger answer stops the
+/// reading there (announced by `Content-Length` or not), so one id's answer
+/// cannot exhaust the memory.
+async fn read_body(mut response: reqwest::Response, max: u64) -> Result<Vec<u8>, FetchError> {
+    let status = response.status().as_u16();
+    let too_large = || FetchError::Permanent {
+        status,
+        body_excerpt: format!("the answer was too large: over --upstream-max-body ({max} bytes)"),
+    };
+    if response.content_length().is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if (body.len() + chunk.len()) as u64 > max {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => {
+                return Err(FetchError::Transient {
+                    reason: if e.is_timeout() {
+                        "timed out reading the body".into()
+                    } else {
+                        format!("reading the body failed: {e}")
+                    },
+                    status: Some(status),
+                    retry_after: None,
+                });
+            }
+        }
+    }
+}
+
+/// A successful answer as it is kept: its JSON when it is JSON nested at most
+/// [`MAX_JSON_DEPTH`] deep, otherwise its text (invalid UTF-8 replaced).
+fn answer(body: &[u8]) -> serde_json::Value {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(json) if depth(&json) <= MAX_JSON_DEPTH => json,
+        _ => serde_json::Value::String(String::from_utf8_lossy(body).into_owned()),
+    }
+}
+
+/// How deeply arrays and objects nest in a value (a scalar is 0).
+fn depth(value: &serde_json::Value) -> usize {
+    let children = match value {
+        serde_json::Value::Array(items) => items.iter().map(depth).max(),
+        serde_json::Value::Object(fields) => fields.values().map(depth).max(),
+        _ => return 0,
+    };
+    1 + children.unwrap_or(0)
+}
+
+fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 /// 5xx, 408 and 429 may pass; every other non-2xx answer is final.
@@ -203,11 +294,41 @@ mod tests {
     }
 
     #[test]
+    fn deep_or_broken_answers_are_kept_as_text() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert_eq!(
+            answer(nested(MAX_JSON_DEPTH).as_bytes()),
+            serde_json::from_str::<serde_json::Value>(&nested(MAX_JSON_DEPTH)).unwrap()
+        );
+        let deep = nested(MAX_JSON_DEPTH + 1);
+        assert_eq!(
+            answer(deep.as_bytes()),
+            serde_json::Value::String(deep.clone())
+        );
+        assert_eq!(
+            answer(b"a\xffb"),
+            serde_json::Value::String("a\u{fffd}b".into())
+        );
+        assert_eq!(answer(b"{\"t\": \"a\\u0000b\"}")["t"], "a\u{0}b");
+    }
+
+    #[test]
+    fn only_the_same_origin_is_followed() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        assert!(same_origin(&url("http://a:80/x"), &url("http://a/y")));
+        assert!(!same_origin(&url("http://a/x"), &url("http://b/x")));
+        assert!(!same_origin(&url("http://a:1/x"), &url("http://a:2/x")));
+        assert!(!same_origin(&url("http://a/x"), &url("https://a/x")));
+    }
+
+    #[test]
     fn the_template_needs_one_id() {
         let settings = |url: &str| HttpUpstreamSettings {
             url_template: url.into(),
             headers: vec![],
             timeout: Duration::from_secs(1),
+            max_body: 1024,
+            follow_redirects: false,
         };
         assert!(HttpUpstream::new(settings("http://127.0.0.1:9/items/{id}")).is_ok());
         assert!(HttpUpstream::new(settings("http://127.0.0.1:9/items")).is_err());

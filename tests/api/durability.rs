@@ -213,3 +213,109 @@ async fn sigterm_stops_an_unthrottled_backlog_at_once() {
         late.len()
     );
 }
+
+#[tokio::test]
+async fn a_batch_interrupted_by_a_crash_stays_triggered_and_runs_before_higher_priorities() {
+    let dir = TempDir::new().unwrap();
+    let db = fresh_database(dir.path()).await;
+    let client = reqwest::Client::new();
+    // The mock takes a minute: the MEDIUM batch is surely processing at the kill.
+    let slow = [
+        "--interval",
+        "100ms",
+        "--mock-latency",
+        "60s",
+        "--lease",
+        "1s",
+    ];
+    let server = ServerProcess::start(&db, &slow);
+    let medium = ingest_at(&client, &server.address, &[1, 2, 3], "MEDIUM").await;
+    wait_for_status(
+        &client,
+        &server.address,
+        &medium,
+        "triggered",
+        Duration::from_secs(5),
+    )
+    .await;
+    let high = ingest_at(&client, &server.address, &[4, 5, 6, 7, 8, 9], "HIGH").await;
+
+    // Poll the MEDIUM request as fast as possible, before the kill, while the
+    // server is down and after the restart: no answer may show it going back.
+    let address = std::sync::Arc::new(std::sync::Mutex::new(server.address.clone()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let poller = tokio::spawn({
+        let (client, address, stop, medium) = (
+            client.clone(),
+            address.clone(),
+            stop.clone(),
+            medium.clone(),
+        );
+        async move {
+            let mut seen = Vec::new();
+            while !stop.is_cancelled() {
+                let at = address.lock().unwrap().clone();
+                if let Ok(response) = client.get(format!("{at}/status/{medium}")).send().await
+                    && let Ok(status) = response.json::<Value>().await
+                {
+                    seen.push((
+                        status["status"].as_str().unwrap().to_owned(),
+                        status["batches"][0]["status"].as_str().unwrap().to_owned(),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            seen
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.kill9();
+
+    let fast = [
+        "--interval",
+        "100ms",
+        "--mock-latency",
+        "100ms",
+        "--lease",
+        "1s",
+    ];
+    let server = ServerProcess::start(&db, &fast);
+    *address.lock().unwrap() = server.address.clone();
+    let medium_done = wait_for_status(
+        &client,
+        &server.address,
+        &medium,
+        "completed",
+        Duration::from_secs(15),
+    )
+    .await;
+    let high_done = wait_for_status(
+        &client,
+        &server.address,
+        &high,
+        "completed",
+        Duration::from_secs(15),
+    )
+    .await;
+    stop.cancel();
+    let seen = poller.await.unwrap();
+
+    assert!(seen.len() > 20, "polled often: {} answers", seen.len());
+    for (request, batch) in &seen {
+        assert_ne!(request, "yet_to_start", "the request went back: {seen:?}");
+        assert_ne!(batch, "yet_to_start", "the batch went back: {seen:?}");
+    }
+    assert_eq!(medium_done["batches"][0]["attempts"], 2, "run again");
+    let medium_started = micros(&medium_done["batches"][0]["started_at"]);
+    let mut slots = vec![micros(&medium_done["batches"][0]["scheduled_at"])];
+    for batch in high_done["batches"].as_array().unwrap() {
+        assert!(
+            micros(&batch["started_at"]) > medium_started,
+            "the interrupted MEDIUM batch runs before the HIGH ones: {medium_done:#} {high_done:#}"
+        );
+        slots.push(micros(&batch["scheduled_at"]));
+    }
+    for pair in slots.windows(2) {
+        assert!(pair[1] - pair[0] >= 100_000, "the rate holds: {slots:?}");
+    }
+}

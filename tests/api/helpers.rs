@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice::config::Config;
-use sluice::startup::Application;
+use sluice::startup::{Application, TestParts};
 use sluice::store::SharedStore;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
@@ -76,12 +76,22 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_with_parts(configure, TestParts::default()).await
+}
+
+/// An app with test parts in place of configured ones (a fetcher, a fault).
+pub async fn spawn_app_with_parts(
+    configure: impl FnOnce(&mut Config),
+    parts: TestParts,
+) -> TestApp {
     let dir = TempDir::new().unwrap();
     let mut config = test_config(&fresh_database(dir.path()).await);
     configure(&mut config);
 
     let database = config.database.clone();
-    let app = Application::build(config).await.expect("the app builds");
+    let app = Application::build_with(config, parts)
+        .await
+        .expect("the app builds");
     let address = format!("http://{}", app.local_addr());
     let store = app.store();
     let shutdown = CancellationToken::new();

@@ -1,6 +1,7 @@
-//! A node's background duties on PostgreSQL: listen for work, renew its leases,
-//! rescue the batches of dead nodes, and poll slowly in case a notification was
-//! missed (a notification sent while the listener reconnects is lost).
+//! A node's background duties on PostgreSQL, two parts supervised apart: the
+//! listener (wake-ups from other nodes, and a slow poll in case a notification
+//! was missed: one sent while the listener reconnects is lost), and the lease
+//! heartbeat (renew this node's leases, rescue the batches of dead nodes).
 
 use std::time::Duration;
 
@@ -12,29 +13,21 @@ use crate::signals::Signals;
 
 use super::{LeaseSettings, Processing, WAKE_CHANNEL, micros, requeue_expired};
 
-pub async fn run(
+/// Listens for other nodes' notifications, and polls slowly in case one was
+/// missed. Returns only at shutdown.
+pub async fn listen(
     pool: PgPool,
-    node: Uuid,
-    leases: LeaseSettings,
-    processing: Processing,
+    poll_every: Duration,
     signals: Signals,
     shutdown: CancellationToken,
 ) {
     let mut listener = connect_listener(&pool, &shutdown).await;
-    let mut heartbeat = tokio::time::interval(leases.heartbeat);
-    let mut poll = tokio::time::interval(leases.poll);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut poll = tokio::time::interval(poll_every);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
-            _ = heartbeat.tick() => {
-                if let Err(error) = renew_and_rescue(&pool, node, leases.lease, &processing, &signals).await {
-                    tracing::warn!(%error, "lease heartbeat failed");
-                }
-            }
             _ = poll.tick() => {
                 signals.work_available();
                 signals.events_stored();
@@ -52,6 +45,33 @@ pub async fn run(
                     signals.work_available();
                 }
             },
+        }
+    }
+}
+
+/// Renews this node's leases and rescues those of dead nodes, every
+/// heartbeat, on `heartbeat_pool`: a connection of its own, so that no load
+/// on the pool serving reads and writes can delay a renewal past the lease.
+/// Returns only at shutdown.
+pub async fn keep_leases(
+    heartbeat_pool: PgPool,
+    node: Uuid,
+    leases: LeaseSettings,
+    processing: Processing,
+    signals: Signals,
+    shutdown: CancellationToken,
+) {
+    let mut heartbeat = tokio::time::interval(leases.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            _ = heartbeat.tick() => {
+                if let Err(error) = renew_and_rescue(&heartbeat_pool, node, leases.lease, &processing, &signals).await {
+                    tracing::warn!(%error, "lease heartbeat failed");
+                }
+            }
         }
     }
 }

@@ -20,16 +20,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::types::Json;
 use sqlx::{Executor, Row};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::codec::{decode_ids, encode_ids, event};
+use super::codec::{
+    decode_ids, decode_outcomes, earlier_outcomes, encode_ids, encode_outcomes, event,
+};
 use super::{
-    AttemptEnd, BatchKey, BatchOutcomes, BatchRecord, CallbackDelivery, CallbackRecord,
-    CallbackState, ClaimOutcome, ClaimRequest, ClaimedBatch, Created, DueCallback, Event,
-    IngestionRecord, IngestionSummary, NewIngestion, QueueStats, Store, StoreError,
+    AttemptEnd, BackgroundPart, BatchKey, BatchOutcomes, BatchRecord, CallbackDelivery,
+    CallbackRecord, CallbackState, ClaimOutcome, ClaimRequest, ClaimedBatch, Created, DueCallback,
+    Event, IngestionRecord, IngestionSummary, NewIngestion, QueueStats, Store, StoreError,
 };
 use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, Priority, Timestamp};
 use crate::signals::Signals;
@@ -53,6 +54,9 @@ pub struct LeaseSettings {
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// One connection for the lease heartbeat alone (see
+    /// `background::keep_leases`).
+    heartbeat_pool: PgPool,
     /// This process, as the owner of its leases.
     node: Uuid,
     leases: LeaseSettings,
@@ -76,15 +80,20 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(unavailable)?;
+        let heartbeat_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(leases.lease)
+            .connect_lazy_with(options);
         sqlx::migrate!("./migrations/postgres")
             .run(&pool)
             .await
             .map_err(|e| StoreError::Unavailable(format!("migrating the database: {e}")))?;
         Ok(Self {
             pool,
+            heartbeat_pool,
             node: Uuid::now_v7(),
             leases,
             processing: Processing::default(),
@@ -300,6 +309,7 @@ impl Store for PostgresStore {
             AttemptEnd::Failed => (BatchStatus::Failed.code(), None),
             AttemptEnd::RetryAt(when) => (BatchStatus::Retrying.code(), Some(when.as_micros())),
         };
+        let results = encode_outcomes(&outcomes)?;
         // Only the lease holder records an attempt: a node whose lease ran out
         // while it worked must not overwrite the run that rescued its batch.
         let ended: Option<bool> = sqlx::query("SELECT sluice_finish($1, $2, $3, $4, $5, $6, $7)")
@@ -308,11 +318,11 @@ impl Store for PostgresStore {
             .bind(batch.position as i32)
             .bind(code as i32)
             .bind(retry_at)
-            .bind(Json(&outcomes))
+            .bind(results)
             .bind(at.as_micros())
             .fetch_one(&self.pool)
             .await
-            .map_err(unavailable)?
+            .map_err(refused_or_unavailable)?
             .get(0);
         self.processing
             .lock()
@@ -372,7 +382,7 @@ impl Store for PostgresStore {
         .map_err(unavailable)?;
         rows.iter()
             .map(|row| {
-                let outcomes: Option<Json<Vec<IdOutcome>>> = row.get(3);
+                let outcomes: Option<&str> = row.try_get(3).map_err(corrupt)?;
                 Ok(BatchOutcomes {
                     id: BatchId {
                         ingestion: id,
@@ -380,7 +390,7 @@ impl Store for PostgresStore {
                     },
                     status: status(row.get(1))?,
                     ids: decode_ids(row.get(2))?,
-                    outcomes: outcomes.map(|json| json.0).unwrap_or_default(),
+                    outcomes: decode_outcomes(outcomes)?,
                 })
             })
             .collect::<Result<_, _>>()
@@ -613,15 +623,48 @@ impl Store for PostgresStore {
         })
     }
 
-    fn watch(&self, signals: Signals, shutdown: CancellationToken) {
-        tokio::spawn(background::run(
-            self.pool.clone(),
-            self.node,
-            self.leases,
-            Arc::clone(&self.processing),
-            signals,
-            shutdown,
-        ));
+    fn background(&self, signals: Signals, shutdown: CancellationToken) -> Vec<BackgroundPart> {
+        let listener = {
+            let (pool, poll, signals, shutdown) = (
+                self.pool.clone(),
+                self.leases.poll,
+                signals.clone(),
+                shutdown.clone(),
+            );
+            BackgroundPart {
+                name: "postgres listener",
+                run: Box::new(move || {
+                    Box::pin(background::listen(
+                        pool.clone(),
+                        poll,
+                        signals.clone(),
+                        shutdown.clone(),
+                    ))
+                }),
+            }
+        };
+        let heartbeat = {
+            let (pool, node, leases, processing) = (
+                self.heartbeat_pool.clone(),
+                self.node,
+                self.leases,
+                Arc::clone(&self.processing),
+            );
+            BackgroundPart {
+                name: "lease heartbeat",
+                run: Box::new(move || {
+                    Box::pin(background::keep_leases(
+                        pool.clone(),
+                        node,
+                        leases,
+                        Arc::clone(&processing),
+                        signals.clone(),
+                        shutdown.clone(),
+                    ))
+                }),
+            }
+        };
+        vec![listener, heartbeat]
     }
 }
 
@@ -636,21 +679,30 @@ fn claimed_batch(row: &sqlx::postgres::PgRow) -> Result<ClaimedBatch, StoreError
     let ingestion_seq: i64 = row.get("ingestion_seq");
     let position = row.get::<i32, _>("batch_position") as u32;
     let ingestion: Uuid = row.get("ingestion_id");
-    let outcomes: Option<Json<Vec<IdOutcome>>> = row.get("results");
+    let id = BatchId {
+        ingestion: IngestionId::from_bytes(ingestion.into_bytes()),
+        position,
+    };
+    // Read without a panic whatever the column holds: this runs in the
+    // dispatcher, for a batch that is already started.
+    let outcomes = match row.try_get::<Option<&str>, _>("results") {
+        Ok(results) => earlier_outcomes(results, id),
+        Err(error) => {
+            tracing::error!(batch = %id, %error, "cannot read the earlier outcomes; fetching every id again");
+            Vec::new()
+        }
+    };
     Ok(ClaimedBatch {
         key: BatchKey {
             ingestion_seq,
             position,
         },
-        id: BatchId {
-            ingestion: IngestionId::from_bytes(ingestion.into_bytes()),
-            position,
-        },
+        id,
         priority: priority(row.get("priority"))?,
         ids: decode_ids(row.get("ids"))?,
         attempt: row.get::<i32, _>("attempts") as u32,
         slot: Timestamp::from_micros(row.get("slot")),
-        outcomes: outcomes.map(|json| json.0).unwrap_or_default(),
+        outcomes,
     })
 }
 
@@ -700,6 +752,25 @@ fn micros(d: Duration) -> i64 {
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+/// A write that PostgreSQL refused for its content: a data exception (class
+/// 22, e.g. a character it cannot store) or a limit exceeded (class 54, e.g. a
+/// value over 1 GB). Anything else means the store is not answering.
+fn refused_or_unavailable(e: sqlx::Error) -> StoreError {
+    let refused = e
+        .as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| code.starts_with("22") || code.starts_with("54"));
+    if refused {
+        StoreError::Rejected(e.to_string())
+    } else {
+        unavailable(e)
+    }
 }
 
 fn priority(rank: i16) -> Result<Priority, StoreError> {

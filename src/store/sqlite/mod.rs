@@ -170,14 +170,12 @@ impl Store for SqliteStore {
 
     /// Only one process uses the file (see the lock), so every `triggered`
     /// batch belonged to a process that is gone.
-    async fn requeue_interrupted(&self, at: Timestamp) -> Result<u64, StoreError> {
-        self.write(move |conn| writes::requeue_triggered(conn, at))
-            .await
+    async fn requeue_interrupted(&self, _at: Timestamp) -> Result<u64, StoreError> {
+        self.write(writes::requeue_triggered).await
     }
 
-    async fn release_unfinished(&self, at: Timestamp) -> Result<u64, StoreError> {
-        self.write(move |conn| writes::requeue_triggered(conn, at))
-            .await
+    async fn release_unfinished(&self, _at: Timestamp) -> Result<u64, StoreError> {
+        self.write(writes::requeue_triggered).await
     }
 
     async fn events_after(
@@ -322,7 +320,11 @@ fn lock_file(db: &Path) -> Result<File, StoreError> {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Unavailable(e.to_string())
+        match e.sqlite_error_code() {
+            // A string or blob over SQLite's length limit: the content, not the store.
+            Some(rusqlite::ErrorCode::TooBig) => StoreError::Rejected(e.to_string()),
+            _ => StoreError::Unavailable(e.to_string()),
+        }
     }
 }
 

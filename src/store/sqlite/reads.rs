@@ -3,7 +3,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, Priority, Timestamp};
-use crate::store::codec::{decode_ids, event};
+use crate::store::codec::{decode_ids, decode_outcomes, event};
 use crate::store::{
     BatchOutcomes, BatchRecord, CallbackRecord, CallbackState, Event, IngestionRecord,
     IngestionSummary, QueueStats, StoreError,
@@ -298,9 +298,7 @@ pub fn stats(conn: &Connection) -> Result<QueueStats, StoreError> {
 
 /// The outcomes stored with a batch (a JSON array), or none yet.
 pub fn outcomes_of(json: Option<&str>) -> Result<Vec<IdOutcome>, StoreError> {
-    json.map_or(Ok(Vec::new()), |json| {
-        serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("results: {e}")))
-    })
+    decode_outcomes(json)
 }
 
 pub fn priority_of(rank: i64) -> Result<Priority, StoreError> {

@@ -12,6 +12,7 @@ use crate::store::StoreError;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0001_init.sql"),
     include_str!("../../../migrations/sqlite/0002_batch_counts.sql"),
+    include_str!("../../../migrations/sqlite/0003_interrupted_first.sql"),
 ];
 
 /// Waiting for a lock beats failing at once: the only other holder is a

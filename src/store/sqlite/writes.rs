@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::reads::{outcomes_of, priority_of};
+use super::reads::priority_of;
 use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, IngestionStatus, Timestamp};
-use crate::store::codec::{decode_ids, encode_ids};
+use crate::store::codec::{decode_ids, earlier_outcomes, encode_ids, encode_outcomes};
 use crate::store::{
     AttemptEnd, BatchKey, CallbackDelivery, ClaimOutcome, ClaimRequest, ClaimedBatch, Created,
     DueCallback, NewIngestion, StoreError,
@@ -133,7 +133,7 @@ fn claim_one(conn: &Connection, request: &ClaimRequest) -> Result<Claim, StoreEr
                     b.status, i.started
              FROM batches b JOIN ingestions i ON i.seq = b.ingestion_seq
              WHERE b.status IN (0, 3) AND (b.retry_at IS NULL OR b.retry_at <= ?1)
-             ORDER BY b.priority, b.lane, b.ingestion_seq, b.position
+             ORDER BY b.lane, b.priority, b.ingestion_seq, b.position
              LIMIT 1",
         )?
         .query_row([request.now.as_micros()], |row| {
@@ -205,20 +205,21 @@ fn claim_one(conn: &Connection, request: &ClaimRequest) -> Result<Claim, StoreEr
         )?;
     }
 
+    let id = BatchId {
+        ingestion: IngestionId::from_bytes(ingestion_id),
+        position,
+    };
     Ok(Claim::Started(ClaimedBatch {
         key: BatchKey {
             ingestion_seq,
             position,
         },
-        id: BatchId {
-            ingestion: IngestionId::from_bytes(ingestion_id),
-            position,
-        },
+        id,
         priority: priority_of(priority)?,
         ids: decode_ids(&ids)?,
         attempt: attempts + 1,
         slot,
-        outcomes: outcomes_of(results.as_deref())?,
+        outcomes: earlier_outcomes(results.as_deref(), id),
     }))
 }
 
@@ -229,8 +230,7 @@ pub fn finish_attempt(
     end: AttemptEnd,
     at: Timestamp,
 ) -> Result<bool, StoreError> {
-    let results =
-        serde_json::to_string(outcomes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let results = encode_outcomes(outcomes)?;
     let cancelled = conn
         .prepare_cached("SELECT cancelled_at IS NOT NULL FROM ingestions WHERE seq = ?1")?
         .query_row([batch.ingestion_seq], |row| row.get::<_, bool>(0))?;
@@ -356,21 +356,17 @@ pub fn cancel_ingestion(
     Ok(Some(cancelled as u64))
 }
 
-pub fn requeue_triggered(conn: &Connection, at: Timestamp) -> Result<u64, StoreError> {
-    let requeued: Vec<(i64, u32)> = conn
+/// Puts every `triggered` batch back in the queue, in the lane that is served
+/// before any other waiting batch. It had started, so it still reads
+/// `triggered` (a status never goes backwards) and announces no change; as a
+/// batch between attempts it no longer counts as processing.
+pub fn requeue_triggered(conn: &Connection) -> Result<u64, StoreError> {
+    let requeued = conn
         .prepare_cached(
-            "UPDATE batches SET status = ?1, lane = 0, scheduled_at = NULL, started_at = NULL
-             WHERE status = ?2
-             RETURNING ingestion_seq, position",
+            "UPDATE batches SET status = ?1, lane = 0, retry_at = NULL WHERE status = ?2",
         )?
-        .query_map(params![YET_TO_START, TRIGGERED], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    for &(seq, position) in &requeued {
-        record_event(conn, seq, Some(position), YET_TO_START, at)?;
-    }
-    Ok(requeued.len() as u64)
+        .execute(params![RETRYING, TRIGGERED])?;
+    Ok(requeued as u64)
 }
 
 pub fn claim_due_callbacks(
