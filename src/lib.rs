@@ -15,8 +15,7 @@
 //! - [`upstream`]: where a batch's ids are fetched, behind the
 //!   [`upstream::Fetcher`] trait; the built-in mock by default.
 //!
-//! [`callbacks`] POSTs a request's final status to its `callback_url`, signed,
-//! and only where its destination policy allows.
+//! [`callbacks`] POSTs a request's final status to its `callback_url`.
 //! [`metrics`] counts what happens, for `/metrics`. [`signals`] are the wake-ups between them. `redact` keeps secrets out of messages. [`startup`] wires them together; [`config`] and [`cli`] are the command line;
 //! `main.rs` only parses flags and calls [`startup::serve`].
 //! [`client`] is `sluice submit`, `status` and `watch`, run by [`client::run`]: an API client.
