@@ -158,6 +158,11 @@ pub struct Config {
     #[arg(long, env = "SLUICE_CALLBACK_SECRET_FILE")]
     pub callback_secret_file: Option<std::path::PathBuf>,
 
+    /// How long one callback delivery may take, connecting included; past it
+    /// the attempt failed (`timed out`) and is retried.
+    #[arg(long, env = "SLUICE_CALLBACK_TIMEOUT", default_value = "10s")]
+    pub callback_timeout: Interval,
+
     /// Writes (POST, DELETE) answered at once; more get 503 with Retry-After.
     #[arg(long, env = "SLUICE_MAX_CONCURRENT_WRITES", default_value = "512")]
     pub max_concurrent_writes: usize,
@@ -247,8 +252,11 @@ impl Config {
             Some(path) => Some(SigningKey::load(path).context("--callback-secret-file")?),
             None => None,
         };
+        let timeout = self.callback_timeout.as_duration();
+        anyhow::ensure!(!timeout.is_zero(), "--callback-timeout must be more than 0");
         Ok(CallbackSettings {
             destinations: Destinations::new(&self.callback_allow),
+            timeout,
             signing,
         })
     }
@@ -297,5 +305,12 @@ mod tests {
         assert!(!defaults.insecure_no_auth);
         assert!(defaults.callback_allow.is_empty());
         assert!(defaults.callback_secret_file.is_none());
+        assert_eq!(
+            defaults.callback_settings().unwrap().timeout,
+            Duration::from_secs(10)
+        );
+        let mut no_timeout = Config::defaults();
+        no_timeout.callback_timeout = "0s".parse().unwrap();
+        assert!(no_timeout.callback_settings().is_err());
     }
 }

@@ -30,8 +30,6 @@ const MAX_ATTEMPTS: u32 = 8;
 /// The wait after the first failure; it doubles with each attempt.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(300);
-/// How long one delivery may take.
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a process holds a claimed callback before another may retry it.
 const HOLD: Duration = Duration::from_secs(60);
 /// How often to look for due callbacks without being told (other nodes' ends).
@@ -39,9 +37,11 @@ const POLL: Duration = Duration::from_secs(5);
 const BATCH: usize = 16;
 
 /// Where callbacks may go and how they are signed.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CallbackSettings {
     pub destinations: Destinations,
+    /// How long one delivery may take, connecting included.
+    pub timeout: Duration,
     /// Without a key, callbacks carry `webhook-id` and `webhook-timestamp`
     /// but no signature.
     pub signing: Option<SigningKey>,
@@ -124,7 +124,7 @@ impl CallbackSender {
     ) -> Self {
         let destinations = Arc::new(settings.destinations);
         let client = reqwest::Client::builder()
-            .timeout(DELIVERY_TIMEOUT)
+            .timeout(settings.timeout)
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
             // Through a proxy, the resolver would check the proxy's address,

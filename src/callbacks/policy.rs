@@ -72,7 +72,7 @@ fn effective(ip: IpAddr) -> IpAddr {
 
 /// Whether an address is internal: on the deny-list, directly or through the
 /// IPv4 address it stands for.
-pub(crate) fn is_internal(ip: IpAddr) -> bool {
+fn is_internal(ip: IpAddr) -> bool {
     let effective = effective(ip);
     DENIED
         .iter()

@@ -289,6 +289,28 @@ async fn failures_are_recorded_as_a_class_and_a_status_only() {
 }
 
 #[tokio::test]
+async fn a_receiver_that_does_not_answer_in_time_is_recorded_as_timed_out() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    // Accepts and reads, never answers.
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let app = spawn_app_with(|c| {
+        allow_loopback(c);
+        c.callback_timeout = "300ms".parse().unwrap();
+    })
+    .await;
+    let id = ingest_with_callback(&app, &url).await;
+    let callback = callback_when(&app, &id, |c| c["attempts"] == 1).await;
+    assert_eq!(callback["state"], "pending", "retried later: {callback}");
+    assert_eq!(callback["last_error"], "timed out", "{callback}");
+}
+
+#[tokio::test]
 async fn a_receiver_admitted_by_name_is_reached_only_through_that_name() {
     let (url, received) = start_receiver(StatusCode::OK, None, 0).await;
     let port = url.split(':').nth(2).unwrap().split('/').next().unwrap();
