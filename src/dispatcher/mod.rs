@@ -20,9 +20,11 @@ mod processing;
 pub use processing::RetryPolicy;
 
 use std::num::NonZeroUsize;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -145,15 +147,25 @@ impl Dispatcher {
         );
         let (clock, retry) = (self.clock, self.settings.retry);
         processing.spawn(async move {
-            let request_ended = processing::process(
+            let started = batch.clone();
+            let processed = AssertUnwindSafe(processing::process(
                 store.as_ref(),
                 fetcher.as_ref(),
                 clock,
                 retry,
                 &metrics,
                 batch,
-            )
+            ))
+            .catch_unwind()
             .await;
+            let request_ended = match processed {
+                Ok(ended) => ended,
+                Err(payload) => {
+                    let panic = crate::supervisor::payload_message(payload.as_ref());
+                    processing::end_after_panic(store.as_ref(), clock, retry, &started, &panic)
+                        .await
+                }
+            };
             signals.events_stored();
             // A processing slot is free: the next claim may succeed now.
             signals.work_available();

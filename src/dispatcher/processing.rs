@@ -177,6 +177,31 @@ async fn attempt(
     (outcomes, end)
 }
 
+/// Ends an attempt that panicked outside the fetching (in recording it, say):
+/// the same transient failure as a panic while fetching, recorded once; returns
+/// whether that ended the request. If recording fails too, the batch stays
+/// `triggered` until the dispatcher or the service restarts and hands it back.
+pub async fn end_after_panic(
+    store: &dyn Store,
+    clock: Clock,
+    retry: RetryPolicy,
+    batch: &ClaimedBatch,
+    panic: &str,
+) -> bool {
+    tracing::error!(batch_id = %batch.id, %panic, "processing the batch panicked; a transient failure");
+    let (outcomes, end) = panicked(batch, clock, retry, panic);
+    let recorded = AssertUnwindSafe(store.finish_attempt(batch.key, outcomes, end, clock.now()))
+        .catch_unwind()
+        .await;
+    match recorded {
+        Ok(Ok(request_ended)) => request_ended,
+        _ => {
+            tracing::error!(batch_id = %batch.id, "cannot record the panicked attempt; the batch runs again after a restart");
+            false
+        }
+    }
+}
+
 /// The end of an attempt that panicked: every id still to fetch failed
 /// transiently (in error after the last attempt); earlier outcomes stay.
 fn panicked(

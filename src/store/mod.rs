@@ -337,14 +337,16 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Option<Vec<BatchOutcomes>>, StoreError>;
 
-    /// Puts batches that were `triggered` when a previous process died back in
-    /// the queue, ahead of other waiting batches of their priority. Returns how
-    /// many. Called once, at start.
+    /// Puts batches that were processing when a previous process died back in
+    /// the queue, ahead of every other waiting batch whatever its priority;
+    /// they still read `triggered` (a status never goes backwards) and no
+    /// longer count as processing. Returns how many. Called once, at start.
     async fn requeue_interrupted(&self, at: Timestamp) -> Result<u64, StoreError>;
 
-    /// Hands the batches this process still has `triggered` back to the queue,
-    /// ahead of other waiting batches of their priority: called at shutdown,
-    /// once the grace period is over, so nobody waits for them.
+    /// Hands the batches this process is still processing back to the queue,
+    /// as `requeue_interrupted` does: called at shutdown once the grace period
+    /// is over, so nobody waits for them, and by a dispatcher restarted after
+    /// a panic, for the batches its dead run abandoned.
     async fn release_unfinished(&self, at: Timestamp) -> Result<u64, StoreError>;
 
     /// Takes up to `limit` callbacks due at `now`, and holds them for `hold` so

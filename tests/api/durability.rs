@@ -319,3 +319,65 @@ async fn a_batch_interrupted_by_a_crash_stays_triggered_and_runs_before_higher_p
         assert!(pair[1] - pair[0] >= 100_000, "the rate holds: {slots:?}");
     }
 }
+
+#[tokio::test]
+async fn a_batch_handed_back_at_shutdown_stays_triggered_and_runs_first() {
+    let dir = TempDir::new().unwrap();
+    let db = fresh_database(dir.path()).await;
+    let client = reqwest::Client::new();
+    let server = ServerProcess::start(
+        &db,
+        &[
+            "--interval",
+            "100ms",
+            "--mock-latency",
+            "60s",
+            "--shutdown-grace",
+            "200ms",
+        ],
+    );
+    let low = ingest_at(&client, &server.address, &[1, 2, 3], "LOW").await;
+    wait_for_status(
+        &client,
+        &server.address,
+        &low,
+        "triggered",
+        Duration::from_secs(5),
+    )
+    .await;
+    let high = ingest_at(&client, &server.address, &[4, 5, 6], "HIGH").await;
+    server.sigterm();
+    let exit = server.wait_exit(Duration::from_secs(10)).await;
+    assert!(exit.success(), "exit status {exit:?}");
+
+    // Nothing runs while we look: the grace ran out, the batch was handed back.
+    let server = ServerProcess::start(&db, &["--interval", "1h", "--max-in-flight", "1"]);
+    let after = status_at(&client, &server.address, &low).await;
+    assert_eq!(after["status"], "triggered", "{after:#}");
+    assert_eq!(after["batches"][0]["status"], "triggered");
+    assert_eq!(after["batches"][0]["attempts"], 1);
+    drop(server);
+
+    let server = ServerProcess::start(&db, &["--interval", "100ms", "--mock-latency", "5ms"]);
+    let low_done = wait_for_status(
+        &client,
+        &server.address,
+        &low,
+        "completed",
+        Duration::from_secs(10),
+    )
+    .await;
+    let high_done = wait_for_status(
+        &client,
+        &server.address,
+        &high,
+        "completed",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        micros(&low_done["batches"][0]["started_at"])
+            < micros(&high_done["batches"][0]["started_at"]),
+        "the handed-back LOW batch runs before the HIGH one"
+    );
+}

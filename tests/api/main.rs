@@ -10,6 +10,7 @@ mod helpers;
 mod hostile;
 mod hostile_upstream;
 mod ingest;
+mod leases;
 mod openapi;
 mod operations;
 mod ordering;
