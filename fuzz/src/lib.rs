@@ -98,6 +98,11 @@ impl Harness {
                         request_timeout: config.request_timeout.as_duration(),
                         max_queued_ids: config.max_queued_ids,
                         queued_ids: Arc::new(AtomicU64::new(0)),
+                        event_streams: Arc::new(Semaphore::new(config.max_event_streams)),
+                        body_memory: Limits::body_memory(
+                            config.max_body_memory,
+                            config.max_body_bytes,
+                        ),
                     },
                     api_keys: None,
                     idempotency_ttl: config.idempotency_ttl.as_duration(),

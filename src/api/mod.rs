@@ -97,7 +97,11 @@ pub fn router(state: AppState) -> Router {
                 limits::queue_room,
             )),
         )
-        .route("/status", get(status::status_by_query_or_body))
+        .route(
+            "/status",
+            get(status::status_by_query_or_body)
+                .layer(DefaultBodyLimit::max(status::STATUS_BODY_LIMIT)),
+        )
         .route("/status/{ingestion_id}", get(status::status_by_path))
         .route(
             "/status/{ingestion_id}/events",

@@ -10,7 +10,7 @@ use utoipa::openapi::schema::Object;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::body::{body_error, parse_json};
+use super::body::{StringField, parse_json};
 use super::error::{ApiError, FieldError};
 use super::openapi::{
     BadRequest, Internal, NotFound, PayloadTooLarge, RequestTimeout, Unauthorized, Unavailable,
@@ -245,7 +245,16 @@ pub async fn status_by_query_or_body(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<StatusResponse>, ApiError> {
     let Query(query) = query?;
-    let body = body.map_err(body_error)?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(format!(
+                "a GET /status body is at most {} KiB; name the ingestion in the path instead",
+                STATUS_BODY_LIMIT / 1024
+            ))
+        } else {
+            super::body::body_error(rejection)
+        }
+    })?;
     if let Some(id) = query.ingestion_id {
         return lookup(&app, &id).await;
     }
@@ -255,13 +264,85 @@ pub async fn status_by_query_or_body(
              or a JSON body {\"ingestion_id\": \"…\"}",
         ));
     }
-    let value: serde_json::Value = parse_json(&body)?;
-    match value.get("ingestion_id").and_then(|v| v.as_str()) {
-        Some(id) => lookup(&app, id).await,
+    let StatusBody { ingestion_id } = parse_json(&body)?;
+    match ingestion_id {
+        Some(id) => lookup(&app, &id).await,
         None => Err(ApiError::validation(vec![FieldError::new(
             "ingestion_id",
             "is required, as a string",
         )])),
+    }
+}
+
+/// The largest body `GET /status` reads: an id needs 50 bytes, and a read is
+/// never shed, so it must not be a way to make the server buffer megabytes.
+pub(crate) const STATUS_BODY_LIMIT: usize = 64 * 1024;
+
+/// The body of `GET /status`, as JSON that names the request. Anything that
+/// is not an object, or whose `ingestion_id` is not a string, names none. As
+/// with any JSON object read into a map, a repeated member counts once, the
+/// last time.
+struct StatusBody {
+    ingestion_id: Option<String>,
+}
+
+impl StatusBody {
+    const NONE: Self = Self { ingestion_id: None };
+}
+
+impl<'de> Deserialize<'de> for StatusBody {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct BodyVisitor;
+        impl<'de> serde::de::Visitor<'de> for BodyVisitor {
+            type Value = StatusBody;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object with `ingestion_id`")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<StatusBody, A::Error> {
+                let mut ingestion_id = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "ingestion_id" {
+                        ingestion_id = match map.next_value::<StringField>()? {
+                            StringField::Str(id) => Some(id.into_owned()),
+                            StringField::Null | StringField::Other => None,
+                        };
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(StatusBody { ingestion_id })
+            }
+            // Any other JSON value is read past: it names nothing.
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<StatusBody, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(StatusBody::NONE)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<StatusBody, E> {
+                Ok(StatusBody::NONE)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<StatusBody, E> {
+                Ok(StatusBody::NONE)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<StatusBody, E> {
+                Ok(StatusBody::NONE)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<StatusBody, E> {
+                Ok(StatusBody::NONE)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<StatusBody, E> {
+                Ok(StatusBody::NONE)
+            }
+            fn visit_unit<E>(self) -> Result<StatusBody, E> {
+                Ok(StatusBody::NONE)
+            }
+        }
+        d.deserialize_any(BodyVisitor)
     }
 }
 

@@ -370,3 +370,78 @@ async fn a_request_is_completed_when_every_batch_is() {
         .unwrap();
     assert_eq!(micros(&status["completed_at"]), last_done);
 }
+
+#[tokio::test]
+async fn a_status_body_over_64_kib_is_413_and_up_to_it_is_read() {
+    let app = spawn_app().await;
+    let id = app.ingest(&[1], "LOW").await;
+    let padded = |len: usize| {
+        let head = format!(r#"{{"ingestion_id": "{id}", "pad": ""#);
+        format!("{head}{}\"}}", "x".repeat(len - head.len() - 2))
+    };
+    let at_limit = padded(64 * 1024);
+    assert_eq!(at_limit.len(), 64 * 1024);
+    let response = app
+        .client
+        .get(format!("{}/status", app.address))
+        .body(at_limit)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let response = app
+        .client
+        .get(format!("{}/status", app.address))
+        .body(padded(64 * 1024 + 1))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 413, "a body of 64 KiB + 1").await;
+
+    // 16 MiB, as a client sending its largest POST body to a read would.
+    let response = app
+        .client
+        .get(format!("{}/status", app.address))
+        .body(padded(16 << 20))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 413, "a body of 16 MiB").await;
+}
+
+#[tokio::test]
+async fn a_status_body_names_the_request_only_by_a_string_the_last_time_it_is_given() {
+    let app = spawn_app().await;
+    let id = app.ingest(&[1], "LOW").await;
+    let named = [
+        format!(r#"{{"ingestion_id": [1, 2], "ingestion_id": "{id}"}}"#),
+        format!(r#"{{"x": {{"ingestion_id": 1}}, "ingestion_id": "{id}"}}"#),
+    ];
+    for body in named {
+        let response = app
+            .client
+            .get(format!("{}/status", app.address))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{body}");
+    }
+    let unnamed = [
+        format!(r#"{{"ingestion_id": "{id}", "ingestion_id": 5}}"#),
+        format!(r#"{{"ingestion_id": ["{id}"]}}"#),
+        format!(r#"[{{"ingestion_id": "{id}"}}]"#),
+        format!(r#""{id}""#),
+    ];
+    for body in unnamed {
+        let response = app
+            .client
+            .get(format!("{}/status", app.address))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, 422, &body).await;
+    }
+}
