@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
+use crate::api::serve::ConnectionLimits;
 use crate::dispatcher::RetryPolicy;
 use crate::domain::{BatchSize, Interval};
 use crate::store::postgres::LeaseSettings;
@@ -125,8 +126,9 @@ pub struct Config {
     pub header_read_timeout: Interval,
 
     /// How long a connection may stay idle, nothing sent either way, before
-    /// it is closed; a request being answered is always finished first.
-    #[arg(long, env = "SLUICE_KEEP_ALIVE_TIMEOUT", default_value = "60s")]
+    /// it is closed; a request being answered is always finished first. `0`
+    /// for no limit.
+    #[arg(long, env = "SLUICE_KEEP_ALIVE_TIMEOUT", default_value = "10s")]
     pub keep_alive_timeout: Interval,
 
     /// Connections served at once; more wait in the listen backlog until one
@@ -207,6 +209,15 @@ impl Config {
             headers,
             timeout: self.upstream_timeout.as_duration(),
         }))
+    }
+
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        let limit = |interval: Interval| (!interval.is_zero()).then(|| interval.as_duration());
+        ConnectionLimits {
+            header_read_timeout: limit(self.header_read_timeout),
+            idle_timeout: limit(self.keep_alive_timeout),
+            max_connections: self.max_connections.get(),
+        }
     }
 
     pub fn lease_settings(&self) -> LeaseSettings {

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::ApiKeys;
 use crate::api::limits::Limits;
+use crate::api::serve::ConnectionLimits;
 use crate::api::{self, ApiLimits, App, AppState};
 use crate::callbacks::CallbackSender;
 use crate::config::Config;
@@ -36,6 +37,7 @@ pub struct Application {
     /// Where the queue counter keeps the API's view of the queue.
     queued_ids: Arc<AtomicU64>,
     batch_size: BatchSize,
+    connections: ConnectionLimits,
 }
 
 impl Application {
@@ -146,6 +148,7 @@ impl Application {
             stopping,
             queued_ids: overload.queued_ids,
             batch_size: config.batch_size,
+            connections: config.connection_limits(),
         })
     }
 
@@ -179,14 +182,17 @@ impl Application {
         });
         let dispatcher = tokio::spawn(self.dispatcher.run(shutdown.clone()));
         let callbacks = tokio::spawn(self.callbacks.run(shutdown.clone()));
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
+        api::serve::serve(
+            self.listener,
+            self.router,
+            self.connections,
+            shutdown.clone(),
+        )
+        .await;
         // If the server failed on its own, the dispatcher must stop too.
         shutdown.cancel();
         dispatcher.await.context("the dispatcher panicked")?;
         callbacks.await.context("the callback sender panicked")?;
-        served.context("the HTTP server failed")?;
         tracing::info!("stopped");
         Ok(())
     }

@@ -193,3 +193,118 @@ impl<'de> Visitor<'de> for StringFieldVisitor {
         Ok(StringField::Other)
     }
 }
+
+/// Keeps keep-alive correct after a refusal. A request refused before its
+/// body was read to the end (401, 413, 415, ...) leaves the rest of the body
+/// on the connection; HTTP/1.1 can only go on once it has been read. So the
+/// rest is read and dropped here, up to `--max-body-bytes` and within the
+/// request timeout, before the answer goes out (a client still sending
+/// would otherwise see its connection reset before it reads the answer);
+/// past either, the answer says `Connection: close`.
+pub(crate) async fn drain_unread_body(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use http_body::Body as _;
+    let (parts, body) = request.into_parts();
+    if body.is_end_stream() {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let unread = Arc::new(std::sync::Mutex::new(None));
+    let watched = axum::body::Body::new(WatchedBody {
+        inner: Some(body),
+        ended: false,
+        unread: Arc::clone(&unread),
+    });
+    let mut response = next.run(Request::from_parts(parts, watched)).await;
+    let left = unread.lock().map(|mut left| left.take()).unwrap_or(None);
+    if let Some(left) = left {
+        let timeout = match app.overload.request_timeout {
+            zero if zero.is_zero() => std::time::Duration::from_secs(30),
+            timeout => timeout,
+        };
+        let drained = tokio::time::timeout(timeout, drain(left, app.limits.max_body_bytes))
+            .await
+            .unwrap_or(false);
+        if !drained {
+            response.headers_mut().insert(
+                header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+    }
+    response
+}
+
+/// Reads `body` to its end and drops it; `false` if it holds more than
+/// `limit` bytes or fails.
+async fn drain(mut body: axum::body::Body, limit: usize) -> bool {
+    use http_body_util::BodyExt;
+    let mut read = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return false;
+        };
+        if let Some(data) = frame.data_ref() {
+            read += data.len();
+            if read > limit {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// A request body that, when dropped before its end, hands what is left of
+/// it to [`drain_unread_body`].
+struct WatchedBody {
+    inner: Option<axum::body::Body>,
+    ended: bool,
+    unread: Arc<std::sync::Mutex<Option<axum::body::Body>>>,
+}
+
+impl http_body::Body for WatchedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let polled = std::pin::Pin::new(inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None | Some(Err(_)))) {
+            self.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_none_or(|inner| inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.as_ref().map_or_else(
+            || http_body::SizeHint::with_exact(0),
+            |inner| inner.size_hint(),
+        )
+    }
+}
+
+impl Drop for WatchedBody {
+    fn drop(&mut self) {
+        use http_body::Body as _;
+        if let Some(inner) = self.inner.take()
+            && !self.ended
+            && !inner.is_end_stream()
+            && let Ok(mut unread) = self.unread.lock()
+        {
+            *unread = Some(inner);
+        }
+    }
+}

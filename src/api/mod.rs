@@ -11,6 +11,7 @@ pub mod limits;
 mod openapi;
 mod ops;
 mod path;
+pub mod serve;
 mod status;
 
 use std::ops::Deref;
@@ -146,6 +147,10 @@ pub fn router(state: AppState) -> Router {
                 "the server failed while answering; nothing was acknowledged",
             ))
         }))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            body::drain_unread_body,
+        ))
         .with_state(state)
 }
 

@@ -3,6 +3,7 @@
 
 mod cli;
 mod cluster;
+mod connections;
 mod dashboard;
 mod durability;
 mod helpers;
