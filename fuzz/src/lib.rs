@@ -294,6 +294,23 @@ impl Store for RecordingStore {
         Ok((id == known.id).then_some(known))
     }
 
+    async fn ingestion_page(
+        &self,
+        id: IngestionId,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Option<IngestionRecord>, StoreError> {
+        let mut known = known_record();
+        if id != known.id {
+            return Ok(None);
+        }
+        known
+            .batches
+            .retain(|b| after.is_none_or(|after| b.id.position > after));
+        known.batches.truncate(limit);
+        Ok(Some(known))
+    }
+
     async fn claim_batches(&self, _: ClaimRequest) -> Result<ClaimOutcome, StoreError> {
         unreachable!("{UNUSED}")
     }
