@@ -51,9 +51,10 @@ pub struct IngestRequest {
     /// `HIGH`, `MEDIUM` or `LOW`, in any letter case.
     #[schema(schema_with = priority_any_case)]
     priority: String,
-    /// An absolute `http://` or `https://` URL that Sluice POSTs the final
-    /// status to (the status answer without `batches`) once the request ends.
-    #[schema(format = "uri")]
+    /// An absolute `http://` or `https://` URL of at most 2,048 bytes, without
+    /// a user name or password, that Sluice POSTs the final status to (the
+    /// status answer without `batches`) once the request ends.
+    #[schema(format = "uri", max_length = 2048)]
     callback_url: Option<String>,
 }
 

@@ -229,7 +229,7 @@ pub struct StatusRequest {
     request_body(
         content = ref("#/components/schemas/StatusRequest"),
         content_type = "application/json",
-        description = "Instead of the query: the request's id in a JSON body.",
+        description = "Instead of the query: the request's id in a JSON body, of at most 64 KiB.",
     ),
     security((), ("api_key" = ["read"])),
     responses(
