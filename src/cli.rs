@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service.
-    Serve(Config),
+    Serve(Box<Config>),
     #[command(flatten)]
     Client(ClientCommand),
 }

@@ -11,6 +11,7 @@ use clap::{Parser, ValueEnum};
 use crate::callbacks::CallbackSettings;
 use crate::callbacks::policy::{CallbackAllow, Destinations};
 use crate::callbacks::signing::SigningKey;
+use crate::api::serve::ConnectionLimits;
 use crate::dispatcher::RetryPolicy;
 use crate::domain::{BatchSize, Interval};
 use crate::store::postgres::LeaseSettings;
@@ -172,6 +173,33 @@ pub struct Config {
     #[arg(long, env = "SLUICE_REQUEST_TIMEOUT", default_value = "30s")]
     pub request_timeout: Interval,
 
+    /// How long a client may take to send a request's headers, counted from
+    /// when its connection opens or its previous answer ends; slower
+    /// connections are closed (slowloris). `0` for no limit.
+    #[arg(long, env = "SLUICE_HEADER_READ_TIMEOUT", default_value = "10s")]
+    pub header_read_timeout: Interval,
+
+    /// How long a connection may stay idle, nothing sent either way, before
+    /// it is closed; a request being answered is always finished first. `0`
+    /// for no limit.
+    #[arg(long, env = "SLUICE_KEEP_ALIVE_TIMEOUT", default_value = "10s")]
+    pub keep_alive_timeout: Interval,
+
+    /// Connections served at once; more wait in the listen backlog until one
+    /// closes.
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value = "4096")]
+    pub max_connections: NonZeroUsize,
+
+    /// Live event streams open at once; more get 503 with Retry-After.
+    #[arg(long, env = "SLUICE_MAX_EVENT_STREAMS", default_value = "256")]
+    pub max_event_streams: usize,
+
+    /// Bytes of large request bodies (over 64 KiB) held in memory at once,
+    /// across all requests; a body waits for room before it is read. At
+    /// least `--max-body-bytes` is always allowed.
+    #[arg(long, env = "SLUICE_MAX_BODY_MEMORY", default_value = "67108864")]
+    pub max_body_memory: usize,
+
     /// Ids waiting in the queue beyond which POST /ingest gets 429 with
     /// Retry-After (counted each second, as waiting batches × batch size).
     #[arg(long, env = "SLUICE_MAX_QUEUED_IDS", default_value = "100000000")]
@@ -259,6 +287,15 @@ impl Config {
             timeout,
             signing,
         })
+    }
+
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        let limit = |interval: Interval| (!interval.is_zero()).then(|| interval.as_duration());
+        ConnectionLimits {
+            header_read_timeout: limit(self.header_read_timeout),
+            idle_timeout: limit(self.keep_alive_timeout),
+            max_connections: self.max_connections.get(),
+        }
     }
 
     pub fn lease_settings(&self) -> LeaseSettings {

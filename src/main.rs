@@ -8,7 +8,7 @@ async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(config) => {
             sluice::telemetry::init(config.log_format);
-            match sluice::startup::serve(config).await {
+            match sluice::startup::serve(*config).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!("{error:#}");

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::auth::ApiKeys;
 use crate::api::host::AllowedHosts;
 use crate::api::limits::Limits;
+use crate::api::serve::ConnectionLimits;
 use crate::api::{self, ApiLimits, App, AppState};
 use crate::callbacks::CallbackSender;
 use crate::config::Config;
@@ -41,6 +42,8 @@ pub struct Application {
     batch_size: BatchSize,
     /// Which background parts are down, as `/readyz` reports them.
     supervision: Supervision,
+    /// Header-read and keep-alive timeouts, and the connection cap.
+    connections: ConnectionLimits,
 }
 
 /// Parts a test puts in place of those the configuration names.
@@ -129,6 +132,8 @@ impl Application {
             request_timeout: config.request_timeout.as_duration(),
             max_queued_ids: config.max_queued_ids,
             queued_ids: Arc::new(AtomicU64::new(0)),
+            event_streams: Arc::new(Semaphore::new(config.max_event_streams)),
+            body_memory: Limits::body_memory(config.max_body_memory, config.max_body_bytes),
         };
         let stopping = CancellationToken::new();
         let mut dispatcher = Dispatcher::new(
@@ -191,6 +196,7 @@ impl Application {
             queued_ids: overload.queued_ids,
             batch_size: config.batch_size,
             supervision,
+            connections: config.connection_limits(),
         })
     }
 
@@ -263,13 +269,16 @@ impl Application {
             "callback sender",
             Box::new(move || Box::pin(callbacks.clone().run(stop.clone()))),
         );
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
+        api::serve::serve(
+            self.listener,
+            self.router,
+            self.connections,
+            shutdown.clone(),
+        )
+        .await;
         // If the server failed on its own, the dispatcher must stop too.
         shutdown.cancel();
         supervisor.wait().await;
-        served.context("the HTTP server failed")?;
         tracing::info!("stopped");
         Ok(())
     }

@@ -9,6 +9,7 @@
 //! cargo run --release -p sluice-bench -- --scenario soak    # issue 7's soak, ~12 min
 //! ```
 
+mod hostile;
 mod http;
 mod load;
 mod report;
@@ -185,6 +186,15 @@ enum Scenario {
     Rate,
     /// Issue 7's soak: not part of `all`, for it takes 10+ minutes.
     Soak,
+    /// 64 POSTs with a 15 MiB `priority` array and 64 GET /status with 16
+    /// MiB bodies at once: peak memory, and `/healthz` meanwhile.
+    HostileBodies,
+    /// GET /status of a 1,000,000-id request: peak memory.
+    BigStatus,
+    /// 1,000 connections sending headers a byte a second: others' latency.
+    Slowloris,
+    /// The three above.
+    Hostile,
     All,
 }
 
@@ -198,7 +208,12 @@ const ORDER: [Scenario; 6] = [
 ];
 
 /// Scenarios that run only when named, after the others.
-const ON_REQUEST: [Scenario; 1] = [Scenario::Soak];
+const ON_REQUEST: [Scenario; 4] = [
+    Scenario::Soak,
+    Scenario::HostileBodies,
+    Scenario::BigStatus,
+    Scenario::Slowloris,
+];
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -317,12 +332,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .iter()
         .copied()
         .filter(|s| all || args.scenario.contains(s))
-        .chain(
-            ON_REQUEST
-                .iter()
-                .copied()
-                .filter(|s| args.scenario.contains(s)),
-        )
+        .chain(ON_REQUEST.iter().copied().filter(|s| {
+            args.scenario.contains(s)
+                || (args.scenario.contains(&Scenario::Hostile) && *s != Scenario::Soak)
+        }))
         .collect();
     let soak = chosen.contains(&Scenario::Soak);
     if soak {
@@ -366,7 +379,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             Scenario::Dispatch => bench.dispatch().await,
             Scenario::Rate => bench.rate().await,
             Scenario::Soak => bench.soak().await,
-            Scenario::All => unreachable!("expanded above"),
+            Scenario::HostileBodies => bench.hostile_bodies().await,
+            Scenario::BigStatus => bench.big_status().await,
+            Scenario::Slowloris => bench.slowloris().await,
+            Scenario::Hostile | Scenario::All => unreachable!("expanded above"),
         };
         if let Err(error) = result {
             eprintln!("\nerror in the {scenario:?} scenario: {error:#}");

@@ -131,6 +131,11 @@ fn check_stored(new: &NewIngestion, max_ids: usize, batch_size: usize) {
     if let Some(url) = &new.callback_url {
         let parsed = url::Url::parse(url).expect("a stored callback URL parses");
         assert!(matches!(parsed.scheme(), "http" | "https"));
+        assert!(url.len() <= 2048, "a stored callback URL is at most 2048 bytes");
+        assert!(
+            parsed.username().is_empty() && parsed.password().is_none(),
+            "a stored callback URL has no user-info: {url}"
+        );
     }
 }
 
@@ -248,8 +253,19 @@ fn expect(body: &[u8], max_ids: usize) -> Expect {
     };
     let callback_url = match callback_url {
         None | Some(Value::Null) => None,
-        Some(value) => match value.as_str().map(url::Url::parse) {
-            Some(Ok(url)) if url.scheme() == "http" || url.scheme() == "https" => {
+        // An absolute http(s) URL of at most 2,048 bytes, as sent and as
+        // normalized, with no user name or password.
+        Some(value) => match value
+            .as_str()
+            .filter(|raw| raw.len() <= 2048)
+            .map(url::Url::parse)
+        {
+            Some(Ok(url))
+                if (url.scheme() == "http" || url.scheme() == "https")
+                    && url.username().is_empty()
+                    && url.password().is_none()
+                    && url.as_str().len() <= 2048 =>
+            {
                 Some(url.to_string())
             }
             _ => {

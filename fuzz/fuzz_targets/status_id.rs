@@ -17,9 +17,13 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode, Uri};
 use libfuzzer_sys::fuzz_target;
+use serde::de::IgnoredAny;
 use serde_json::Value;
 use sluice::domain::IngestionId;
 use sluice_fuzz::{KNOWN_BATCHES, KNOWN_ID, harness, percent_encode};
+
+/// The largest `GET /status` body read; past it, 413.
+const STATUS_BODY_LIMIT: usize = 64 * 1024;
 
 fuzz_target!(|data: &[u8]| {
     let (uri, body, expected) = match data.split_first() {
@@ -31,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
             } else {
                 lookup(std::str::from_utf8(raw).ok())
             };
-            (uri, Vec::new(), expected)
+            (uri, Vec::new(), Some(expected))
         }
         Some((b'?', query)) => {
             let Some(uri) = query_uri(query) else {
@@ -48,17 +52,24 @@ fuzz_target!(|data: &[u8]| {
                 // `ingestion_id` twice: a query that does not parse.
                 _ => StatusCode::BAD_REQUEST,
             };
-            (uri, Vec::new(), expected)
+            (uri, Vec::new(), Some(expected))
         }
         _ => {
-            let expected = if data.iter().all(u8::is_ascii_whitespace) {
-                StatusCode::BAD_REQUEST
+            let expected = if data.len() > STATUS_BODY_LIMIT {
+                Some(StatusCode::PAYLOAD_TOO_LARGE)
+            } else if data.iter().all(u8::is_ascii_whitespace) {
+                Some(StatusCode::BAD_REQUEST)
             } else {
                 match serde_json::from_slice::<Value>(data) {
-                    Err(_) => StatusCode::BAD_REQUEST,
+                    // JSON that a `Value` cannot hold (nesting past 128
+                    // levels, numbers past f64's range) but that the handler
+                    // may read past without building it: only the invariants
+                    // hold.
+                    Err(_) if serde_json::from_slice::<IgnoredAny>(data).is_ok() => None,
+                    Err(_) => Some(StatusCode::BAD_REQUEST),
                     Ok(value) => match value.get("ingestion_id").and_then(Value::as_str) {
-                        None => StatusCode::UNPROCESSABLE_ENTITY,
-                        Some(id) => lookup(Some(id)),
+                        None => Some(StatusCode::UNPROCESSABLE_ENTITY),
+                        Some(id) => Some(lookup(Some(id))),
                     },
                 }
             };
@@ -91,6 +102,9 @@ fuzz_target!(|data: &[u8]| {
     } else {
         answer.assert_client_problem();
     }
+    let Some(expected) = expected else {
+        return;
+    };
     assert_eq!(
         answer.status,
         expected,

@@ -98,6 +98,11 @@ impl Harness {
                         request_timeout: config.request_timeout.as_duration(),
                         max_queued_ids: config.max_queued_ids,
                         queued_ids: Arc::new(AtomicU64::new(0)),
+                        event_streams: Arc::new(Semaphore::new(config.max_event_streams)),
+                        body_memory: Limits::body_memory(
+                            config.max_body_memory,
+                            config.max_body_bytes,
+                        ),
                     },
                     api_keys: None,
                     allowed_hosts: None,
@@ -289,6 +294,23 @@ impl Store for RecordingStore {
     async fn ingestion(&self, id: IngestionId) -> Result<Option<IngestionRecord>, StoreError> {
         let known = known_record();
         Ok((id == known.id).then_some(known))
+    }
+
+    async fn ingestion_page(
+        &self,
+        id: IngestionId,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Option<IngestionRecord>, StoreError> {
+        let mut known = known_record();
+        if id != known.id {
+            return Ok(None);
+        }
+        known
+            .batches
+            .retain(|b| after.is_none_or(|after| b.id.position > after));
+        known.batches.truncate(limit);
+        Ok(Some(known))
     }
 
     async fn claim_batches(&self, _: ClaimRequest) -> Result<ClaimOutcome, StoreError> {

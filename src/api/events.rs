@@ -7,6 +7,7 @@
 //! the one-second poll that backs it up).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -14,6 +15,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Serialize;
+use tokio::sync::OwnedSemaphorePermit;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
@@ -144,7 +146,8 @@ pub async fn ingestion_events(
         .batch_outcomes(id, None, 1)
         .await?
         .ok_or_else(|| unknown_ingestion(&raw_id))?;
-    Ok(Sse::new(events(app, Some(id), after)).keep_alive(KeepAlive::default()))
+    let slot = stream_slot(&app)?;
+    Ok(Sse::new(events(app, Some(id), after, slot)).keep_alive(KeepAlive::default()))
 }
 
 /// `GET /events`: every status change in the service, from now (or after
@@ -176,14 +179,33 @@ pub async fn all_events(
         Some(after) => after,
         None => app.store.latest_event().await?,
     };
-    Ok(Sse::new(events(app, None, after)).keep_alive(KeepAlive::default()))
+    let slot = stream_slot(&app)?;
+    Ok(Sse::new(events(app, None, after, slot)).keep_alive(KeepAlive::default()))
 }
+
+/// A place among the `--max-event-streams` open streams, held while the
+/// stream lives: each one polls the store and holds a connection.
+fn stream_slot(app: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
+    Arc::clone(&app.overload.event_streams)
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::unavailable(
+                "too many live event streams are open (--max-event-streams); retry shortly",
+                STREAM_RETRY_AFTER_SECS,
+            )
+        })
+}
+
+/// When a refused stream should try again: streams last minutes, not
+/// milliseconds.
+const STREAM_RETRY_AFTER_SECS: u64 = 5;
 
 struct Cursor {
     app: AppState,
     ingestion: Option<IngestionId>,
     after: u64,
     ended: bool,
+    _slot: OwnedSemaphorePermit,
 }
 
 /// Events after `after`, as they are stored; for one request, until it ends.
@@ -192,12 +214,14 @@ fn events(
     app: AppState,
     ingestion: Option<IngestionId>,
     after: u64,
+    slot: OwnedSemaphorePermit,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let cursor = Cursor {
         app,
         ingestion,
         after,
         ended: false,
+        _slot: slot,
     };
     stream::unfold(cursor, |mut cursor| async move {
         if cursor.ended {

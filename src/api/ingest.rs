@@ -13,13 +13,13 @@ use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::body::JsonBody;
+use super::body::{JsonBody, StringField};
 use super::error::{ApiError, FieldError};
 use super::openapi::{
     BadRequest, Forbidden, Internal, PayloadTooLarge, QueueFull, RequestTimeout, Unauthorized,
     Unavailable, UnsupportedMediaType, ValidationFailed,
 };
-use crate::domain::{IngestionId, ItemId, Priority};
+use crate::domain::{CallbackUrl, CallbackUrlError, IngestionId, ItemId, Priority};
 use crate::store::{Created, IdempotencyKey, NewIngestion};
 
 /// How many offending ids a problem document lists before it just counts them.
@@ -51,9 +51,10 @@ pub struct IngestRequest {
     /// `HIGH`, `MEDIUM` or `LOW`, in any letter case.
     #[schema(schema_with = priority_any_case)]
     priority: String,
-    /// An absolute `http://` or `https://` URL that Sluice POSTs the final
-    /// status to (the status answer without `batches`) once the request ends.
-    #[schema(format = "uri")]
+    /// An absolute `http://` or `https://` URL of at most 2,048 bytes, without
+    /// a user name or password, that Sluice POSTs the final status to (the
+    /// status answer without `batches`) once the request ends.
+    #[schema(format = "uri", max_length = 2048)]
     callback_url: Option<String>,
 }
 
@@ -143,7 +144,7 @@ pub async fn ingest(
         ids: request.ids,
         batch_size: app.batch_size,
         created_at,
-        callback_url: request.callback_url,
+        callback_url: request.callback_url.map(CallbackUrl::into_string),
         idempotency,
     };
     let (priority, id_count, batches) = (new.priority, new.ids.len(), new.batches().len());
@@ -193,7 +194,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 pub struct ValidIngest {
     pub ids: Vec<ItemId>,
     pub priority: Priority,
-    pub callback_url: Option<String>,
+    pub callback_url: Option<CallbackUrl>,
 }
 
 impl ValidIngest {
@@ -206,7 +207,7 @@ impl ValidIngest {
             hasher.update(id.get().to_le_bytes());
         }
         if let Some(url) = &self.callback_url {
-            hasher.update(url.as_bytes());
+            hasher.update(url.as_str().as_bytes());
         }
         hasher.finalize().into()
     }
@@ -214,12 +215,13 @@ impl ValidIngest {
 
 /// The body of `POST /ingest` as it arrived. Decoding never stops at the first
 /// problem: every offending field is kept, so one answer tells the client all
-/// it must fix. Unknown fields are ignored (SPEC.md).
+/// it must fix. Unknown fields are ignored. Every field is decoded into a
+/// bounded shape: a value of the wrong type is read past, never built.
 #[derive(Debug, Default)]
 pub struct IngestBody {
     ids: Option<IdList>,
-    priority: Option<serde_json::Value>,
-    callback_url: Option<serde_json::Value>,
+    priority: Option<Result<Priority, ()>>,
+    callback_url: Option<Result<Option<CallbackUrl>, CallbackUrlError>>,
 }
 
 impl IngestBody {
@@ -270,30 +272,23 @@ impl IngestBody {
                 errors.push(FieldError::new("priority", "is required"));
                 None
             }
-            Some(value) => match value.as_str().map(str::parse::<Priority>) {
-                Some(Ok(p)) => Some(p),
-                _ => {
-                    errors.push(FieldError::new(
-                        "priority",
-                        "must be one of HIGH, MEDIUM or LOW (any letter case)",
-                    ));
-                    None
-                }
-            },
+            Some(Ok(priority)) => Some(priority),
+            Some(Err(())) => {
+                errors.push(FieldError::new(
+                    "priority",
+                    crate::domain::PriorityError.to_string(),
+                ));
+                None
+            }
         };
 
         let callback_url = match self.callback_url {
-            None | Some(serde_json::Value::Null) => None,
-            Some(value) => match value.as_str().map(reqwest::Url::parse) {
-                Some(Ok(url)) if matches!(url.scheme(), "http" | "https") => Some(url.to_string()),
-                _ => {
-                    errors.push(FieldError::new(
-                        "callback_url",
-                        "must be an absolute http:// or https:// URL",
-                    ));
-                    None
-                }
-            },
+            None => None,
+            Some(Ok(url)) => url,
+            Some(Err(message)) => {
+                errors.push(FieldError::new("callback_url", message.to_string()));
+                None
+            }
         };
 
         match (ids, priority) {
@@ -326,11 +321,22 @@ impl<'de> Deserialize<'de> for IngestBody {
                         "priority" if body.priority.is_some() => {
                             return Err(de::Error::duplicate_field("priority"));
                         }
-                        "priority" => body.priority = Some(map.next_value()?),
+                        "priority" => {
+                            body.priority = Some(match map.next_value::<StringField>()? {
+                                StringField::Str(s) => s.parse().map_err(|_| ()),
+                                StringField::Null | StringField::Other => Err(()),
+                            });
+                        }
                         "callback_url" if body.callback_url.is_some() => {
                             return Err(de::Error::duplicate_field("callback_url"));
                         }
-                        "callback_url" => body.callback_url = Some(map.next_value()?),
+                        "callback_url" => {
+                            body.callback_url = Some(match map.next_value::<StringField>()? {
+                                StringField::Null => Ok(None),
+                                StringField::Str(s) => CallbackUrl::parse(&s).map(Some),
+                                StringField::Other => Err(CallbackUrlError::NotHttp),
+                            });
+                        }
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                         }

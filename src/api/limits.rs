@@ -26,6 +26,19 @@ pub struct Limits {
     pub max_queued_ids: u64,
     /// Ids waiting now, as last counted (see `count_queue`).
     pub queued_ids: Arc<AtomicU64>,
+    /// Room for live event streams; a stream holds one permit while open.
+    pub event_streams: Arc<Semaphore>,
+    /// Room, in KiB, for large request bodies held in memory at once.
+    pub body_memory: Arc<Semaphore>,
+}
+
+impl Limits {
+    /// Room for `max_body_memory` bytes of large bodies, and always for one
+    /// body of `max_body_bytes`, so that every acceptable body can be read.
+    pub fn body_memory(max_body_memory: usize, max_body_bytes: usize) -> Arc<Semaphore> {
+        let kib = max_body_memory.max(max_body_bytes).div_ceil(1024);
+        Arc::new(Semaphore::new(kib.min(Semaphore::MAX_PERMITS)))
+    }
 }
 
 /// Sheds writes past `--max-concurrent-writes` with 503.

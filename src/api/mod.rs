@@ -12,6 +12,7 @@ pub mod limits;
 mod openapi;
 mod ops;
 mod path;
+pub mod serve;
 mod status;
 
 use std::ops::Deref;
@@ -103,7 +104,11 @@ pub fn router(state: AppState) -> Router {
                 limits::queue_room,
             )),
         )
-        .route("/status", get(status::status_by_query_or_body))
+        .route(
+            "/status",
+            get(status::status_by_query_or_body)
+                .layer(DefaultBodyLimit::max(status::STATUS_BODY_LIMIT)),
+        )
         .route("/status/{ingestion_id}", get(status::status_by_path))
         .route(
             "/status/{ingestion_id}/events",
@@ -152,6 +157,10 @@ pub fn router(state: AppState) -> Router {
                 "the server failed while answering; nothing was acknowledged",
             ))
         }))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            body::drain_unread_body,
+        ))
         .with_state(state)
 }
 

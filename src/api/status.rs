@@ -2,15 +2,18 @@
 //! JSON body: three spellings of one read.
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::schema::Object;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::body::{body_error, parse_json};
+use super::body::{StringField, parse_json};
 use super::error::{ApiError, FieldError};
 use super::openapi::{
     BadRequest, Internal, NotFound, PayloadTooLarge, RequestTimeout, Unauthorized, Unavailable,
@@ -20,7 +23,7 @@ use super::path::PathParam;
 use crate::domain::{
     BatchId, BatchStatus, IngestionId, IngestionStatus, ItemId, Priority, Timestamp,
 };
-use crate::store::{CallbackRecord, CallbackState, IngestionRecord};
+use crate::store::{BatchRecord, CallbackRecord, CallbackState, IngestionRecord};
 
 /// A request's state without its batches: what callbacks and cancels answer.
 #[derive(Debug, Serialize, ToSchema)]
@@ -134,20 +137,22 @@ impl From<IngestionRecord> for StatusResponse {
         Self {
             summary: StatusSummary::of(&record),
             callback: record.callback.map(CallbackView::from),
-            batches: record
-                .batches
-                .into_iter()
-                .map(|b| BatchView {
-                    batch_id: b.id,
-                    ids: b.ids,
-                    status: b.status,
-                    attempts: b.attempts,
-                    next_attempt_at: b.retry_at,
-                    scheduled_at: b.scheduled_at,
-                    started_at: b.started_at,
-                    completed_at: b.completed_at,
-                })
-                .collect(),
+            batches: record.batches.into_iter().map(BatchView::from).collect(),
+        }
+    }
+}
+
+impl From<BatchRecord> for BatchView {
+    fn from(b: BatchRecord) -> Self {
+        Self {
+            batch_id: b.id,
+            ids: b.ids,
+            status: b.status,
+            attempts: b.attempts,
+            next_attempt_at: b.retry_at,
+            scheduled_at: b.scheduled_at,
+            started_at: b.started_at,
+            completed_at: b.completed_at,
         }
     }
 }
@@ -187,7 +192,7 @@ impl From<CallbackRecord> for CallbackView {
 pub async fn status_by_path(
     State(app): State<AppState>,
     PathParam(id): PathParam,
-) -> Result<Json<StatusResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     lookup(&app, &id).await
 }
 
@@ -224,7 +229,7 @@ pub struct StatusRequest {
     request_body(
         content = ref("#/components/schemas/StatusRequest"),
         content_type = "application/json",
-        description = "Instead of the query: the request's id in a JSON body.",
+        description = "Instead of the query: the request's id in a JSON body, of at most 64 KiB.",
     ),
     security((), ("api_key" = ["read"])),
     responses(
@@ -243,9 +248,18 @@ pub async fn status_by_query_or_body(
     State(app): State<AppState>,
     query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<StatusResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    let body = body.map_err(body_error)?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(format!(
+                "a GET /status body is at most {} KiB; name the ingestion in the path instead",
+                STATUS_BODY_LIMIT / 1024
+            ))
+        } else {
+            super::body::body_error(rejection)
+        }
+    })?;
     if let Some(id) = query.ingestion_id {
         return lookup(&app, &id).await;
     }
@@ -255,9 +269,9 @@ pub async fn status_by_query_or_body(
              or a JSON body {\"ingestion_id\": \"…\"}",
         ));
     }
-    let value: serde_json::Value = parse_json(&body)?;
-    match value.get("ingestion_id").and_then(|v| v.as_str()) {
-        Some(id) => lookup(&app, id).await,
+    let StatusBody { ingestion_id } = parse_json(&body)?;
+    match ingestion_id {
+        Some(id) => lookup(&app, &id).await,
         None => Err(ApiError::validation(vec![FieldError::new(
             "ingestion_id",
             "is required, as a string",
@@ -265,14 +279,190 @@ pub async fn status_by_query_or_body(
     }
 }
 
-async fn lookup(app: &AppState, raw_id: &str) -> Result<Json<StatusResponse>, ApiError> {
+/// The largest body `GET /status` reads: an id needs 50 bytes, and a read is
+/// never shed, so it must not be a way to make the server buffer megabytes.
+pub(crate) const STATUS_BODY_LIMIT: usize = 64 * 1024;
+
+/// The body of `GET /status`, as JSON that names the request. Anything that
+/// is not an object, or whose `ingestion_id` is not a string, names none. As
+/// with any JSON object read into a map, a repeated member counts once, the
+/// last time.
+struct StatusBody {
+    ingestion_id: Option<String>,
+}
+
+impl StatusBody {
+    const NONE: Self = Self { ingestion_id: None };
+}
+
+impl<'de> Deserialize<'de> for StatusBody {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct BodyVisitor;
+        impl<'de> serde::de::Visitor<'de> for BodyVisitor {
+            type Value = StatusBody;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object with `ingestion_id`")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<StatusBody, A::Error> {
+                let mut ingestion_id = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "ingestion_id" {
+                        ingestion_id = match map.next_value::<StringField>()? {
+                            StringField::Str(id) => Some(id.into_owned()),
+                            StringField::Null | StringField::Other => None,
+                        };
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(StatusBody { ingestion_id })
+            }
+            // Any other JSON value is read past: it names nothing.
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<StatusBody, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(StatusBody::NONE)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<StatusBody, E> {
+                Ok(StatusBody::NONE)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<StatusBody, E> {
+                Ok(StatusBody::NONE)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<StatusBody, E> {
+                Ok(StatusBody::NONE)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<StatusBody, E> {
+                Ok(StatusBody::NONE)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<StatusBody, E> {
+                Ok(StatusBody::NONE)
+            }
+            fn visit_unit<E>(self) -> Result<StatusBody, E> {
+                Ok(StatusBody::NONE)
+            }
+        }
+        d.deserialize_any(BodyVisitor)
+    }
+}
+
+/// Batches in the first read of a status answer: most requests fit, and so
+/// are answered from one read.
+const FIRST_PAGE: usize = 256;
+/// Batches read at a time for a larger answer, streamed as they are read.
+const STREAM_PAGE: usize = 1000;
+
+async fn lookup(app: &AppState, raw_id: &str) -> Result<Response, ApiError> {
     let id = parse_ingestion_id(raw_id)?;
-    let record = app
+    let first = app
         .store
-        .ingestion(id)
+        .ingestion_page(id, None, FIRST_PAGE)
         .await?
         .ok_or_else(|| unknown_ingestion(raw_id))?;
-    Ok(Json(record.into()))
+    if first.batches.len() < FIRST_PAGE {
+        return Ok(Json(StatusResponse::from(first)).into_response());
+    }
+    streamed(app.clone(), first).await
+}
+
+/// The status answer of a request with many batches, in constant memory: a
+/// first pass over its batches, page by page, counts them; a second streams
+/// them out. The JSON is the same as a small answer's, byte for byte. A batch
+/// that moves on between the passes shows its newer status in `batches`,
+/// while the counts and the overall status are those of the first pass.
+async fn streamed(app: AppState, first: IngestionRecord) -> Result<Response, ApiError> {
+    let id = first.id;
+    let mut counts = BatchCounts::default();
+    let mut seen: Vec<BatchStatus> = Vec::new();
+    let mut page = first.batches;
+    let mut asked = FIRST_PAGE;
+    loop {
+        for batch in &page {
+            counts.add(batch.status, 1);
+            if !seen.contains(&batch.status) {
+                seen.push(batch.status);
+            }
+        }
+        let Some(last) = page.last().map(|b| b.id.position) else {
+            break;
+        };
+        if page.len() < asked {
+            break;
+        }
+        asked = STREAM_PAGE;
+        page = app
+            .store
+            .ingestion_page(id, Some(last), STREAM_PAGE)
+            .await?
+            .map(|record| record.batches)
+            .unwrap_or_default();
+    }
+    let status = IngestionStatus::derive(seen);
+    let head = StatusHead {
+        summary: StatusSummary {
+            ingestion_id: id,
+            status,
+            priority: first.priority,
+            created_at: first.created_at,
+            completed_at: first.finished_at.filter(|_| status.is_final()),
+            batch_counts: counts,
+        },
+        callback: first.callback.map(CallbackView::from),
+    };
+    let mut opening = serde_json::to_vec(&head)
+        .map_err(|e| ApiError::internal(format!("cannot write the answer: {e}")))?;
+    // `{…}` becomes `{…,"batches":[`, as `StatusResponse` writes it.
+    opening.pop();
+    opening.extend_from_slice(br#","batches":["#);
+
+    let pages = futures_util::stream::unfold(Some((app, None::<u32>)), move |next| async move {
+        let (app, after) = next?;
+        let page = match app.store.ingestion_page(id, after, STREAM_PAGE).await {
+            Ok(record) => record.map(|r| r.batches).unwrap_or_default(),
+            Err(error) => {
+                tracing::warn!(%error, ingestion_id = %id, "a status answer was cut: cannot read");
+                return Some((Err(std::io::Error::other(error)), None));
+            }
+        };
+        let mut chunk = Vec::with_capacity(page.len() * 256);
+        let last = page.last().map(|b| b.id.position);
+        let full = page.len() == STREAM_PAGE;
+        for batch in page {
+            if after.is_some() || !chunk.is_empty() {
+                chunk.push(b',');
+            }
+            // Our types always serialize.
+            let _ = serde_json::to_writer(&mut chunk, &BatchView::from(batch));
+        }
+        let next = match (full, last) {
+            (true, Some(last)) => Some((app, Some(last))),
+            _ => {
+                chunk.extend_from_slice(b"]}");
+                None
+            }
+        };
+        Some((Ok(Bytes::from(chunk)), next))
+    });
+    let body = futures_util::stream::once(async move { Ok(Bytes::from(opening)) }).chain(pages);
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// Everything of a status answer before its batches.
+#[derive(Serialize)]
+struct StatusHead {
+    #[serde(flatten)]
+    summary: StatusSummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callback: Option<CallbackView>,
 }
 
 /// An ingestion id from a URL or body; a malformed one is as unknown as a

@@ -1,6 +1,7 @@
 //! The vocabulary of Sluice: types that can only be built valid, so that the
 //! HTTP layer, the store and the dispatcher never check them again.
 
+mod callback_url;
 mod ids;
 mod outcome;
 mod priority;
@@ -8,6 +9,7 @@ mod settings;
 mod status;
 mod time;
 
+pub use callback_url::{CallbackUrl, CallbackUrlError};
 pub use ids::{BatchId, IngestionId, ItemId, ItemIdError};
 pub use outcome::{FailureKind, FetchFailure, IdOutcome, Outcome};
 pub use priority::{Priority, PriorityError};

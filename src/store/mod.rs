@@ -305,6 +305,16 @@ pub trait Store: Send + Sync + 'static {
     /// A request and its batches, in order; `None` if unknown.
     async fn ingestion(&self, id: IngestionId) -> Result<Option<IngestionRecord>, StoreError>;
 
+    /// A request with at most `limit` of its batches: those after position
+    /// `after` (from the first with `None`), in order; `None` if unknown. A
+    /// large request is read page by page with it, in constant memory.
+    async fn ingestion_page(
+        &self,
+        id: IngestionId,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Option<IngestionRecord>, StoreError>;
+
     /// Starts the next batches in dispatch order, as many as the rate limit,
     /// the in-flight limit and `request.batches` allow, in one commit.
     async fn claim_batches(&self, request: ClaimRequest) -> Result<ClaimOutcome, StoreError>;

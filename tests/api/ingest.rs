@@ -370,6 +370,54 @@ fn bad_requests() -> Vec<BadRequest> {
             r#"{"ids": [0, 2, "3"], "priority": "urgent"}"#,
             &["ids[0]", "ids[2]", "priority"],
         ),
+        json_row(
+            "priority an array",
+            r#"{"ids": [1, 2], "priority": ["HIGH"]}"#,
+            &["priority"],
+        ),
+        json_row(
+            "priority an object",
+            r#"{"ids": [1, 2], "priority": {"HIGH": true}}"#,
+            &["priority"],
+        ),
+        json_row(
+            "callback_url relative",
+            r#"{"ids": [1], "priority": "HIGH", "callback_url": "/hooks"}"#,
+            &["callback_url"],
+        ),
+        json_row(
+            "callback_url ftp",
+            r#"{"ids": [1], "priority": "HIGH", "callback_url": "ftp://example.org/"}"#,
+            &["callback_url"],
+        ),
+        json_row(
+            "callback_url with a user name and password",
+            r#"{"ids": [1], "priority": "HIGH", "callback_url": "https://me:secret@example.org/"}"#,
+            &["callback_url"],
+        ),
+        json_row(
+            "callback_url with a user name",
+            r#"{"ids": [1], "priority": "HIGH", "callback_url": "https://me@example.org/"}"#,
+            &["callback_url"],
+        ),
+        json_row(
+            "callback_url of 2049 bytes",
+            &format!(
+                r#"{{"ids": [1], "priority": "HIGH", "callback_url": "https://example.org/{}"}}"#,
+                "a".repeat(2049 - "https://example.org/".len())
+            ),
+            &["callback_url"],
+        ),
+        json_row(
+            "callback_url a number",
+            r#"{"ids": [1], "priority": "HIGH", "callback_url": 5}"#,
+            &["callback_url"],
+        ),
+        json_row(
+            "callback_url an array",
+            r#"{"ids": [1], "priority": "HIGH", "callback_url": ["https://example.org/"]}"#,
+            &["callback_url"],
+        ),
         json_row("an empty object", "{}", &["ids", "priority"]),
         json_row(
             "body an array",
@@ -558,4 +606,65 @@ async fn a_million_ids_are_accepted_with_the_default_limits() {
     assert_eq!(batches[0]["ids"], json!([1, 2, 3]));
     assert_eq!(batches[333_332]["ids"], json!([999_997, 999_998, 999_999]));
     assert_eq!(batches[333_333]["ids"], json!([1_000_000]));
+}
+
+#[tokio::test]
+async fn a_callback_url_of_2048_bytes_is_accepted_and_stored_normalized() {
+    let app = spawn_app().await;
+    let base = "HTTPS://Example.org/";
+    let url = format!("{base}{}", "a".repeat(2048 - base.len()));
+    let response = app
+        .post_ingest(&json!({"ids": [1], "priority": "LOW", "callback_url": url}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let id = response.json::<Value>().await.unwrap()["ingestion_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = app.status(&id).await;
+    assert_eq!(
+        status["callback"]["url"],
+        format!("https://example.org/{}", "a".repeat(2048 - base.len()))
+    );
+}
+
+#[tokio::test]
+async fn a_15_mib_array_as_priority_or_callback_url_is_a_422_on_that_field() {
+    let app = spawn_app().await;
+    let zeros = vec!["0"; 15 * 1024 * 1024 / 2].join(",");
+    for field in ["priority", "callback_url"] {
+        let body = if field == "priority" {
+            format!(r#"{{"ids": [1], "priority": [{zeros}]}}"#)
+        } else {
+            format!(r#"{{"ids": [1], "priority": "HIGH", "callback_url": [{zeros}]}}"#)
+        };
+        assert!(body.len() > 15 * 1024 * 1024);
+        let response = app.post_ingest_raw(body, Some("application/json")).await;
+        let problem = assert_problem(response, 422, field).await;
+        assert_eq!(error_fields(&problem), [field], "{problem:#}");
+    }
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn large_bodies_wait_for_room_in_memory_and_are_all_answered() {
+    // Room for one large body at a time: the others wait, none is refused.
+    let app = spawn_app_with(|c| {
+        c.max_body_bytes = 1 << 20;
+        c.max_body_memory = 0;
+    })
+    .await;
+    let ids = (1..=100_000)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let body = format!(r#"{{"ids": [{ids}], "priority": "LOW"}}"#);
+    assert!(body.len() > 64 * 1024 && body.len() < 1 << 20);
+    let answers = futures_util::future::join_all(
+        (0..6).map(|_| app.post_ingest_raw(body.clone(), Some("application/json"))),
+    )
+    .await;
+    for response in answers {
+        assert_eq!(response.status(), 200);
+    }
 }

@@ -4,6 +4,7 @@
 mod callbacks;
 mod cli;
 mod cluster;
+mod connections;
 mod dashboard;
 mod durability;
 mod helpers;

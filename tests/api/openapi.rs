@@ -505,7 +505,7 @@ async fn error_answers_match_the_document() {
         (422, "{\"id\": 1}".to_owned()),
         (
             413,
-            format!("{{\"ingestion_id\": \"{}\"}}", "x".repeat(2048)),
+            format!("{{\"ingestion_id\": \"{}\"}}", "x".repeat(64 * 1024)),
         ),
     ] {
         let response = app

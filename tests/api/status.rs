@@ -370,3 +370,176 @@ async fn a_request_is_completed_when_every_batch_is() {
         .unwrap();
     assert_eq!(micros(&status["completed_at"]), last_done);
 }
+
+#[tokio::test]
+async fn a_status_body_over_64_kib_is_413_and_up_to_it_is_read() {
+    let app = spawn_app().await;
+    let id = app.ingest(&[1], "LOW").await;
+    let padded = |len: usize| {
+        let head = format!(r#"{{"ingestion_id": "{id}", "pad": ""#);
+        format!("{head}{}\"}}", "x".repeat(len - head.len() - 2))
+    };
+    let at_limit = padded(64 * 1024);
+    assert_eq!(at_limit.len(), 64 * 1024);
+    let response = app
+        .client
+        .get(format!("{}/status", app.address))
+        .body(at_limit)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let response = app
+        .client
+        .get(format!("{}/status", app.address))
+        .body(padded(64 * 1024 + 1))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 413, "a body of 64 KiB + 1").await;
+
+    // 16 MiB, as a client sending its largest POST body to a read would.
+    let response = app
+        .client
+        .get(format!("{}/status", app.address))
+        .body(padded(16 << 20))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 413, "a body of 16 MiB").await;
+}
+
+#[tokio::test]
+async fn a_status_body_names_the_request_only_by_a_string_the_last_time_it_is_given() {
+    let app = spawn_app().await;
+    let id = app.ingest(&[1], "LOW").await;
+    let named = [
+        format!(r#"{{"ingestion_id": [1, 2], "ingestion_id": "{id}"}}"#),
+        format!(r#"{{"x": {{"ingestion_id": 1}}, "ingestion_id": "{id}"}}"#),
+    ];
+    for body in named {
+        let response = app
+            .client
+            .get(format!("{}/status", app.address))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{body}");
+    }
+    let unnamed = [
+        format!(r#"{{"ingestion_id": "{id}", "ingestion_id": 5}}"#),
+        format!(r#"{{"ingestion_id": ["{id}"]}}"#),
+        format!(r#"[{{"ingestion_id": "{id}"}}]"#),
+        format!(r#""{id}""#),
+    ];
+    for body in unnamed {
+        let response = app
+            .client
+            .get(format!("{}/status", app.address))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, 422, &body).await;
+    }
+}
+
+/// Byte for byte; on a difference, shows where it starts, not megabytes.
+fn assert_same_json(got: &[u8], want: &[u8], case: &str) {
+    if got != want {
+        let at = got.iter().zip(want).take_while(|(a, b)| a == b).count();
+        let around = |bytes: &[u8]| {
+            String::from_utf8_lossy(&bytes[at.saturating_sub(80)..(at + 80).min(bytes.len())])
+                .into_owned()
+        };
+        panic!(
+            "{case}: {} bytes streamed, {} expected, first difference at {at}:
+ got {}
+want {}",
+            got.len(),
+            want.len(),
+            around(got),
+            around(want)
+        );
+    }
+}
+
+/// The status answer that the store's whole record gives, as JSON bytes.
+async fn expected_answer(app: &TestApp, id: &str) -> Vec<u8> {
+    let record = app
+        .store
+        .ingestion(id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    serde_json::to_vec(&sluice::api::StatusResponse::from(record)).unwrap()
+}
+
+#[tokio::test]
+async fn an_answer_larger_than_a_page_is_streamed_as_the_same_json() {
+    // 2,500 batches of one id: the answer spans several pages of the store.
+    let app = spawn_app_with(|c| {
+        c.batch_size = "1".parse().unwrap();
+        c.interval = "1h".parse().unwrap();
+    })
+    .await;
+    let ids: Vec<u64> = (1..=2500).collect();
+    let id = app.ingest(&ids, "LOW").await;
+    // Only the first batch runs; wait until it has ended, so nothing moves.
+    wait_until(&app, &id, LIMIT, |s| {
+        s["batches"][0]["status"] == "completed"
+    })
+    .await;
+
+    for form in ["path", "query", "body"] {
+        let response = match form {
+            "path" => app.get_status(&id).await,
+            "query" => by_query(&app, &id).await,
+            _ => by_body(&app, &id).await,
+        };
+        assert_eq!(response.status(), 200, "{form}");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let streamed = response.bytes().await.unwrap();
+        let expected = expected_answer(&app, &id).await;
+        assert_same_json(&streamed, &expected, form);
+    }
+    let answer = app.status(&id).await;
+    assert_eq!(answer["batches"].as_array().unwrap().len(), 2500);
+    assert_eq!(answer["batch_counts"]["completed"], 1);
+    assert_eq!(answer["batch_counts"]["yet_to_start"], 2499);
+    assert_eq!(answer["status"], "triggered");
+
+    // Once cancelled, every batch has ended: the overall status and the
+    // counts come from every page.
+    assert_eq!(app.cancel(&id).await.status(), 200);
+    let streamed = app.get_status(&id).await.bytes().await.unwrap();
+    assert_same_json(&streamed, &expected_answer(&app, &id).await, "cancelled");
+    let answer: serde_json::Value = serde_json::from_slice(&streamed).unwrap();
+    assert_eq!(answer["status"], "cancelled");
+    assert_eq!(answer["batch_counts"]["cancelled"], 2499);
+}
+
+#[tokio::test]
+async fn an_answer_of_exactly_one_page_or_one_more_batch_is_whole() {
+    let app = spawn_app_with(|c| {
+        c.batch_size = "1".parse().unwrap();
+        c.interval = "1h".parse().unwrap();
+    })
+    .await;
+    // The first start takes the hour's slot: nothing else runs meanwhile.
+    let warm_up = app.ingest(&[1], "HIGH").await;
+    app.wait_until_completed(&warm_up, LIMIT).await;
+    for n in [255u64, 256, 257, 1256, 1257] {
+        let ids: Vec<u64> = (1..=n).collect();
+        let id = app.ingest(&ids, "LOW").await;
+        assert_eq!(app.cancel(&id).await.status(), 200);
+        let streamed = app.get_status(&id).await.bytes().await.unwrap();
+        assert_same_json(
+            &streamed,
+            &expected_answer(&app, &id).await,
+            &format!("{n} batches"),
+        );
+    }
+}

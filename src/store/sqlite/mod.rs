@@ -133,6 +133,22 @@ impl Store for SqliteStore {
         self.read(move |conn| reads::ingestion(conn, id)).await
     }
 
+    async fn ingestion_page(
+        &self,
+        id: IngestionId,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Option<IngestionRecord>, StoreError> {
+        // As for `ingestion`: a small page on an idle connection runs here.
+        if limit <= INLINE_MAX_BATCHES as usize
+            && let Some(conn) = self.readers.try_idle()
+        {
+            return in_snapshot(&conn, |conn| reads::ingestion_page(conn, id, after, limit));
+        }
+        self.read(move |conn| reads::ingestion_page(conn, id, after, limit))
+            .await
+    }
+
     async fn claim_batches(&self, request: ClaimRequest) -> Result<ClaimOutcome, StoreError> {
         self.write(move |conn| writes::claim_batches(conn, request))
             .await

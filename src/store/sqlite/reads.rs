@@ -109,6 +109,80 @@ pub fn ingestion_bounded(
     })))
 }
 
+/// A request with at most `limit` of its batches after position `after`.
+pub fn ingestion_page(
+    conn: &Connection,
+    id: IngestionId,
+    after: Option<u32>,
+    limit: usize,
+) -> Result<Option<IngestionRecord>, StoreError> {
+    let head = conn
+        .prepare_cached(
+            "SELECT seq, priority, created_at, finished_at, callback_url, callback_state,
+                    callback_attempts, callback_error
+             FROM ingestions WHERE id = ?1",
+        )?
+        .query_row([id.as_bytes()], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, Option<i64>>(3)?,
+                row.get::<_, Option<String>>(4)?,
+                row.get::<_, Option<i64>>(5)?,
+                row.get::<_, u32>(6)?,
+                row.get::<_, Option<String>>(7)?,
+            ))
+        })
+        .optional()?;
+    let Some((seq, priority, created_at, finished_at, url, state, attempts, error)) = head else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT position, status, attempts, ids, retry_at, scheduled_at, started_at, completed_at
+         FROM batches WHERE ingestion_seq = ?1 AND position > ?2 ORDER BY position LIMIT ?3",
+    )?;
+    let after = after.map_or(-1, i64::from);
+    let mut rows = stmt.query(params![seq, after, limit as i64])?;
+    let mut batches = Vec::with_capacity(limit.min(4096));
+    while let Some(row) = rows.next()? {
+        batches.push(BatchRecord {
+            id: BatchId {
+                ingestion: id,
+                position: row.get(0)?,
+            },
+            status: status(row.get(1)?)?,
+            attempts: row.get(2)?,
+            ids: decode_ids(
+                row.get_ref(3)?
+                    .as_blob()
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            )?,
+            retry_at: time(row.get(4)?),
+            scheduled_at: time(row.get(5)?),
+            started_at: time(row.get(6)?),
+            completed_at: time(row.get(7)?),
+        });
+    }
+    Ok(Some(IngestionRecord {
+        id,
+        priority: priority_of(priority)?,
+        created_at: Timestamp::from_micros(created_at),
+        finished_at: time(finished_at),
+        callback: url
+            .map(|url| {
+                Ok::<_, StoreError>(CallbackRecord {
+                    url,
+                    state: callback_state(state)?,
+                    attempts,
+                    last_error: error,
+                })
+            })
+            .transpose()?,
+        batches,
+    }))
+}
+
 pub fn batch_outcomes(
     conn: &Connection,
     id: IngestionId,
