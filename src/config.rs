@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
+use crate::api::serve::ConnectionLimits;
 use crate::callbacks::CallbackSettings;
 use crate::callbacks::policy::{CallbackAllow, Destinations};
 use crate::callbacks::signing::SigningKey;
-use crate::api::serve::ConnectionLimits;
 use crate::dispatcher::RetryPolicy;
 use crate::domain::{BatchSize, Interval};
 use crate::store::postgres::LeaseSettings;

@@ -8,6 +8,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
 use super::{FetchError, Fetcher};
 use crate::domain::ItemId;
+use crate::redact::redacted_url;
 
 /// How much of an error body is kept in the outcome.
 const BODY_EXCERPT: usize = 200;
@@ -64,10 +65,10 @@ impl HttpUpstream {
         let (prefix, suffix) = template
             .split_once("{id}")
             .filter(|(_, rest)| !rest.contains("{id}"))
-            .ok_or_else(|| HttpUpstreamError::Template(template.clone()))?;
+            .ok_or_else(|| HttpUpstreamError::Template(redacted_url(template)))?;
         let example = format!("{prefix}1{suffix}");
         reqwest::Url::parse(&example)
-            .map_err(|e| HttpUpstreamError::Url(format!("{example}: {e}")))?;
+            .map_err(|e| HttpUpstreamError::Url(format!("{}: {e}", redacted_url(&example))))?;
 
         let mut headers = HeaderMap::new();
         for (name, value) in &settings.headers {
@@ -124,7 +125,9 @@ impl Fetcher for HttpUpstream {
             } else if e.is_connect() {
                 "cannot connect to the upstream".to_owned()
             } else {
-                format!("request failed: {e}")
+                // Without the URL: it may carry credentials, and this reason is
+                // stored in the outcome that the results API serves.
+                format!("request failed: {}", e.without_url())
             };
             FetchError::Transient {
                 reason,
@@ -190,7 +193,7 @@ async fn read_body(mut response: reqwest::Response, max: u64) -> Result<Vec<u8>,
                     reason: if e.is_timeout() {
                         "timed out reading the body".into()
                     } else {
-                        format!("reading the body failed: {e}")
+                        format!("reading the body failed: {}", e.without_url())
                     },
                     status: Some(status),
                     retry_after: None,
@@ -334,5 +337,27 @@ mod tests {
         assert!(HttpUpstream::new(settings("http://127.0.0.1:9/items")).is_err());
         assert!(HttpUpstream::new(settings("http://127.0.0.1:9/{id}/{id}")).is_err());
         assert!(HttpUpstream::new(settings("not a url {id}")).is_err());
+    }
+
+    #[test]
+    fn a_refused_template_is_shown_without_its_password() {
+        let settings = |url: &str| HttpUpstreamSettings {
+            url_template: url.into(),
+            headers: vec![],
+            timeout: Duration::from_secs(1),
+            max_body: 1024,
+            follow_redirects: false,
+        };
+        for url in [
+            "http://user:s3cretpw@127.0.0.1:9/items",
+            "http://user:s3cretpw@127.0.0.1:bad/{id}",
+        ] {
+            let Err(error) = HttpUpstream::new(settings(url)) else {
+                panic!("{url} should be refused");
+            };
+            let message = error.to_string();
+            assert!(!message.contains("s3cretpw"), "{message}");
+            assert!(message.contains("user:***@"), "{message}");
+        }
     }
 }
