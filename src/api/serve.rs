@@ -21,6 +21,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// The largest read buffer of a connection; request heads must fit in it.
+const READ_BUFFER: usize = 64 * 1024;
+
 /// The limits on each connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -47,7 +50,11 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        // Each connection's read buffer: hyper's default lets it grow to
+        // about 400 KB, which hundreds of clients uploading at once turn
+        // into tens of MB, and into long polls that delay everyone else.
+        .max_buf_size(READ_BUFFER);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
