@@ -188,7 +188,9 @@ impl AsyncRead for Watched {
     ) -> Poll<io::Result<()>> {
         // A client uploading fast could keep its task busy for milliseconds
         // per poll, and a hundred of them delay every other connection by
-        // the sum: after a share of bytes, let the others run first.
+        // the sum: after a share of bytes, let the others run first. (In
+        // sluice-bench's hostile-bodies scenario the slowest /healthz went
+        // from 19-26 ms without it to 13-14 ms.)
         if self.read_since_yield >= READ_SHARE {
             self.read_since_yield = 0;
             cx.waker().wake_by_ref();
