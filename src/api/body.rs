@@ -51,7 +51,7 @@ impl<T: DeserializeOwned + Send + 'static> FromRequest<AppState> for JsonBody<T>
         } else {
             None
         };
-        let bytes = read_body(req, app).await?;
+        let bytes = read_limited(req.into_body(), expected, max).await?;
         if bytes.len() > SMALL_BODY {
             // Decoding megabytes takes milliseconds: off the threads that
             // answer other requests.
@@ -63,6 +63,28 @@ impl<T: DeserializeOwned + Send + 'static> FromRequest<AppState> for JsonBody<T>
             parse_json(&bytes).map(JsonBody)
         }
     }
+}
+
+/// The whole body, at most `max` bytes, into one buffer of the expected
+/// size: collecting chunks and then joining them would hold it twice.
+async fn read_limited(
+    mut body: axum::body::Body,
+    expected: usize,
+    max: usize,
+) -> Result<Vec<u8>, ApiError> {
+    use http_body_util::BodyExt;
+    let mut bytes = Vec::with_capacity(expected);
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            if bytes.len() + data.len() > max {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(data);
+        }
+    }
+    Ok(bytes)
 }
 
 /// Bodies up to this size are read and decoded without waiting for room.
@@ -93,11 +115,6 @@ pub fn require_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
             String::from_utf8_lossy(value.as_bytes())
         )))
     }
-}
-
-/// The whole body, within the router's size limit.
-pub(crate) async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
-    Bytes::from_request(req, state).await.map_err(body_error)
 }
 
 /// Why a body could not be read, as the contract answers it.
