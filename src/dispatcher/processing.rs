@@ -77,6 +77,21 @@ async fn run(
     // A panic while fetching (a bug, a fetcher's) ends this attempt as a
     // transient failure of the batch, retried like any other: the batch never
     // stays `triggered`, holding its processing slot.
+    // Starts beyond the budget come only from re-runs of interrupted attempts
+    // (a crash, a lost lease, a shutdown's grace running out). Such a batch
+    // goes before all other waiting work, so one that kills the process
+    // (an answer that exhausts memory, say) would otherwise run first after
+    // every restart and hold the queue forever.
+    if batch.attempt > retry.max_attempts {
+        let reason = format!(
+            "interrupted before it could finish, {} starts with --max-attempts {}: not run again",
+            batch.attempt - 1,
+            retry.max_attempts
+        );
+        tracing::error!(attempt = batch.attempt, "{reason}");
+        let (outcomes, end) = unfinished_ids_fail(&batch, clock, retry, &reason);
+        return record(store, &batch, outcomes, end, clock).await;
+    }
     let (outcomes, end) = match AssertUnwindSafe(attempt(fetcher, clock, retry, &batch))
         .catch_unwind()
         .await
@@ -85,7 +100,12 @@ async fn run(
         Err(payload) => {
             let panic = crate::supervisor::payload_message(payload.as_ref());
             tracing::error!(%panic, "processing the batch panicked; a transient failure");
-            panicked(&batch, clock, retry, &panic)
+            unfinished_ids_fail(
+                &batch,
+                clock,
+                retry,
+                &format!("processing panicked: {panic}"),
+            )
         }
     };
     let ended = match &end {
@@ -189,7 +209,12 @@ pub async fn end_after_panic(
     panic: &str,
 ) -> bool {
     tracing::error!(batch_id = %batch.id, %panic, "processing the batch panicked; a transient failure");
-    let (outcomes, end) = panicked(batch, clock, retry, panic);
+    let (outcomes, end) = unfinished_ids_fail(
+        batch,
+        clock,
+        retry,
+        &format!("processing panicked: {panic}"),
+    );
     let recorded = AssertUnwindSafe(store.finish_attempt(batch.key, outcomes, end, clock.now()))
         .catch_unwind()
         .await;
@@ -202,13 +227,14 @@ pub async fn end_after_panic(
     }
 }
 
-/// The end of an attempt that panicked: every id still to fetch failed
-/// transiently (in error after the last attempt); earlier outcomes stay.
-fn panicked(
+/// The end of an attempt that did not fetch (it panicked, or ran out of
+/// starts): every id still to fetch failed transiently, in error after the
+/// last attempt; earlier outcomes stay.
+fn unfinished_ids_fail(
     batch: &ClaimedBatch,
     clock: Clock,
     retry: RetryPolicy,
-    panic: &str,
+    reason: &str,
 ) -> (Vec<IdOutcome>, AttemptEnd) {
     let at = clock.now();
     let last_attempt = batch.attempt >= retry.max_attempts;
@@ -224,7 +250,7 @@ fn panicked(
                     let error = FetchFailure {
                         kind: FailureKind::Transient,
                         status: None,
-                        message: format!("processing panicked: {panic}"),
+                        message: reason.to_owned(),
                     };
                     IdOutcome {
                         id,

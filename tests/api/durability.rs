@@ -381,3 +381,94 @@ async fn a_batch_handed_back_at_shutdown_stays_triggered_and_runs_first() {
         "the handed-back LOW batch runs before the HIGH one"
     );
 }
+
+/// Polls until the request's first batch has been started `attempts` times.
+async fn wait_for_attempts(client: &reqwest::Client, address: &str, id: &str, attempts: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = status_at(client, address, id).await;
+        if status["batches"][0]["attempts"] == attempts {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached {attempts} attempts: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_batch_interrupted_more_often_than_max_attempts_fails_instead_of_blocking_the_queue() {
+    let dir = TempDir::new().unwrap();
+    let db = fresh_database(dir.path()).await;
+    let client = reqwest::Client::new();
+    // Each run dies while the batch is processing, as a batch that crashes
+    // the process would make it.
+    let crashing = [
+        "--interval",
+        "100ms",
+        "--max-attempts",
+        "2",
+        "--mock-latency",
+        "60s",
+    ];
+    let server = ServerProcess::start(&db, &crashing);
+    let poison = ingest_at(&client, &server.address, &[1, 2, 3], "MEDIUM").await;
+    let behind = ingest_at(&client, &server.address, &[4], "HIGH").await;
+    wait_for_attempts(&client, &server.address, &poison, 1).await;
+    server.kill9();
+    let server = ServerProcess::start(&db, &crashing);
+    wait_for_attempts(&client, &server.address, &poison, 2).await;
+    server.kill9();
+
+    let server = ServerProcess::start(
+        &db,
+        &[
+            "--interval",
+            "100ms",
+            "--max-attempts",
+            "2",
+            "--mock-latency",
+            "5ms",
+        ],
+    );
+    let failed = wait_for_status(
+        &client,
+        &server.address,
+        &poison,
+        "failed",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(failed["batches"][0]["status"], "failed");
+    assert_eq!(
+        failed["batches"][0]["attempts"], 3,
+        "claimed once more, and ended"
+    );
+    let results: Value = client
+        .get(format!(
+            "{}/ingestions/{poison}/results",
+            server.address
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = results.to_string();
+    assert!(text.contains("not run again"), "{text}");
+    assert!(
+        !text.contains("\"outcome\":\"ok\""),
+        "nothing was fetched: {text}"
+    );
+    wait_for_status(
+        &client,
+        &server.address,
+        &behind,
+        "completed",
+        Duration::from_secs(10),
+    )
+    .await;
+}
