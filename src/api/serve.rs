@@ -49,7 +49,12 @@ pub async fn serve(
     limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1 only: hyper's header-read timeout covers HTTP/1 alone, so an
+    // HTTP/2 (h2c) client could hold a connection by trickling bytes. No
+    // client of Sluice needs HTTP/2 in the clear; TLS, and HTTP/2 with it,
+    // belong to the proxy in front. (`http1_only` holds only for
+    // `serve_connection`: with upgrades hyper-util would still detect HTTP/2.)
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -58,7 +63,6 @@ pub async fn serve(
         // about 400 KB, which hundreds of clients uploading at once turn
         // into tens of MB, and into long polls that delay everyone else.
         .max_buf_size(READ_BUFFER);
-    builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let connections = TaskTracker::new();
@@ -85,7 +89,7 @@ pub async fn serve(
         connections.spawn(async move {
             let _slot = slot;
             let (io, activity) = Watched::new(stream);
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            let connection = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(connection);
             let mut closing = false;
             loop {

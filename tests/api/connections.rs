@@ -311,3 +311,28 @@ async fn event_streams_past_the_cap_get_503_with_retry_after() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// HTTP/2 in the clear (h2c) is not served: its streams would escape the
+/// header-read timeout. Its connection preface gets an HTTP/1 refusal, or the
+/// connection closed, and never the HTTP/2 settings frame that would start a
+/// session.
+#[tokio::test]
+async fn http2_in_the_clear_is_not_served() {
+    let app = spawn_app().await;
+    let mut h2 = Connection::open(&app).await;
+    let stream = h2.stream.get_mut();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(5), h2.stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection stayed open");
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 "),
+        "an HTTP/2 answer: {:?}",
+        &answer[..answer.len().min(32)]
+    );
+}

@@ -447,10 +447,7 @@ async fn a_batch_interrupted_more_often_than_max_attempts_fails_instead_of_block
         "claimed once more, and ended"
     );
     let results: Value = client
-        .get(format!(
-            "{}/ingestions/{poison}/results",
-            server.address
-        ))
+        .get(format!("{}/ingestions/{poison}/results", server.address))
         .send()
         .await
         .unwrap()
