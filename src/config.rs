@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
+use crate::api::serve::ConnectionLimits;
 use crate::callbacks::CallbackSettings;
 use crate::callbacks::policy::{CallbackAllow, Destinations};
 use crate::callbacks::signing::SigningKey;
-use crate::api::serve::ConnectionLimits;
 use crate::dispatcher::RetryPolicy;
 use crate::domain::{BatchSize, Interval};
 use crate::store::postgres::LeaseSettings;
@@ -117,6 +117,21 @@ pub struct Config {
     /// How long an `Idempotency-Key` holds.
     #[arg(long, env = "SLUICE_IDEMPOTENCY_TTL", default_value = "24h")]
     pub idempotency_ttl: Interval,
+
+    /// How long an ended request (completed, failed or cancelled) is kept,
+    /// with its batches, results and events, before it is pruned; `0` keeps
+    /// everything. A request with a callback still to deliver is kept.
+    #[arg(long, env = "SLUICE_RETENTION", default_value = "7d")]
+    pub retention: Interval,
+
+    /// How often a pruning pass starts (for tests; the default suits a service).
+    #[arg(
+        long,
+        env = "SLUICE_RETENTION_PERIOD",
+        default_value = "1m",
+        hide = true
+    )]
+    pub retention_period: Interval,
 
     /// A file of API keys, one per line: `<role> <key>`, roles `read`,
     /// `submit` or `admin`. Re-read when it changes. Without it every endpoint

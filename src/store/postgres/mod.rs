@@ -694,6 +694,8 @@ impl Store for PostgresStore {
             batches,
             last_slot: time(last_slot),
             running,
+            oldest_ingestion_at: None,
+            last_prune_at: None,
         })
     }
 
