@@ -374,3 +374,60 @@ async fn on_postgres_a_node_does_not_prune_while_another_holds_the_pruning_lock(
         .unwrap();
     wait_until_pruned(&app, &id).await;
 }
+
+/// Two real nodes on one PostgreSQL database prune one history between them:
+/// every ended request goes, and each is counted as pruned by one node only.
+#[tokio::test]
+async fn two_nodes_on_postgres_prune_each_request_once() {
+    let database = crate::helpers::fresh_postgres_database().await;
+    let args = [
+        "--retention",
+        "1s",
+        "--retention-period",
+        "100ms",
+        "--interval",
+        "0",
+        "--mock-latency",
+        "5ms",
+    ];
+    let nodes = [
+        crate::helpers::ServerProcess::start(&database, &args),
+        crate::helpers::ServerProcess::start(&database, &args),
+    ];
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for n in 0..20u64 {
+        let node = &nodes[n as usize % nodes.len()];
+        ids.push(crate::helpers::ingest_at(&client, &node.address, &[n + 1], "HIGH").await);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for (k, id) in ids.iter().enumerate() {
+        let address = &nodes[(k + 1) % nodes.len()].address;
+        loop {
+            let status = client
+                .get(format!("{address}/status/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            if status == 404 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{id} still kept");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut total = 0;
+    for node in &nodes {
+        let text = client
+            .get(format!("{}/metrics", node.address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        total += pruned_total(&text, "ingestions");
+    }
+    assert_eq!(total, 20, "each request pruned by exactly one node");
+}
