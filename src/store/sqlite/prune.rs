@@ -112,3 +112,105 @@ pub(super) fn prune_chunk(
         .execute(params![now.as_micros(), limit as i64])? as u64;
     Ok(pruned)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::schema;
+
+    fn database() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut conn = schema::open_writer(&dir.path().join("t.db")).unwrap();
+        schema::migrate(&mut conn).unwrap();
+        (dir, conn)
+    }
+
+    /// An ended request with one completed batch and one event, finished at `at`.
+    fn ended_request(conn: &Connection, id: u8, at: i64) -> i64 {
+        conn.execute(
+            "INSERT INTO ingestions (id, priority, created_at, open_batches, finished_at)
+             VALUES (?1, 0, ?2, 0, ?2)",
+            params![vec![id; 16], at],
+        )
+        .unwrap();
+        let seq = conn.last_insert_rowid();
+        conn.execute(
+            "INSERT INTO batches (ingestion_seq, position, priority, status, ids)
+             VALUES (?1, 0, 0, 2, x'01000000')",
+            [seq],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE batch_counts SET n = n + 1 WHERE priority = 0 AND status = 2",
+            [],
+        )
+        .unwrap();
+        event(conn, seq);
+        seq
+    }
+
+    fn event(conn: &Connection, ingestion_seq: i64) -> i64 {
+        conn.execute(
+            "INSERT INTO events (ingestion_seq, status, at) VALUES (?1, 2, 0)",
+            [ingestion_seq],
+        )
+        .unwrap();
+        conn.last_insert_rowid()
+    }
+
+    fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |row| row.get(0)).unwrap()
+    }
+
+    /// Pruning never deletes the newest event, even of a pruned request, so
+    /// that SQLite cannot hand its id out again; it goes once a newer exists.
+    #[test]
+    fn the_newest_event_is_held_back_until_a_newer_one_exists() {
+        let (_dir, conn) = database();
+        let older = ended_request(&conn, 1, 10);
+        let newer = ended_request(&conn, 2, 20);
+        // The older request's last event is the newest of all.
+        let newest = event(&conn, older);
+        let later = Timestamp::from_micros(1_000);
+
+        let pruned = prune_chunk(&conn, later, later, 100).unwrap();
+        assert_eq!(pruned.ingestions, 1, "the newest request is kept");
+        assert_eq!(count(&conn, "SELECT count(*) FROM ingestions"), 1);
+        assert_eq!(count(&conn, "SELECT max(seq) FROM events"), newest);
+        assert_eq!(
+            count(&conn, "SELECT count(*) FROM batch_counts WHERE n <> 0"),
+            1,
+            "one batch left counted"
+        );
+        assert_eq!(count(&conn, "SELECT sum(n) FROM batch_counts"), 1);
+
+        let next = event(&conn, newer);
+        assert_eq!(next, newest + 1, "no id handed out twice");
+        let pruned = prune_chunk(&conn, later, later, 100).unwrap();
+        assert_eq!(pruned.events, 1, "the held event goes now");
+        assert_eq!(
+            count(
+                &conn,
+                &format!("SELECT count(*) FROM events WHERE seq = {newest}")
+            ),
+            0
+        );
+    }
+
+    #[test]
+    fn a_request_that_ended_recently_or_has_a_pending_callback_stays() {
+        let (_dir, conn) = database();
+        let pending = ended_request(&conn, 1, 10);
+        conn.execute(
+            "UPDATE ingestions SET callback_url = 'http://x', callback_state = 0 WHERE seq = ?1",
+            [pending],
+        )
+        .unwrap();
+        ended_request(&conn, 2, 500);
+        ended_request(&conn, 3, 600);
+        let cutoff = Timestamp::from_micros(100);
+        let pruned = prune_chunk(&conn, cutoff, cutoff, 100).unwrap();
+        assert_eq!(pruned, Pruned::default());
+        assert_eq!(count(&conn, "SELECT count(*) FROM ingestions"), 3);
+    }
+}
