@@ -329,6 +329,18 @@ mod tests {
     use crate::callbacks::policy::CallbackAllow;
 
     #[test]
+    fn retention_defaults_to_seven_days_and_zero_keeps_everything() {
+        let config = Config::defaults();
+        assert_eq!(
+            config.retention.as_duration(),
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        let keep_all = Config::try_parse_from(["serve", "--retention", "0"]).unwrap();
+        assert!(keep_all.retention.as_duration().is_zero());
+        assert!(Config::try_parse_from(["serve", "--retention", "soon"]).is_err());
+    }
+
+    #[test]
     fn protection_flags_repeat_and_split_on_commas() {
         let config = Config::try_parse_from([
             "serve",

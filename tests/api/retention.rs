@@ -150,6 +150,26 @@ async fn ended_requests_are_pruned_whole_and_unfinished_ones_stay() {
 }
 
 #[tokio::test]
+async fn a_retention_of_zero_keeps_everything() {
+    let app = spawn_app_with(|config| {
+        short_retention(config);
+        config.retention = "0".parse().unwrap();
+        config.interval = "0".parse().unwrap();
+    })
+    .await;
+    let first = app.ingest(&[1], "HIGH").await;
+    let second = app.ingest(&[2], "HIGH").await;
+    for id in [&first, &second] {
+        app.wait_until_completed(id, Duration::from_secs(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(app.get_status(&first).await.status(), 200);
+    let (_, shown) = get_json(&app, "/stats").await;
+    assert_eq!(shown["ingestions"], 2, "{shown}");
+    assert!(shown["last_prune_at"].is_null(), "no pass ran: {shown}");
+}
+
+#[tokio::test]
 async fn counts_match_a_full_count_after_pruning() {
     let app = spawn_app_with(|config| {
         short_retention(config);
