@@ -118,6 +118,21 @@ pub struct Config {
     #[arg(long, env = "SLUICE_IDEMPOTENCY_TTL", default_value = "24h")]
     pub idempotency_ttl: Interval,
 
+    /// How long an ended request (completed, failed or cancelled) is kept,
+    /// with its batches, results and events, before it is pruned; `0` keeps
+    /// everything. A request with a callback still to deliver is kept.
+    #[arg(long, env = "SLUICE_RETENTION", default_value = "7d")]
+    pub retention: Interval,
+
+    /// How often a pruning pass starts (for tests; the default suits a service).
+    #[arg(
+        long,
+        env = "SLUICE_RETENTION_PERIOD",
+        default_value = "1m",
+        hide = true
+    )]
+    pub retention_period: Interval,
+
     /// A file of API keys, one per line: `<role> <key>`, roles `read`,
     /// `submit` or `admin`. Re-read when it changes. Without it every endpoint
     /// is open to the hosts `--allowed-hosts` describes, and listening beyond
@@ -312,6 +327,18 @@ impl Config {
 mod tests {
     use super::*;
     use crate::callbacks::policy::CallbackAllow;
+
+    #[test]
+    fn retention_defaults_to_seven_days_and_zero_keeps_everything() {
+        let config = Config::defaults();
+        assert_eq!(
+            config.retention.as_duration(),
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        let keep_all = Config::try_parse_from(["serve", "--retention", "0"]).unwrap();
+        assert!(keep_all.retention.as_duration().is_zero());
+        assert!(Config::try_parse_from(["serve", "--retention", "soon"]).is_err());
+    }
 
     #[test]
     fn protection_flags_repeat_and_split_on_commas() {

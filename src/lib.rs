@@ -16,7 +16,7 @@
 //!   [`upstream::Fetcher`] trait; the built-in mock by default.
 //!
 //! [`callbacks`] POSTs a request's final status to its `callback_url`.
-//! [`metrics`] counts what happens, for `/metrics`. [`signals`] are the wake-ups between them; [`supervisor`] restarts a background part that stops. `redact` keeps secrets out of messages. [`startup`] wires them together; [`config`] and [`cli`] are the command line;
+//! [`metrics`] counts what happens, for `/metrics`. [`signals`] are the wake-ups between them; [`supervisor`] restarts a background part that stops. `pruner` deletes ended work past `--retention`. `redact` keeps secrets out of messages. [`startup`] wires them together; [`config`] and [`cli`] are the command line;
 //! `main.rs` only parses flags and calls [`startup::serve`].
 //! [`client`] is `sluice submit`, `status` and `watch`, run by [`client::run`]: an API client.
 
@@ -28,6 +28,7 @@ pub mod config;
 pub mod dispatcher;
 pub mod domain;
 pub mod metrics;
+pub(crate) mod pruner;
 pub(crate) mod redact;
 pub mod signals;
 pub mod startup;

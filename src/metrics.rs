@@ -28,6 +28,11 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub method: String,
     pub route: String,
@@ -61,6 +66,9 @@ pub struct Metrics {
     pub http_latency: Family<RouteLabels, Histogram>,
     /// Batches by priority and status, read from the store at each scrape.
     queue: Family<QueueLabels, Gauge>,
+    /// Rows pruned by this node, by kind: `ingestions`, `batches`, `events`,
+    /// `idempotency_keys`.
+    pub pruned: Family<KindLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -83,6 +91,7 @@ impl Default for Metrics {
             http_requests: Family::default(),
             http_latency: Family::new_with_constructor(latency_histogram),
             queue: Family::default(),
+            pruned: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -136,6 +145,12 @@ impl Default for Metrics {
             "Batches by priority and status",
             metrics.queue.clone(),
         );
+        registry.register(
+            "pruned",
+            "Rows deleted by pruning on this node, by kind (ingestions, batches, events, \
+             idempotency_keys)",
+            metrics.pruned.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -167,6 +182,18 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut text, &self.registry);
         text
+    }
+
+    /// Counts what a chunk of pruning deleted.
+    pub fn count_pruned(&self, pruned: &crate::store::Pruned) {
+        for (kind, n) in [
+            ("ingestions", pruned.ingestions),
+            ("batches", pruned.batches),
+            ("events", pruned.events),
+            ("idempotency_keys", pruned.idempotency_keys),
+        ] {
+            self.pruned.get_or_create(&KindLabels { kind }).inc_by(n);
+        }
     }
 
     pub fn observe(histogram: &Histogram, duration: Duration) {

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::dispatcher::{DispatchSettings, Dispatcher, LoopFault};
 use crate::domain::{BatchSize, Clock};
 use crate::metrics::Metrics;
+use crate::pruner::{Pruner, RetentionSettings};
 use crate::redact::redacted_url;
 use crate::signals::Signals;
 use crate::store::{self, SharedStore};
@@ -44,6 +45,8 @@ pub struct Application {
     supervision: Supervision,
     /// Header-read and keep-alive timeouts, and the connection cap.
     connections: ConnectionLimits,
+    /// Deletes ended work past `--retention`; `None` keeps everything.
+    pruner: Option<Pruner>,
 }
 
 /// Parts a test puts in place of those the configuration names.
@@ -162,6 +165,12 @@ impl Application {
             signals.clone(),
             callback_settings,
         );
+        let pruner = RetentionSettings::new(config.retention, config.retention_period).and_then(
+            |settings| {
+                let prune = store.pruning()?;
+                Some(Pruner::new(prune, settings, clock, Arc::clone(&metrics)))
+            },
+        );
         let router = api::router(AppState::new(App {
             store: Arc::clone(&store),
             signals: signals.clone(),
@@ -197,6 +206,7 @@ impl Application {
             batch_size: config.batch_size,
             supervision,
             connections: config.connection_limits(),
+            pruner,
         })
     }
 
@@ -264,6 +274,13 @@ impl Application {
                 })
             }),
         );
+        if let Some(pruner) = self.pruner {
+            let stop = shutdown.clone();
+            supervisor.spawn(
+                "pruner",
+                Box::new(move || Box::pin(pruner.clone().run(stop.clone()))),
+            );
+        }
         let (callbacks, stop) = (self.callbacks, shutdown.clone());
         supervisor.spawn(
             "callback sender",

@@ -74,6 +74,19 @@ fn to_sse(event: &Event) -> SseEvent {
     sse.unwrap_or_default()
 }
 
+/// Tells a resuming client that the events before `first_kept` are gone. Its
+/// id is the one just before, so a client that reconnects after it is not
+/// told again.
+fn lost_event(first_kept: u64) -> SseEvent {
+    SseEvent::default()
+        .id((first_kept - 1).to_string())
+        .event("lost")
+        .json_data(LostEvents {
+            first_kept_event_id: first_kept,
+        })
+        .unwrap_or_default()
+}
+
 /// The header a reconnecting client sends, for the API document only.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header)]
@@ -106,7 +119,18 @@ pub const EVENTS_FORMAT: &str = "Server-Sent Events, two types:\n\n\
     (`{\"ingestion_id\", \"status\", \"at\"}`).\n\n\
     Each event's `id` is its sequence number, increasing in commit order. A client that \
     reconnects with `Last-Event-ID: <id>` receives every event after it, so it loses no \
-    transition. Comments (`:`) keep an idle connection alive.";
+    transition. Comments (`:`) keep an idle connection alive.\n\n\
+    On `GET /events`, a `Last-Event-ID` older than the oldest event still kept (older ones \
+    are pruned with their requests, see `--retention`) is first answered with \
+    `event: lost`, whose `data` is a `LostEvents` (`{\"first_kept_event_id\"}`) and whose \
+    `id` is the one just before it; then every kept event follows.";
+
+/// The `data` of a `lost` event: events after the client's `Last-Event-ID`
+/// were pruned, and the stream goes on from this one.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LostEvents {
+    pub first_kept_event_id: u64,
+}
 
 /// `GET /status/{id}/events`: every status change of the request and of its
 /// batches, in order, from the start (or after `Last-Event-ID`); the stream
@@ -175,12 +199,25 @@ pub async fn all_events(
     State(app): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let after = match last_event_id(&headers)? {
+    let resumed = last_event_id(&headers)?;
+    let after = match resumed {
         Some(after) => after,
         None => app.store.latest_event().await?,
     };
+    // A stream of one request needs no such check: a request is pruned whole,
+    // so the events of one that is still there are all kept.
+    let lost = match resumed {
+        Some(after) => app
+            .store
+            .oldest_event()
+            .await?
+            .filter(|&oldest| oldest > after.saturating_add(1))
+            .map(lost_event),
+        None => None,
+    };
     let slot = stream_slot(&app)?;
-    Ok(Sse::new(events(app, None, after, slot)).keep_alive(KeepAlive::default()))
+    let stream = stream::iter(lost.map(Ok)).chain(events(app, None, after, slot));
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 /// A place among the `--max-event-streams` open streams, held while the

@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi, ToResponse};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::error::{ApiError, FieldError};
-use super::events::{BatchEvent, IngestionEvent};
+use super::events::{BatchEvent, IngestionEvent, LostEvents};
 use super::status::StatusRequest;
 use super::{events, ingest, ingestions, ops, status};
 
@@ -64,7 +64,7 @@ why each operation also accepts no key at all.";
         ops::stats,
     ),
     components(
-        schemas(ApiError, FieldError, BatchEvent, IngestionEvent, StatusRequest),
+        schemas(ApiError, FieldError, BatchEvent, IngestionEvent, LostEvents, StatusRequest),
         responses(
             BadRequest,
             Unauthorized,

@@ -102,7 +102,7 @@ const READY_WITHIN: std::time::Duration = std::time::Duration::from_millis(800);
     description = "Every metric is named with a `sluice_` prefix: queue depth by priority and \
         status; batches started, completed and failed; ids fetched; upstream latency; time \
         spent waiting for the rate limit; dispatcher lag; HTTP requests by route and status, \
-        with latency.",
+        with latency; rows deleted by pruning, by kind (`sluice_pruned_total`).",
     security((), ("api_key" = ["read"])),
     responses(
         (status = 200, description = "The metrics.",
@@ -143,6 +143,13 @@ pub struct Stats {
     #[schema(required = true)]
     pub next_slot: Option<Timestamp>,
     pub now: Timestamp,
+    /// When the oldest request still kept arrived; older ones were pruned
+    /// (see `--retention`).
+    #[schema(required = true)]
+    pub oldest_ingestion_at: Option<Timestamp>,
+    /// When the last pruning pass ended, on any node.
+    #[schema(required = true)]
+    pub last_prune_at: Option<Timestamp>,
 }
 
 /// A batch processing now.
@@ -236,6 +243,8 @@ pub async fn stats(State(app): State<AppState>) -> Result<Json<Stats>, ApiError>
             .last_slot
             .map(|slot| slot.saturating_add_micros(interval.as_micros())),
         now: app.clock.now(),
+        oldest_ingestion_at: stats.oldest_ingestion_at,
+        last_prune_at: stats.last_prune_at,
     }))
 }
 

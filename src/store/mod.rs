@@ -294,6 +294,10 @@ pub struct QueueStats {
     pub last_slot: Option<Timestamp>,
     /// The batches processing now, with their start times (at most 100).
     pub running: Vec<(BatchId, Timestamp)>,
+    /// When the oldest request still kept arrived.
+    pub oldest_ingestion_at: Option<Timestamp>,
+    /// When the last pruning pass ended, on any node.
+    pub last_prune_at: Option<Timestamp>,
 }
 
 #[async_trait]
@@ -389,6 +393,12 @@ pub trait Store: Send + Sync + 'static {
     /// The id of the latest event (0 if none).
     async fn latest_event(&self) -> Result<u64, StoreError>;
 
+    /// The id of the oldest event still kept, if any: events before it may
+    /// have been pruned. A store that never prunes keeps them all.
+    async fn oldest_event(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
     /// The most recent requests, newest first, without their batches.
     async fn recent_ingestions(&self, limit: usize) -> Result<Vec<IngestionSummary>, StoreError>;
 
@@ -409,6 +419,49 @@ pub trait Store: Send + Sync + 'static {
     fn background(&self, _signals: Signals, _shutdown: CancellationToken) -> Vec<BackgroundPart> {
         Vec::new()
     }
+
+    /// How this store deletes what it keeps no longer, if it can.
+    fn pruning(&self) -> Option<Arc<dyn Prune>> {
+        None
+    }
+}
+
+/// What one chunk of pruning deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub ingestions: u64,
+    pub batches: u64,
+    pub events: u64,
+    pub idempotency_keys: u64,
+}
+
+impl Pruned {
+    pub fn add(&mut self, other: Pruned) {
+        self.ingestions += other.ingestions;
+        self.batches += other.batches;
+        self.events += other.events;
+        self.idempotency_keys += other.idempotency_keys;
+    }
+}
+
+/// The capability to delete ended work: the background pruner's only view of
+/// the store. Each call is one short transaction, so that pruning a long
+/// history never holds the database for long.
+#[async_trait]
+pub trait Prune: Send + Sync + 'static {
+    /// Deletes up to `limit` requests that ended before `ended_before` and
+    /// whose callback, if any, is no longer pending, each with its batches,
+    /// results and events; and up to `limit` idempotency keys expired at
+    /// `now`. `None` when another node is pruning now: this one leaves it be.
+    async fn prune_chunk(
+        &self,
+        ended_before: Timestamp,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Option<Pruned>, StoreError>;
+
+    /// Records that a pruning pass ended at `at`, for `/stats`.
+    async fn record_pass(&self, at: Timestamp) -> Result<(), StoreError>;
 }
 
 /// A part of the store's background work, named for logs and `/readyz`.

@@ -17,6 +17,7 @@ mod operations;
 mod ordering;
 mod protection;
 mod rate;
+mod retention;
 mod sqlite_only;
 mod status;
 mod store_trouble;

@@ -13,6 +13,7 @@
 //!   every node `LISTEN`s, with a slow poll as a fallback.
 
 mod background;
+mod prune;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -30,7 +31,7 @@ use super::codec::{
 use super::{
     AttemptEnd, BackgroundPart, BatchKey, BatchOutcomes, BatchRecord, CallbackDelivery,
     CallbackRecord, CallbackState, ClaimOutcome, ClaimRequest, ClaimedBatch, Created, DueCallback,
-    Event, IngestionRecord, IngestionSummary, NewIngestion, QueueStats, Store, StoreError,
+    Event, IngestionRecord, IngestionSummary, NewIngestion, Prune, QueueStats, Store, StoreError,
 };
 use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, Priority, Timestamp};
 use crate::signals::Signals;
@@ -519,6 +520,15 @@ impl Store for PostgresStore {
         Ok(seq.unwrap_or(0) as u64)
     }
 
+    async fn oldest_event(&self) -> Result<Option<u64>, StoreError> {
+        let seq: Option<i64> = sqlx::query("SELECT min(seq) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        Ok(seq.map(|seq| seq as u64))
+    }
+
     async fn recent_ingestions(&self, limit: usize) -> Result<Vec<IngestionSummary>, StoreError> {
         let heads = sqlx::query(
             "SELECT seq, id, priority, created_at, finished_at FROM ingestions
@@ -689,12 +699,30 @@ impl Store for PostgresStore {
             )
         })
         .collect();
+        let oldest_ingestion_at: Option<i64> =
+            sqlx::query_scalar("SELECT created_at FROM ingestions ORDER BY seq LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        let last_prune_at: Option<i64> =
+            sqlx::query_scalar("SELECT last_pass_at FROM pruning WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)?;
         Ok(QueueStats {
             ingestions: ingestions as u64,
             batches,
             last_slot: time(last_slot),
             running,
+            oldest_ingestion_at: time(oldest_ingestion_at),
+            last_prune_at: time(last_prune_at),
         })
+    }
+
+    fn pruning(&self) -> Option<Arc<dyn Prune>> {
+        Some(Arc::new(prune::PostgresPrune {
+            pool: self.pool.clone(),
+        }))
     }
 
     fn background(&self, signals: Signals, shutdown: CancellationToken) -> Vec<BackgroundPart> {

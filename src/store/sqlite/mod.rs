@@ -10,6 +10,7 @@
 //! Reads go to a small pool of read-only connections, which WAL lets run beside
 //! the writer.
 
+mod prune;
 mod reads;
 mod schema;
 mod writer;
@@ -29,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use self::writer::Job;
 use super::{
     AttemptEnd, BatchKey, BatchOutcomes, CallbackDelivery, ClaimOutcome, ClaimRequest, Created,
-    DueCallback, Event, IngestionRecord, IngestionSummary, NewIngestion, QueueStats, Store,
+    DueCallback, Event, IngestionRecord, IngestionSummary, NewIngestion, Prune, QueueStats, Store,
     StoreError,
 };
 use crate::domain::{IdOutcome, IngestionId, Timestamp};
@@ -90,12 +91,7 @@ impl SqliteStore {
         &self,
         op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.writes
-            .send(Job::new(op, reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        write_via(&self.writes, op).await
     }
 
     /// Runs `query` on a reader connection, on a blocking thread.
@@ -208,6 +204,10 @@ impl Store for SqliteStore {
         self.read(reads::latest_event).await
     }
 
+    async fn oldest_event(&self) -> Result<Option<u64>, StoreError> {
+        self.read(reads::oldest_event).await
+    }
+
     async fn recent_ingestions(&self, limit: usize) -> Result<Vec<IngestionSummary>, StoreError> {
         self.read(move |conn| reads::recent_ingestions(conn, limit))
             .await
@@ -255,6 +255,25 @@ impl Store for SqliteStore {
     async fn stats(&self) -> Result<QueueStats, StoreError> {
         self.read(reads::stats).await
     }
+
+    fn pruning(&self) -> Option<Arc<dyn Prune>> {
+        Some(Arc::new(prune::SqlitePrune {
+            writes: self.writes.clone(),
+        }))
+    }
+}
+
+/// Runs `op` on the writer thread behind `writes`, in the next group commit.
+async fn write_via<T: Send + 'static>(
+    writes: &mpsc::Sender<Job>,
+    op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let (reply, answer) = oneshot::channel();
+    writes
+        .send(Job::new(op, reply))
+        .await
+        .map_err(|_| StoreError::Closed)?;
+    answer.await.map_err(|_| StoreError::Closed)?
 }
 
 struct ReaderPool {

@@ -325,11 +325,19 @@ pub fn next_callback_due(conn: &Connection) -> Result<Option<Timestamp>, StoreEr
 }
 
 pub fn stats(conn: &Connection) -> Result<QueueStats, StoreError> {
-    // Requests are never deleted and `seq` is their rowid, handed out as max + 1:
-    // the largest is the count, found in one seek rather than a scan.
-    let ingestions: i64 = conn
-        .prepare_cached("SELECT coalesce(max(seq), 0) FROM ingestions")?
-        .query_row([], |row| row.get(0))?;
+    // `seq` is a rowid, handed out as max + 1, and pruning never deletes the
+    // newest request: the largest less those pruned is the count, found in one
+    // seek rather than a scan.
+    let (ingestions, last_prune_at): (i64, Option<i64>) = conn
+        .prepare_cached(
+            "SELECT coalesce((SELECT max(seq) FROM ingestions), 0) - p.ingestions, p.last_pass_at
+             FROM pruning p WHERE p.id = 1",
+        )?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let oldest_ingestion_at: Option<i64> = conn
+        .prepare_cached("SELECT created_at FROM ingestions ORDER BY seq LIMIT 1")?
+        .query_row([], |row| row.get(0))
+        .optional()?;
     let mut stmt =
         conn.prepare_cached("SELECT priority, status, n FROM batch_counts WHERE n > 0")?;
     let mut rows = stmt.query([])?;
@@ -367,7 +375,16 @@ pub fn stats(conn: &Connection) -> Result<QueueStats, StoreError> {
         batches,
         last_slot: time(last_slot),
         running,
+        oldest_ingestion_at: time(oldest_ingestion_at),
+        last_prune_at: time(last_prune_at),
     })
+}
+
+pub fn oldest_event(conn: &Connection) -> Result<Option<u64>, StoreError> {
+    let seq: Option<i64> = conn
+        .prepare_cached("SELECT min(seq) FROM events")?
+        .query_row([], |row| row.get(0))?;
+    Ok(seq.map(|seq| seq as u64))
 }
 
 /// The outcomes stored with a batch (a JSON array), or none yet.
