@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{Clock, Interval};
 use crate::metrics::Metrics;
 use crate::signals::Signals;
-use crate::store::{ClaimOutcome, ClaimRequest, ClaimedBatch, SharedStore};
+use crate::store::{ClaimOutcome, ClaimRequest, ClaimedBatch, SharedStore, StoreError};
 use crate::upstream::SharedFetcher;
 
 /// How long to wait before asking a failing store again.
@@ -98,17 +98,32 @@ impl Dispatcher {
     /// run left processing were abandoned with it, so they go back to the
     /// queue first, still `triggered`, to run again before anything else.
     pub async fn resume(&self, shutdown: CancellationToken) {
-        match self.store.release_unfinished(self.clock.now()).await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(
-                batches = n,
-                "batches abandoned by the stopped dispatcher will run again"
-            ),
-            Err(error) => tracing::error!(
-                %error,
-                "cannot hand back the batches the stopped dispatcher left; \
-                 they will be recovered at the next start"
-            ),
+        // Asked until the store takes it: on PostgreSQL this node's heartbeat
+        // would otherwise renew the abandoned batches' leases for as long as
+        // it lives, and they would hold their processing slots all that time.
+        let mut wait = STORE_RETRY / 10;
+        loop {
+            match self.store.release_unfinished(self.clock.now()).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    tracing::warn!(
+                        batches = n,
+                        "batches abandoned by the stopped dispatcher will run again"
+                    );
+                    break;
+                }
+                Err(StoreError::Closed) => return,
+                Err(error) => tracing::error!(
+                    %error,
+                    retry_in = ?wait,
+                    "cannot hand back the batches the stopped dispatcher left yet; retrying"
+                ),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(STORE_RETRY * 2);
         }
         self.signals.work_available();
         self.run(shutdown).await;

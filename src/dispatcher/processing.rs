@@ -199,8 +199,9 @@ async fn attempt(
 
 /// Ends an attempt that panicked outside the fetching (in recording it, say):
 /// the same transient failure as a panic while fetching, recorded once; returns
-/// whether that ended the request. If recording fails too, the batch stays
-/// `triggered` until the dispatcher or the service restarts and hands it back.
+/// whether that ended the request. Recording is retried while the store is
+/// down; if the store panics too, the batch stays `triggered` until the
+/// dispatcher or the service restarts and hands it back.
 pub async fn end_after_panic(
     store: &dyn Store,
     clock: Clock,
@@ -215,12 +216,15 @@ pub async fn end_after_panic(
         retry,
         &format!("processing panicked: {panic}"),
     );
-    let recorded = AssertUnwindSafe(store.finish_attempt(batch.key, outcomes, end, clock.now()))
+    // Through `record`, which asks again while the store is down: giving up
+    // would leave the batch `triggered`, its lease renewed on PostgreSQL for as
+    // long as this node lives. Only a store that panics itself ends the wait.
+    let recorded = AssertUnwindSafe(record(store, batch, outcomes, end, clock))
         .catch_unwind()
         .await;
     match recorded {
-        Ok(Ok(request_ended)) => request_ended,
-        _ => {
+        Ok(request_ended) => request_ended,
+        Err(_) => {
             tracing::error!(batch_id = %batch.id, "cannot record the panicked attempt; the batch runs again after a restart");
             false
         }

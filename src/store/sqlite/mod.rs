@@ -226,6 +226,13 @@ impl Store for SqliteStore {
     }
 
     async fn check_ready(&self) -> Result<(), StoreError> {
+        // Reads alone would stay ready with the writer gone, while every
+        // write failed.
+        if self.writes.is_closed() {
+            return Err(StoreError::Unavailable(
+                "the SQLite writer thread has stopped".into(),
+            ));
+        }
         self.read(schema::check_current).await
     }
 

@@ -33,7 +33,20 @@ impl Job {
         reply: oneshot::Sender<Result<T, StoreError>>,
     ) -> Self {
         Self(Box::new(move |conn| {
-            let result = conn.map(op);
+            // A job that panics (a bug) fails alone, its savepoint rolled
+            // back like any failed job's: the one writer thread must outlive
+            // it, or every later write would fail.
+            let result = conn.map(|conn| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(conn))).unwrap_or_else(
+                    |payload| {
+                        let panic = crate::supervisor::payload_message(payload.as_ref());
+                        tracing::error!(%panic, "a write panicked; it is rolled back");
+                        Err(StoreError::Unavailable(format!(
+                            "the write failed: {panic}"
+                        )))
+                    },
+                )
+            });
             let ok = matches!(result, Some(Ok(_)));
             let answer: Answer = Box::new(move |commit| {
                 let answer = match (commit, result) {
@@ -139,6 +152,50 @@ mod tests {
             reply,
         );
         (job, answer)
+    }
+
+    /// A job that panics after writing fails alone: its row is rolled back,
+    /// its neighbours commit, and the thread goes on to the next group.
+    #[test]
+    fn a_write_that_panics_fails_alone_and_the_writer_goes_on() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let conn = Connection::open(dir.path().join("t.db")).unwrap();
+        conn.execute_batch("CREATE TABLE t (x BLOB);").unwrap();
+        let (queue, jobs) = mpsc::channel(8);
+        let writer = std::thread::spawn(move || run(conn, jobs));
+
+        let (before, before_answer) = insert(10);
+        let (reply, panicked_answer) = oneshot::channel::<Result<(), StoreError>>();
+        let panics = Job::new(
+            |conn| {
+                conn.execute("INSERT INTO t VALUES (x'00')", [])?;
+                panic!("a bug in a write");
+            },
+            reply,
+        );
+        let (after, after_answer) = insert(10);
+        for job in [before, panics, after] {
+            queue.blocking_send(job).unwrap();
+        }
+        assert!(before_answer.blocking_recv().unwrap().is_ok());
+        assert!(matches!(
+            panicked_answer.blocking_recv().unwrap(),
+            Err(StoreError::Unavailable(message)) if message.contains("a bug in a write")
+        ));
+        assert!(after_answer.blocking_recv().unwrap().is_ok());
+        let (later, later_answer) = insert(10);
+        queue.blocking_send(later).unwrap();
+        assert!(
+            later_answer.blocking_recv().unwrap().is_ok(),
+            "the writer lives on"
+        );
+        drop(queue);
+        writer.join().unwrap();
+        let conn = Connection::open(dir.path().join("t.db")).unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows, 3, "the panicked job's row was rolled back");
     }
 
     /// A write fails so that SQLite rolls the whole transaction back by itself
