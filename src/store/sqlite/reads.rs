@@ -31,26 +31,7 @@ pub fn ingestion_bounded(
     id: IngestionId,
     max_batches: Option<u32>,
 ) -> Result<Bounded<Option<IngestionRecord>>, StoreError> {
-    let head = conn
-        .prepare_cached(
-            "SELECT seq, priority, created_at, finished_at, callback_url, callback_state,
-                    callback_attempts, callback_error
-             FROM ingestions WHERE id = ?1",
-        )?
-        .query_row([id.as_bytes()], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, i64>(2)?,
-                row.get::<_, Option<i64>>(3)?,
-                row.get::<_, Option<String>>(4)?,
-                row.get::<_, Option<i64>>(5)?,
-                row.get::<_, u32>(6)?,
-                row.get::<_, Option<String>>(7)?,
-            ))
-        })
-        .optional()?;
-    let Some((seq, priority, created_at, finished_at, url, state, attempts, error)) = head else {
+    let Some((seq, mut record)) = ingestion_head(conn, id)? else {
         return Ok(Bounded::Within(None));
     };
     if let Some(max) = max_batches {
@@ -62,51 +43,15 @@ pub fn ingestion_bounded(
             return Ok(Bounded::Larger);
         }
     }
-
     let mut stmt = conn.prepare_cached(
         "SELECT position, status, attempts, ids, retry_at, scheduled_at, started_at, completed_at
          FROM batches WHERE ingestion_seq = ?1 ORDER BY position",
     )?;
     let mut rows = stmt.query([seq])?;
-    let mut batches = Vec::new();
     while let Some(row) = rows.next()? {
-        let position: u32 = row.get(0)?;
-        batches.push(BatchRecord {
-            id: BatchId {
-                ingestion: id,
-                position,
-            },
-            status: status(row.get(1)?)?,
-            attempts: row.get(2)?,
-            ids: decode_ids(
-                row.get_ref(3)?
-                    .as_blob()
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            )?,
-            retry_at: time(row.get(4)?),
-            scheduled_at: time(row.get(5)?),
-            started_at: time(row.get(6)?),
-            completed_at: time(row.get(7)?),
-        });
+        record.batches.push(batch_record(row, id)?);
     }
-
-    Ok(Bounded::Within(Some(IngestionRecord {
-        id,
-        priority: priority_of(priority)?,
-        created_at: Timestamp::from_micros(created_at),
-        finished_at: time(finished_at),
-        callback: url
-            .map(|url| {
-                Ok::<_, StoreError>(CallbackRecord {
-                    url,
-                    state: callback_state(state)?,
-                    attempts,
-                    last_error: error,
-                })
-            })
-            .transpose()?,
-        batches,
-    })))
+    Ok(Bounded::Within(Some(record)))
 }
 
 /// A request with at most `limit` of its batches after position `after`.
@@ -116,6 +61,27 @@ pub fn ingestion_page(
     after: Option<u32>,
     limit: usize,
 ) -> Result<Option<IngestionRecord>, StoreError> {
+    let Some((seq, mut record)) = ingestion_head(conn, id)? else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT position, status, attempts, ids, retry_at, scheduled_at, started_at, completed_at
+         FROM batches WHERE ingestion_seq = ?1 AND position > ?2 ORDER BY position LIMIT ?3",
+    )?;
+    let after = after.map_or(-1, i64::from);
+    let mut rows = stmt.query(params![seq, after, limit as i64])?;
+    record.batches.reserve(limit.min(4096));
+    while let Some(row) = rows.next()? {
+        record.batches.push(batch_record(row, id)?);
+    }
+    Ok(Some(record))
+}
+
+/// A request's arrival number and its record without batches; `None` if unknown.
+fn ingestion_head(
+    conn: &Connection,
+    id: IngestionId,
+) -> Result<Option<(i64, IngestionRecord)>, StoreError> {
     let head = conn
         .prepare_cached(
             "SELECT seq, priority, created_at, finished_at, callback_url, callback_state,
@@ -138,33 +104,7 @@ pub fn ingestion_page(
     let Some((seq, priority, created_at, finished_at, url, state, attempts, error)) = head else {
         return Ok(None);
     };
-    let mut stmt = conn.prepare_cached(
-        "SELECT position, status, attempts, ids, retry_at, scheduled_at, started_at, completed_at
-         FROM batches WHERE ingestion_seq = ?1 AND position > ?2 ORDER BY position LIMIT ?3",
-    )?;
-    let after = after.map_or(-1, i64::from);
-    let mut rows = stmt.query(params![seq, after, limit as i64])?;
-    let mut batches = Vec::with_capacity(limit.min(4096));
-    while let Some(row) = rows.next()? {
-        batches.push(BatchRecord {
-            id: BatchId {
-                ingestion: id,
-                position: row.get(0)?,
-            },
-            status: status(row.get(1)?)?,
-            attempts: row.get(2)?,
-            ids: decode_ids(
-                row.get_ref(3)?
-                    .as_blob()
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            )?,
-            retry_at: time(row.get(4)?),
-            scheduled_at: time(row.get(5)?),
-            started_at: time(row.get(6)?),
-            completed_at: time(row.get(7)?),
-        });
-    }
-    Ok(Some(IngestionRecord {
+    let record = IngestionRecord {
         id,
         priority: priority_of(priority)?,
         created_at: Timestamp::from_micros(created_at),
@@ -179,8 +119,31 @@ pub fn ingestion_page(
                 })
             })
             .transpose()?,
-        batches,
-    }))
+        batches: Vec::new(),
+    };
+    Ok(Some((seq, record)))
+}
+
+/// A row of `position, status, attempts, ids, retry_at, scheduled_at,
+/// started_at, completed_at` of request `id`'s batches.
+fn batch_record(row: &rusqlite::Row<'_>, id: IngestionId) -> Result<BatchRecord, StoreError> {
+    Ok(BatchRecord {
+        id: BatchId {
+            ingestion: id,
+            position: row.get(0)?,
+        },
+        status: status(row.get(1)?)?,
+        attempts: row.get(2)?,
+        ids: decode_ids(
+            row.get_ref(3)?
+                .as_blob()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        )?,
+        retry_at: time(row.get(4)?),
+        scheduled_at: time(row.get(5)?),
+        started_at: time(row.get(6)?),
+        completed_at: time(row.get(7)?),
+    })
 }
 
 pub fn batch_outcomes(
