@@ -324,15 +324,18 @@ mod tests {
         assert!(!same_origin(&url("http://a/x"), &url("https://a/x")));
     }
 
-    #[test]
-    fn the_template_needs_one_id() {
-        let settings = |url: &str| HttpUpstreamSettings {
+    fn settings(url: &str) -> HttpUpstreamSettings {
+        HttpUpstreamSettings {
             url_template: url.into(),
             headers: vec![],
             timeout: Duration::from_secs(1),
             max_body: 1024,
             follow_redirects: false,
-        };
+        }
+    }
+
+    #[test]
+    fn the_template_needs_one_id() {
         assert!(HttpUpstream::new(settings("http://127.0.0.1:9/items/{id}")).is_ok());
         assert!(HttpUpstream::new(settings("http://127.0.0.1:9/items")).is_err());
         assert!(HttpUpstream::new(settings("http://127.0.0.1:9/{id}/{id}")).is_err());
@@ -341,13 +344,6 @@ mod tests {
 
     #[test]
     fn a_refused_template_is_shown_without_its_password() {
-        let settings = |url: &str| HttpUpstreamSettings {
-            url_template: url.into(),
-            headers: vec![],
-            timeout: Duration::from_secs(1),
-            max_body: 1024,
-            follow_redirects: false,
-        };
         for url in [
             "http://user:s3cretpw@127.0.0.1:9/items",
             "http://user:s3cretpw@127.0.0.1:bad/{id}",

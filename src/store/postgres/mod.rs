@@ -194,71 +194,8 @@ impl Store for PostgresStore {
     }
 
     async fn ingestion(&self, id: IngestionId) -> Result<Option<IngestionRecord>, StoreError> {
-        // One snapshot for both queries: never a request half-way through a commit.
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        let Some(head) = sqlx::query(
-            "SELECT seq, priority, created_at, finished_at, callback_url, callback_state,
-                    callback_attempts, callback_error
-             FROM ingestions WHERE id = $1",
-        )
-        .bind(uuid(id))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        else {
-            return Ok(None);
-        };
-        let seq: i64 = head.get(0);
-        let rows = sqlx::query(
-            "SELECT position, status, attempts, ids, retry_at, scheduled_at, started_at, completed_at
-             FROM batches WHERE ingestion_seq = $1 ORDER BY position",
-        )
-        .bind(seq)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let batches = rows
-            .iter()
-            .map(|row| {
-                let position: i32 = row.get(0);
-                Ok(BatchRecord {
-                    id: BatchId {
-                        ingestion: id,
-                        position: position as u32,
-                    },
-                    status: status(row.get(1))?,
-                    attempts: row.get::<i32, _>(2) as u32,
-                    ids: decode_ids(row.get(3))?,
-                    retry_at: time(row.get(4)),
-                    scheduled_at: time(row.get(5)),
-                    started_at: time(row.get(6)),
-                    completed_at: time(row.get(7)),
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let callback = head
-            .get::<Option<String>, _>(4)
-            .map(|url| {
-                Ok::<_, StoreError>(CallbackRecord {
-                    url,
-                    state: callback_state(head.get(5))?,
-                    attempts: head.get::<i32, _>(6) as u32,
-                    last_error: head.get(7),
-                })
-            })
-            .transpose()?;
-        Ok(Some(IngestionRecord {
-            id,
-            priority: priority(head.get(1))?,
-            created_at: Timestamp::from_micros(head.get(2)),
-            finished_at: time(head.get(3)),
-            callback,
-            batches,
-        }))
+        // Every batch: a page without end.
+        self.ingestion_page(id, None, usize::MAX).await
     }
 
     async fn ingestion_page(
