@@ -12,6 +12,7 @@
 mod hostile;
 mod http;
 mod load;
+mod prune;
 mod report;
 mod scenarios;
 mod server;
@@ -36,7 +37,8 @@ use crate::server::DatabaseSpec;
 #[command(name = "sluice-bench", version)]
 struct Args {
     /// Scenarios to run, comma-separated. `all` is the six of issue 6; the
-    /// soak (10+ minutes) runs only when named: `--scenario soak`.
+    /// soak (10+ minutes), the hostile ones and `prune` (issue 11) run only
+    /// when named: `--scenario soak`.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     scenario: Vec<Scenario>,
 
@@ -160,6 +162,16 @@ struct Args {
     #[arg(long)]
     soak_skip_stats: bool,
 
+    /// Ended batches the pruning scenario seeds and then prunes [default:
+    /// 1000000; 100000 with --quick].
+    #[arg(long)]
+    prune_batches: Option<usize>,
+
+    /// Measured time of each phase of the pruning scenario (without, then
+    /// while pruning) [default: 10s; 5s with --quick].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    prune_duration: Option<Duration>,
+
     /// Before each measurement, wait up to this long (e.g. `10m`) for the rest
     /// of the machine to go quiet: a build beside the benchmark takes the CPU
     /// and the disk the figures are about.
@@ -195,6 +207,9 @@ enum Scenario {
     Slowloris,
     /// The three above.
     Hostile,
+    /// Issue 11: POST /ingest p99 while 1,000,000 ended batches are pruned,
+    /// against its p99 without pruning.
+    Prune,
     All,
 }
 
@@ -208,8 +223,9 @@ const ORDER: [Scenario; 6] = [
 ];
 
 /// Scenarios that run only when named, after the others.
-const ON_REQUEST: [Scenario; 4] = [
+const ON_REQUEST: [Scenario; 5] = [
     Scenario::Soak,
+    Scenario::Prune,
     Scenario::HostileBodies,
     Scenario::BigStatus,
     Scenario::Slowloris,
@@ -323,6 +339,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         soak_fraction: args.soak_fraction,
         soak_report_every: pick(args.soak_report_every, 60, 15),
         soak_skip_stats: args.soak_skip_stats,
+        prune_batches: args
+            .prune_batches
+            .unwrap_or(if quick { 100_000 } else { 1_000_000 })
+            .max(1),
+        prune_duration: pick(args.prune_duration, 10, 5),
         wait_quiet: args.wait_quiet,
     };
 
@@ -334,7 +355,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .filter(|s| all || args.scenario.contains(s))
         .chain(ON_REQUEST.iter().copied().filter(|s| {
             args.scenario.contains(s)
-                || (args.scenario.contains(&Scenario::Hostile) && *s != Scenario::Soak)
+                || (args.scenario.contains(&Scenario::Hostile)
+                    && !matches!(s, Scenario::Soak | Scenario::Prune))
         }))
         .collect();
     let soak = chosen.contains(&Scenario::Soak);
@@ -379,6 +401,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             Scenario::Dispatch => bench.dispatch().await,
             Scenario::Rate => bench.rate().await,
             Scenario::Soak => bench.soak().await,
+            Scenario::Prune => bench.prune().await,
             Scenario::HostileBodies => bench.hostile_bodies().await,
             Scenario::BigStatus => bench.big_status().await,
             Scenario::Slowloris => bench.slowloris().await,

@@ -52,6 +52,10 @@ pub struct Settings {
     pub soak_report_every: Duration,
     /// Leave `GET /stats` out of the soak's rows (it disturbs the reads).
     pub soak_skip_stats: bool,
+    /// Ended batches seeded for the pruning scenario.
+    pub prune_batches: usize,
+    /// Measured time of each of the pruning scenario's two phases.
+    pub prune_duration: Duration,
     /// Before each measurement, wait up to this long for the rest of the
     /// machine to go quiet.
     pub wait_quiet: Option<Duration>,
@@ -61,7 +65,7 @@ pub struct Settings {
 const QUIET_CORES: f64 = 0.15;
 
 /// Ids per batch in every scenario (the service's default).
-const BATCH_SIZE: usize = 3;
+pub(crate) const BATCH_SIZE: usize = 3;
 const TARGET_POST_RPS: f64 = 40_000.0;
 const TARGET_POST_P99: Duration = Duration::from_millis(5);
 const TARGET_GET_RPS: f64 = 60_000.0;
@@ -132,7 +136,7 @@ impl Bench {
         }
     }
 
-    async fn measure(
+    pub(crate) async fn measure(
         &self,
         server: &Server,
         workload: Workload,
@@ -150,7 +154,7 @@ impl Bench {
         }
     }
 
-    fn ingest_workload(&self, seed: u64) -> Workload {
+    pub(crate) fn ingest_workload(&self, seed: u64) -> Workload {
         Workload::Ingest(self.ingest_bodies(seed))
     }
 
@@ -682,7 +686,7 @@ impl Bench {
 
 /// Sends `count` requests, cycling through `bodies`, over `connections`
 /// connections at once.
-async fn queue_bodies(
+pub(crate) async fn queue_bodies(
     server: &Server,
     bodies: &[Bytes],
     count: usize,
