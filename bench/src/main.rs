@@ -360,6 +360,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }))
         .collect();
     let soak = chosen.contains(&Scenario::Soak);
+    let prune = chosen.contains(&Scenario::Prune);
     if soak {
         if !(settings.soak_fraction > 0.0 && settings.soak_fraction.is_finite()) {
             bail!(
@@ -414,10 +415,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
 
     println!(
-        "\n== Summary ({} in all; targets from issue 6{}) ==\n",
+        "\n== Summary ({} in all; targets from issue 6{}{}) ==\n",
         report::secs(started.elapsed()),
         if soak {
             ", the soak's from issue 7"
+        } else {
+            ""
+        },
+        if prune {
+            ", the prune's from issue 11"
         } else {
             ""
         }
