@@ -396,3 +396,39 @@ impl ServerProcess {
         (Self { child, address }, log)
     }
 }
+
+/// Polls the request until it has ended (completed, failed or cancelled)
+/// within `limit`, and returns its status.
+pub async fn wait_until_ended(app: &TestApp, id: &str, limit: Duration) -> Value {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let status = app.status(id).await;
+        if ["completed", "failed", "cancelled"].contains(&status["status"].as_str().unwrap()) {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} did not end: {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every id's outcome, from the results API as NDJSON.
+pub async fn ndjson_results(app: &TestApp, id: &str) -> Vec<Value> {
+    let body = app
+        .client
+        .get(format!(
+            "{}/ingestions/{id}/results?format=ndjson",
+            app.address
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    body.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -16,6 +16,9 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
+
+/// How long a request here may take to end.
+const ENDS_WITHIN: Duration = Duration::from_secs(30);
 
 /// 100 MB, sent 64 KiB at a time: never held in the test's memory.
 const HUGE_CHUNKS: usize = 1526;
@@ -156,18 +159,6 @@ async fn app_with_hostile(
     .await
 }
 
-async fn wait_until_ended(app: &TestApp, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = app.status(id).await;
-        if ["completed", "failed", "cancelled"].contains(&status["status"].as_str().unwrap()) {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "{id} did not end: {status:#}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// Every id's outcome from the results API, read both ways (NDJSON and pages).
 async fn results(app: &TestApp, id: &str) -> Vec<Value> {
     let response = app
@@ -227,8 +218,8 @@ async fn a_hostile_answer_affects_only_its_own_id() {
     ];
     let id = app.ingest(&ids, "HIGH").await;
     let later = app.ingest(&[20, 21], "LOW").await;
-    let status = wait_until_ended(&app, &id).await;
-    let later = wait_until_ended(&app, &later).await;
+    let status = wait_until_ended(&app, &id, ENDS_WITHIN).await;
+    let later = wait_until_ended(&app, &later, ENDS_WITHIN).await;
     assert_eq!(later["status"], "completed", "later work is not held up");
 
     let batch_status: Vec<&str> = status["batches"]
@@ -314,7 +305,7 @@ async fn redirects_are_followed_only_when_asked_and_only_to_the_same_host() {
     })
     .await;
     let id = app.ingest(&[REDIRECT_HOME, REDIRECT_AWAY], "MEDIUM").await;
-    wait_until_ended(&app, &id).await;
+    wait_until_ended(&app, &id, ENDS_WITHIN).await;
     let results = results(&app, &id).await;
     assert_eq!(results[0]["outcome"], "ok", "{:#}", results[0]);
     assert_eq!(
@@ -336,7 +327,7 @@ async fn the_body_limit_is_a_setting() {
     let app = app_with_hostile(upstream, |c| c.upstream_max_body = 8).await;
     // `{"id":10}` is 9 bytes: one over the limit; `a\0b\0c` fits.
     let id = app.ingest(&[10, NUL_BYTES], "MEDIUM").await;
-    wait_until_ended(&app, &id).await;
+    wait_until_ended(&app, &id, ENDS_WITHIN).await;
     let results = results(&app, &id).await;
     assert_eq!(results[0]["outcome"], "error");
     assert!(message(&results[0]).contains("too large"), "{}", results[0]);

@@ -14,6 +14,9 @@ use sluice::upstream::{FetchError, Fetcher};
 
 use crate::helpers::*;
 
+/// How long a request here may take to end.
+const ENDS_WITHIN: Duration = Duration::from_secs(20);
+
 /// Panics on its first `panics` fetches of id 13; answers everything else.
 struct PanickingFetcher {
     panics: u32,
@@ -50,48 +53,18 @@ async fn app_with_fetcher(panics: u32, max_attempts: u32) -> TestApp {
     .await
 }
 
-async fn wait_until_ended(app: &TestApp, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let status = app.status(id).await;
-        if ["completed", "failed", "cancelled"].contains(&status["status"].as_str().unwrap()) {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "{id} did not end: {status:#}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn results(app: &TestApp, id: &str) -> Vec<Value> {
-    let body = app
-        .client
-        .get(format!(
-            "{}/ingestions/{id}/results?format=ndjson",
-            app.address
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    body.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[tokio::test]
 async fn a_panic_while_processing_is_a_transient_failure_and_is_retried() {
     let app = app_with_fetcher(1, 3).await;
     let id = app.ingest(&[13, 14, 15, 16], "HIGH").await;
-    let status = wait_until_ended(&app, &id).await;
+    let status = wait_until_ended(&app, &id, ENDS_WITHIN).await;
     assert_eq!(status["status"], "completed", "{status:#}");
     assert_eq!(
         status["batches"][0]["attempts"], 2,
         "retried after the panic"
     );
     assert_eq!(status["batches"][1]["attempts"], 1);
-    let results = results(&app, &id).await;
+    let results = ndjson_results(&app, &id).await;
     assert_eq!(results[0]["outcome"], "ok");
     assert_eq!(results[0]["attempts"], 2);
     let later = app.ingest(&[20], "LOW").await;
@@ -103,10 +76,10 @@ async fn a_panic_while_processing_is_a_transient_failure_and_is_retried() {
 async fn a_batch_that_always_panics_fails_after_max_attempts() {
     let app = app_with_fetcher(u32::MAX, 2).await;
     let id = app.ingest(&[13, 14], "HIGH").await;
-    let status = wait_until_ended(&app, &id).await;
+    let status = wait_until_ended(&app, &id, ENDS_WITHIN).await;
     assert_eq!(status["status"], "failed");
     assert_eq!(status["batches"][0]["attempts"], 2);
-    let results = results(&app, &id).await;
+    let results = ndjson_results(&app, &id).await;
     assert_eq!(results[0]["outcome"], "error");
     assert_eq!(results[0]["error"]["kind"], "transient");
     assert!(

@@ -15,6 +15,9 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 
 /// What the scripted upstream saw.
+/// How long a request here may take to end.
+const ENDS_WITHIN: Duration = Duration::from_secs(20);
+
 #[derive(Default)]
 struct Seen {
     /// Every request: (id, when, Authorization header).
@@ -97,45 +100,15 @@ async fn app_with_upstream(
     .await
 }
 
-async fn wait_until_ended(app: &TestApp, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let status = app.status(id).await;
-        if ["completed", "failed", "cancelled"].contains(&status["status"].as_str().unwrap()) {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "{id} did not end: {status:#}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-async fn results(app: &TestApp, id: &str) -> Vec<Value> {
-    let body = app
-        .client
-        .get(format!(
-            "{}/ingestions/{id}/results?format=ndjson",
-            app.address
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    body.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[tokio::test]
 async fn successes_are_stored_as_json_or_text() {
     let upstream = start_upstream().await;
     let app = app_with_upstream(&upstream, |_| {}).await;
     let id = app.ingest(&[7, 42, 8], "HIGH").await;
-    let status = wait_until_ended(&app, &id).await;
+    let status = wait_until_ended(&app, &id, ENDS_WITHIN).await;
     assert_eq!(status["status"], "completed");
 
-    let results = results(&app, &id).await;
+    let results = ndjson_results(&app, &id).await;
     assert_eq!(results.len(), 3);
     assert_eq!(results[0]["outcome"], "ok");
     assert_eq!(results[0]["data"], json!({"id": 7, "name": "item-7"}));
@@ -148,13 +121,13 @@ async fn a_permanent_error_is_not_retried_and_fails_the_batch() {
     let upstream = start_upstream().await;
     let app = app_with_upstream(&upstream, |_| {}).await;
     let id = app.ingest(&[1, 404, 2, 3], "MEDIUM").await;
-    let status = wait_until_ended(&app, &id).await;
+    let status = wait_until_ended(&app, &id, ENDS_WITHIN).await;
     assert_eq!(status["status"], "failed");
     assert_eq!(status["batches"][0]["status"], "failed");
     assert_eq!(status["batches"][1]["status"], "completed");
     assert_eq!(status["batches"][0]["attempts"], 1);
 
-    let results = results(&app, &id).await;
+    let results = ndjson_results(&app, &id).await;
     assert_eq!(results[1]["outcome"], "error");
     assert_eq!(results[1]["error"]["kind"], "permanent");
     assert_eq!(results[1]["error"]["status"], 404);
@@ -171,7 +144,7 @@ async fn a_transient_error_is_retried_and_only_failed_ids_are_fetched_again() {
     let upstream = start_upstream().await;
     let app = app_with_upstream(&upstream, |_| {}).await;
     let id = app.ingest(&[1, 502, 3], "LOW").await;
-    let status = wait_until_ended(&app, &id).await;
+    let status = wait_until_ended(&app, &id, ENDS_WITHIN).await;
     assert_eq!(status["status"], "completed");
     assert_eq!(status["batches"][0]["attempts"], 3);
 
@@ -181,7 +154,7 @@ async fn a_transient_error_is_retried_and_only_failed_ids_are_fetched_again() {
         assert_eq!(seen.attempts[&1], 1, "a settled id is not fetched again");
         assert_eq!(seen.attempts[&3], 1);
     }
-    let results = results(&app, &id).await;
+    let results = ndjson_results(&app, &id).await;
     assert_eq!(results[1]["outcome"], "ok");
     assert_eq!(results[1]["attempts"], 3);
 }
@@ -191,7 +164,7 @@ async fn retry_after_is_honoured() {
     let upstream = start_upstream().await;
     let app = app_with_upstream(&upstream, |_| {}).await;
     let id = app.ingest(&[429], "HIGH").await;
-    let status = wait_until_ended(&app, &id).await;
+    let status = wait_until_ended(&app, &id, ENDS_WITHIN).await;
     assert_eq!(status["status"], "completed");
     let seen = upstream.seen.lock().unwrap();
     let times: Vec<Instant> = seen.requests.iter().map(|r| r.1).collect();
@@ -208,7 +181,7 @@ async fn a_timeout_is_transient() {
     let upstream = start_upstream().await;
     let app = app_with_upstream(&upstream, |_| {}).await;
     let id = app.ingest(&[777], "HIGH").await;
-    let status = wait_until_ended(&app, &id).await;
+    let status = wait_until_ended(&app, &id, ENDS_WITHIN).await;
     assert_eq!(status["status"], "completed");
     assert_eq!(status["batches"][0]["attempts"], 2);
 }
@@ -218,12 +191,12 @@ async fn max_attempts_reached_gives_failed() {
     let upstream = start_upstream().await;
     let app = app_with_upstream(&upstream, |c| c.max_attempts = 3).await;
     let id = app.ingest(&[999, 5], "HIGH").await;
-    let status = wait_until_ended(&app, &id).await;
+    let status = wait_until_ended(&app, &id, ENDS_WITHIN).await;
     assert_eq!(status["status"], "failed");
     assert_eq!(status["batches"][0]["attempts"], 3);
     assert_eq!(upstream.seen.lock().unwrap().attempts[&999], 3);
 
-    let results = results(&app, &id).await;
+    let results = ndjson_results(&app, &id).await;
     assert_eq!(results[0]["outcome"], "error");
     assert_eq!(results[0]["error"]["kind"], "transient");
     assert_eq!(results[0]["error"]["status"], 503);
@@ -243,7 +216,7 @@ async fn the_rate_limit_holds_across_retries() {
     .await;
     // A retry storm: every id fails a few times; each attempt is one request.
     let id = app.ingest(&[503, 504, 999, 502, 1], "HIGH").await;
-    wait_until_ended(&app, &id).await;
+    wait_until_ended(&app, &id, ENDS_WITHIN).await;
 
     let seen = upstream.seen.lock().unwrap();
     let times: Vec<Instant> = seen.requests.iter().map(|r| r.1).collect();
@@ -288,7 +261,7 @@ async fn headers_reach_the_upstream_from_a_token_file() {
     })
     .await;
     let id = app.ingest(&[1], "HIGH").await;
-    wait_until_ended(&app, &id).await;
+    wait_until_ended(&app, &id, ENDS_WITHIN).await;
     let seen = upstream.seen.lock().unwrap();
     assert_eq!(seen.requests[0].2.as_deref(), Some("Bearer s3cret"));
 }
@@ -418,7 +391,7 @@ async fn cancel_stops_batches_not_started_and_is_harmless_twice() {
     assert_eq!(again.status(), 200);
     assert_eq!(again.json::<Value>().await.unwrap()["cancelled_batches"], 0);
 
-    let status = wait_until_ended(&app, &id).await;
+    let status = wait_until_ended(&app, &id, ENDS_WITHIN).await;
     assert_eq!(status["status"], "cancelled");
     let batches: Vec<&str> = status["batches"]
         .as_array()
@@ -427,7 +400,7 @@ async fn cancel_stops_batches_not_started_and_is_harmless_twice() {
         .map(|b| b["status"].as_str().unwrap())
         .collect();
     assert_eq!(batches, ["completed", "cancelled", "cancelled"]);
-    let results = results(&app, &id).await;
+    let results = ndjson_results(&app, &id).await;
     assert_eq!(results[3]["outcome"], "cancelled");
 
     let unknown = app.cancel("0192f0b4-7c1e-7000-8000-000000000000").await;
@@ -610,7 +583,7 @@ async fn cancels_racing_the_dispatcher_always_answer_and_every_request_ends() {
     let cancelled = futures_util::future::join_all(cancels).await;
 
     for (id, cancelled) in requests.iter().zip(cancelled) {
-        let status = wait_until_ended(&app, id).await;
+        let status = wait_until_ended(&app, id, ENDS_WITHIN).await;
         let batches = status["batches"].as_array().unwrap();
         let count = |s: &str| batches.iter().filter(|b| b["status"] == s).count() as u64;
         assert_eq!(count("cancelled"), cancelled, "{status:#}");
