@@ -20,7 +20,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::ApiError;
-use super::openapi::{BadRequest, Internal, NotFound, RequestTimeout, Unauthorized, Unavailable};
+use super::error::{BadRequest, Internal, NotFound, RequestTimeout, Unauthorized, Unavailable};
 use super::path::PathParam;
 use super::status::{parse_ingestion_id, unknown_ingestion};
 use crate::domain::{BatchId, BatchStatus, IngestionId, IngestionStatus, Timestamp};

@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::body::{JsonBody, StringField};
 use super::error::{ApiError, FieldError};
-use super::openapi::{
+use super::error::{
     BadRequest, Forbidden, Internal, PayloadTooLarge, QueueFull, RequestTimeout, Unauthorized,
     Unavailable, UnsupportedMediaType, ValidationFailed,
 };

@@ -13,10 +13,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::ApiError;
-use super::openapi::{
+use super::error::{
     BadRequest, Forbidden, Internal, NotFound, RequestTimeout, Unauthorized, Unavailable,
-    string_enum,
 };
+use super::openapi::string_enum;
 use super::path::PathParam;
 use super::status::{StatusSummary, parse_ingestion_id, unknown_ingestion};
 use crate::domain::{BatchId, BatchStatus, FetchFailure, IngestionId, ItemId, Outcome, Timestamp};
@@ -330,5 +330,9 @@ const CANCEL_DESCRIPTION: &str = "Batches that have not started become `cancelle
         (status = 503, response = Unavailable),
     )
 )]
-#[allow(dead_code)] // Never called: only its `__path_cancel_by_post` is used.
-pub async fn cancel_by_post() {}
+pub async fn cancel_by_post(
+    state: State<AppState>,
+    id: PathParam,
+) -> Result<Json<CancelResponse>, ApiError> {
+    cancel(state, id).await
+}

@@ -23,8 +23,11 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use self::error::ApiError;
 use tokio_util::sync::CancellationToken;
@@ -95,46 +98,10 @@ impl Deref for AppState {
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
-    Router::new()
-        .route(
-            "/ingest",
-            post(ingest::ingest).layer(middleware::from_fn_with_state(
-                state.clone(),
-                limits::queue_room,
-            )),
-        )
-        .route(
-            "/status",
-            get(status::status_by_query_or_body)
-                .layer(DefaultBodyLimit::max(status::STATUS_BODY_LIMIT)),
-        )
-        .route("/status/{ingestion_id}", get(status::status_by_path))
-        .route(
-            "/status/{ingestion_id}/events",
-            get(events::ingestion_events),
-        )
-        .route("/events", get(events::all_events))
-        .route("/ingestions", get(ops::list))
-        .route("/ingestions/{ingestion_id}", delete(ingestions::cancel))
-        .route(
-            "/ingestions/{ingestion_id}/cancel",
-            post(ingestions::cancel),
-        )
-        .route(
-            "/ingestions/{ingestion_id}/results",
-            get(ingestions::results),
-        )
-        .route("/", get(dashboard::index))
+    let (api, document) = documented_routes(&state).split_for_parts();
+    api.route("/", get(dashboard::index))
         .route("/dashboard/{*path}", get(dashboard::asset))
-        .merge(openapi::routes())
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/stats", get(ops::stats))
-        .route("/queues", get(queues::list))
-        .route("/queues/{name}", get(queues::show).patch(queues::change))
-        .route("/queues/{name}/pause", post(queues::pause))
-        .route("/queues/{name}/resume", post(queues::resume))
+        .merge(openapi::routes(document))
         .route_layer(middleware::from_fn_with_state(state.clone(), observe))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
@@ -165,6 +132,37 @@ pub fn router(state: AppState) -> Router {
             body::drain_unread_body,
         ))
         .with_state(state)
+}
+
+/// Every operation of the API, each registered with its document: the
+/// handler's `#[utoipa::path]` gives both its route and its OpenAPI entry.
+fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
+    // Layers that belong to one route go on its method router.
+    let (schemas, paths, ingest) = routes!(ingest::ingest);
+    let ingest = ingest.layer(middleware::from_fn_with_state(
+        state.clone(),
+        limits::queue_room,
+    ));
+    let (status_schemas, status_paths, status_read) = routes!(status::status_by_query_or_body);
+    let status_read = status_read.layer(DefaultBodyLimit::max(status::STATUS_BODY_LIMIT));
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes((schemas, paths, ingest))
+        .routes((status_schemas, status_paths, status_read))
+        .routes(routes!(status::status_by_path))
+        .routes(routes!(events::ingestion_events))
+        .routes(routes!(events::all_events))
+        .routes(routes!(ops::list))
+        .routes(routes!(ingestions::cancel))
+        .routes(routes!(ingestions::cancel_by_post))
+        .routes(routes!(ingestions::results))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::stats))
+        .routes(routes!(queues::list))
+        .routes(routes!(queues::show, queues::change))
+        .routes(routes!(queues::pause))
+        .routes(routes!(queues::resume))
 }
 
 /// Counts and times every routed request, and logs one line for it.

@@ -13,9 +13,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::ApiError;
-use super::openapi::{
-    BadRequest, Internal, RequestTimeout, Unauthorized, Unavailable, string_enum,
-};
+use super::error::{BadRequest, Internal, RequestTimeout, Unauthorized, Unavailable};
+use super::openapi::string_enum;
 use super::status::BatchCounts;
 use crate::domain::{BatchId, IngestionId, IngestionStatus, Priority, Timestamp};
 use crate::metrics::QueueGauges;

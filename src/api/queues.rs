@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::body::JsonBody;
 use super::error::{ApiError, FieldError};
-use super::openapi::{
+use super::error::{
     BadRequest, Forbidden, Internal, NotFound, RequestTimeout, Unauthorized, Unavailable,
     UnsupportedMediaType, ValidationFailed,
 };

@@ -15,10 +15,11 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::body::{StringField, parse_json};
 use super::error::{ApiError, FieldError};
-use super::openapi::{
+use super::error::{
     BadRequest, Internal, NotFound, PayloadTooLarge, RequestTimeout, Unauthorized, Unavailable,
-    ValidationFailed, string_enum,
+    ValidationFailed,
 };
+use super::openapi::string_enum;
 use super::path::PathParam;
 use crate::domain::{
     BatchId, BatchStatus, IngestionId, IngestionStatus, ItemId, Priority, Timestamp,

@@ -5,6 +5,13 @@
 //! Client mistakes are 4xx; store trouble is 503 with `Retry-After`, so a client
 //! can tell "fix your request" from "try again".
 
+mod responses;
+
+pub use responses::{
+    BadRequest, Forbidden, Internal, NotFound, PayloadTooLarge, QueueFull, RequestTimeout,
+    Unauthorized, Unavailable, UnsupportedMediaType, ValidationFailed,
+};
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
