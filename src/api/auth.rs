@@ -13,6 +13,7 @@
 //! a restart. Without a file, every endpoint is open; `/healthz` always is.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -171,26 +172,115 @@ fn read_keys(path: &Path) -> Result<(Option<SystemTime>, Keys), KeysError> {
     Ok((modified, keys))
 }
 
-/// The role an endpoint needs; `None` for the ones open to all.
-fn required_role(method: &Method, path: &str) -> Option<Role> {
+/// The role each operation of the API needs, read from the API document:
+/// an operation's `security(...)` is the one place its role is written, so a
+/// new endpoint cannot be documented with one role and guarded with another.
+#[derive(Debug, Default)]
+pub struct Roles {
+    operations: Vec<Operation>,
+}
+
+#[derive(Debug)]
+struct Operation {
+    method: Method,
+    /// The path's segments; `None` for a `{parameter}`.
+    segments: Vec<Option<String>>,
+    /// `None` for an operation open to all (`/healthz`).
+    role: Option<Role>,
+}
+
+impl Roles {
+    /// The roles of every operation of `document`: the least role its
+    /// `api_key` requirement names; none if it has no such requirement.
+    pub fn from_document(document: &utoipa::openapi::OpenApi) -> Self {
+        let document = serde_json::to_value(document).unwrap_or_default();
+        let mut operations = Vec::new();
+        let Some(paths) = document["paths"].as_object() else {
+            return Self::default();
+        };
+        for (path, item) in paths {
+            let Some(item) = item.as_object() else {
+                continue;
+            };
+            for (method, operation) in item {
+                let Ok(method) = method.to_ascii_uppercase().parse::<Method>() else {
+                    continue;
+                };
+                let role = operation["security"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|requirement| requirement["api_key"].as_array())
+                    .flatten()
+                    .filter_map(|scope| scope.as_str().and_then(Role::parse))
+                    .min();
+                let segments = path
+                    .split('/')
+                    .map(|segment| (!segment.starts_with('{')).then(|| segment.to_owned()))
+                    .collect();
+                operations.push(Operation {
+                    method,
+                    segments,
+                    role,
+                });
+            }
+        }
+        Self { operations }
+    }
+
+    /// The role a request needs; `None` for what is open to all.
+    fn needed(&self, method: &Method, path: &str) -> Option<Role> {
+        let method = if method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
+        let segments: Vec<&str> = path.split('/').collect();
+        // The most literal match wins (`/a/b` over `/a/{x}`), as in routing.
+        let documented = self
+            .operations
+            .iter()
+            .filter(|op| op.method == *method && op.segments.len() == segments.len())
+            .filter(|op| {
+                op.segments
+                    .iter()
+                    .zip(&segments)
+                    .all(|(want, got)| match want {
+                        Some(literal) => literal == got,
+                        None => !got.is_empty(),
+                    })
+            })
+            .max_by_key(|op| op.segments.iter().filter(|s| s.is_some()).count());
+        match documented {
+            Some(operation) => operation.role,
+            None => undocumented_role(method, path),
+        }
+    }
+}
+
+/// The role of what the API document does not describe: the dashboard's
+/// page and assets hold no data, and a browser opening them cannot send a
+/// key (what the page then reads does need one); any other read needs
+/// `read`, anything else `admin`.
+fn undocumented_role(method: &Method, path: &str) -> Option<Role> {
     match (method, path) {
-        (_, "/healthz") => None,
-        // The dashboard's page and assets hold no data: a browser opening it
-        // cannot send a key. What the page then reads does need one.
-        (&Method::GET | &Method::HEAD, "/") => None,
-        (&Method::GET | &Method::HEAD, p) if p.starts_with("/dashboard/") => None,
-        (&Method::GET | &Method::HEAD, _) => Some(Role::Read),
-        (&Method::POST, "/ingest") => Some(Role::Submit),
+        (&Method::GET, "/") => None,
+        (&Method::GET, p) if p.starts_with("/dashboard/") => None,
+        (&Method::GET, _) => Some(Role::Read),
         _ => Some(Role::Admin),
     }
 }
 
 /// Checks the bearer key of every request when keys are configured.
-pub async fn require_key(State(app): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn require_key(
+    State((app, roles)): State<(AppState, Arc<Roles>)>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(keys) = &app.api_keys else {
         return next.run(request).await;
     };
-    let Some(needed) = required_role(request.method(), request.uri().path()) else {
+    let Some(needed) = roles.needed(request.method(), request.uri().path()) else {
         return next.run(request).await;
     };
     let presented = request
@@ -255,20 +345,28 @@ mod tests {
     }
 
     #[test]
-    fn roles_needed_per_endpoint() {
-        assert_eq!(required_role(&Method::GET, "/healthz"), None);
-        assert_eq!(required_role(&Method::GET, "/"), None);
-        assert_eq!(required_role(&Method::GET, "/dashboard/app.js"), None);
-        assert_eq!(required_role(&Method::POST, "/"), Some(Role::Admin));
-        assert_eq!(required_role(&Method::GET, "/status/x"), Some(Role::Read));
-        assert_eq!(required_role(&Method::POST, "/ingest"), Some(Role::Submit));
+    fn roles_needed_per_endpoint_come_from_the_document() {
+        let roles = Roles::from_document(&crate::api::document());
+        let needed = |method: Method, path: &str| roles.needed(&method, path);
+        assert_eq!(needed(Method::GET, "/healthz"), None);
+        assert_eq!(needed(Method::GET, "/"), None);
+        assert_eq!(needed(Method::HEAD, "/"), None);
+        assert_eq!(needed(Method::GET, "/dashboard/app.js"), None);
+        assert_eq!(needed(Method::POST, "/"), Some(Role::Admin));
+        assert_eq!(needed(Method::GET, "/status/x"), Some(Role::Read));
+        assert_eq!(needed(Method::GET, "/status/x/events"), Some(Role::Read));
+        assert_eq!(needed(Method::GET, "/openapi.json"), Some(Role::Read));
+        assert_eq!(needed(Method::POST, "/ingest"), Some(Role::Submit));
+        assert_eq!(needed(Method::DELETE, "/ingestions/x"), Some(Role::Admin));
         assert_eq!(
-            required_role(&Method::DELETE, "/ingestions/x"),
+            needed(Method::POST, "/ingestions/x/cancel"),
             Some(Role::Admin)
         );
-        assert_eq!(
-            required_role(&Method::POST, "/ingestions/x/cancel"),
-            Some(Role::Admin)
-        );
+        assert_eq!(needed(Method::GET, "/queues/x"), Some(Role::Read));
+        assert_eq!(needed(Method::PATCH, "/queues/x"), Some(Role::Admin));
+        assert_eq!(needed(Method::POST, "/queues/x/pause"), Some(Role::Admin));
+        // An unknown path: a read needs a key, anything else the most.
+        assert_eq!(needed(Method::GET, "/nope"), Some(Role::Read));
+        assert_eq!(needed(Method::PUT, "/ingest"), Some(Role::Admin));
     }
 }

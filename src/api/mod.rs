@@ -98,7 +98,8 @@ impl Deref for AppState {
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
-    let (api, document) = documented_routes(&state).split_for_parts();
+    let (api, document) = documented_routes(Some(&state)).split_for_parts();
+    let roles = Arc::new(auth::Roles::from_document(&document));
     api.route("/", get(dashboard::index))
         .route("/dashboard/{*path}", get(dashboard::asset))
         .merge(openapi::routes(document))
@@ -115,7 +116,7 @@ pub fn router(state: AppState) -> Router {
             limits::time_limit,
         ))
         .layer(middleware::from_fn_with_state(
-            state.clone(),
+            (state.clone(), roles),
             auth::require_key,
         ))
         .layer(middleware::from_fn_with_state(
@@ -134,15 +135,24 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The API document, as `/openapi.json` serves it.
+pub fn document() -> utoipa::openapi::OpenApi {
+    documented_routes(None).into_openapi()
+}
+
 /// Every operation of the API, each registered with its document: the
 /// handler's `#[utoipa::path]` gives both its route and its OpenAPI entry.
-fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
+/// `state` is what the routes' own layers need; without it they are left
+/// out, which changes nothing in the document.
+fn documented_routes(state: Option<&AppState>) -> OpenApiRouter<AppState> {
     // Layers that belong to one route go on its method router.
-    let (schemas, paths, ingest) = routes!(ingest::ingest);
-    let ingest = ingest.layer(middleware::from_fn_with_state(
-        state.clone(),
-        limits::queue_room,
-    ));
+    let (schemas, paths, mut ingest) = routes!(ingest::ingest);
+    if let Some(state) = state {
+        ingest = ingest.layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::queue_room,
+        ));
+    }
     let (status_schemas, status_paths, status_read) = routes!(status::status_by_query_or_body);
     let status_read = status_read.layer(DefaultBodyLimit::max(status::STATUS_BODY_LIMIT));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
