@@ -42,13 +42,25 @@ impl Run {
 /// Runs `sluice <args>` with `input` on stdin, off the async runtime so that
 /// the in-process server keeps answering meanwhile.
 async fn sluice(args: &[&str], input: Option<&str>) -> Run {
+    sluice_with_env(args, input, &[]).await
+}
+
+/// The same with these environment variables set (and no other `SLUICE_`
+/// variable of the test's own environment).
+async fn sluice_with_env(args: &[&str], input: Option<&str>, env: &[(&str, &str)]) -> Run {
     let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
     let input = input.map(str::to_owned);
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(&args)
             .env_remove("SLUICE_URL")
+            .env_remove("SLUICE_API_KEY")
+            .envs(env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -628,4 +640,140 @@ async fn watch_resumes_after_the_last_event_and_exits_1_when_the_request_fails()
     assert_eq!(run.stdout, expected);
     assert!(run.stderr.contains("reconnecting"), "{run:#?}");
     run.assert_tidy();
+}
+
+// ------------------------------------------------------------ API keys
+
+const SUBMIT_KEY: &str = "cli-submit-key-0123456789";
+const READ_KEY: &str = "cli-read-key-0123456789";
+
+#[tokio::test]
+async fn the_api_key_goes_with_every_command_and_is_never_shown() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, format!("submit {SUBMIT_KEY}\nread {READ_KEY}\n")).unwrap();
+    let app = spawn_app_with(|c| c.api_keys_file = Some(keys.clone())).await;
+
+    // Without a key the server's refusal is the message.
+    let run = sluice(&["submit", "--server", &app.address, "1-3"], None).await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(run.stdout.is_empty(), "{run:#?}");
+    assert!(
+        run.stderr.starts_with("error: Sluice answered 401")
+            && run.stderr.contains("send an API key"),
+        "{run:#?}"
+    );
+
+    // The flag.
+    let run = sluice(
+        &[
+            "submit",
+            "--server",
+            &app.address,
+            "--api-key",
+            SUBMIT_KEY,
+            "1-3",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_is_only_an_id(&run.stdout);
+    let id = run.stdout.trim_end().to_owned();
+
+    // The environment, for a read; and a read key cannot submit.
+    let env = [("SLUICE_API_KEY", READ_KEY)];
+    let run = sluice_with_env(
+        &["status", "--server", &app.address, "--json", &id],
+        None,
+        &env,
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let status: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(ids_of(&status), [1, 2, 3]);
+    let run = sluice_with_env(&["submit", "--server", &app.address, "4"], None, &env).await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(run.stderr.contains("403"), "{run:#?}");
+
+    // A wrong key is refused by the server, and not repeated back.
+    let wrong = "wrong-key-0123456789abcdef";
+    let run = sluice(
+        &["status", "--server", &app.address, "--api-key", wrong, &id],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(run.stderr.contains("unknown API key"), "{run:#?}");
+    for key in [SUBMIT_KEY, READ_KEY, wrong] {
+        assert!(!run.stderr.contains(key) && !run.stdout.contains(key));
+    }
+
+    // `--help` names the variable but not the key it found.
+    let run = sluice_with_env(&["queues", "--help"], None, &env).await;
+    assert!(run.stdout.contains("SLUICE_API_KEY"), "{run:#?}");
+    assert!(!run.stdout.contains(READ_KEY), "{run:#?}");
+
+    // A key that cannot go in a header is refused before anything is sent,
+    // without being echoed.
+    let bad = "line-one\nline-two-0123456789";
+    let run = sluice(
+        &[
+            "status",
+            "--server",
+            &nothing_listening(),
+            "--api-key",
+            bad,
+            &id,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(run.stderr.contains("the API key"), "{run:#?}");
+    assert!(!run.stderr.contains("line-one"), "{run:#?}");
+    run.assert_tidy();
+}
+
+// ----------------------------------------------- queues on an older server
+
+/// A server from before named queues: every path is its catch-all 404.
+async fn spawn_without_queues() -> String {
+    let app = Router::new().fallback(|| async {
+        (
+            StatusCode::NOT_FOUND,
+            [("content-type", "application/problem+json")],
+            json!({"type": "urn:sluice:problem:not-found", "title": "Not found",
+                   "status": 404, "detail": "no such endpoint"})
+            .to_string(),
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    address
+}
+
+#[tokio::test]
+async fn queue_commands_against_a_server_without_queues_say_so() {
+    let server = spawn_without_queues().await;
+    for args in [
+        &["queues"][..],
+        &["queues", "--json"],
+        &["queue", "pause", "enrich"],
+        &["queue", "resume", "enrich"],
+        &["queue", "set", "enrich", "--interval", "2s"],
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--server", &server]);
+        let run = sluice(&all, None).await;
+        assert_eq!(run.code, Some(2), "{args:?}: {run:#?}");
+        assert!(run.stdout.is_empty(), "{args:?}: {run:#?}");
+        assert!(
+            run.stderr
+                .starts_with(&format!("error: Sluice at {server} has no named queues")),
+            "{args:?}: {run:#?}"
+        );
+        run.assert_tidy();
+    }
 }
