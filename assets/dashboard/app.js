@@ -188,6 +188,7 @@
     reachable: true,
     queues: null, // the named queues; null until known, or on a server without them
     queuesMissing: false, // the server answered that it has no /queues
+    sseOpened: false, // the event stream has opened once
   };
 
   // ------------------------------------------------------------ /stats
@@ -397,7 +398,22 @@
   }
 
   let queuesToken = 0;
-  async function loadQueues() {
+  let queuesLoading = null;
+  /**
+   * Fetches the queues; a call while a fetch is under way joins it, unless
+   * `force` (after a change, whose answer must not be overtaken by an older
+   * read). Once the server has said it has no /queues, only `force` asks.
+   */
+  function loadQueues(force = false) {
+    if (!force && (state.queuesMissing || queuesLoading)) return queuesLoading;
+    const loading = fetchQueues().finally(() => {
+      if (queuesLoading === loading) queuesLoading = null;
+    });
+    queuesLoading = loading;
+    return loading;
+  }
+
+  async function fetchQueues() {
     const token = ++queuesToken;
     try {
       const body = await api("/queues");
@@ -552,7 +568,7 @@
     button.disabled = false;
     delete button.dataset.action; // relabelled from the queue's state below
     renderQueues();
-    loadQueues();
+    loadQueues(true);
   }
 
   // ------------------------------------------------------- recent requests
@@ -1314,9 +1330,7 @@
   // ---------------------------------------------------------- live updates
 
   const refreshStats = throttle(loadStats, 300);
-  const refreshQueues = throttle(() => {
-    if (!state.queuesMissing) loadQueues();
-  }, 500);
+  const refreshQueues = throttle(() => loadQueues(), 500);
   const refreshList = throttle(loadList, 500);
   const refreshDetail = throttle(() => {
     loadDetail();
@@ -1412,6 +1426,9 @@
     source.addEventListener("open", () => {
       // Sequence numbers belong to the server's store: start afresh with it.
       state.lastEventId = 0;
+      // A server that came back may be a newer one, with queues.
+      if (state.sseOpened) state.queuesMissing = false;
+      state.sseOpened = true;
       setSse("live");
       // Whatever changed while we were not listening.
       refreshNow();
