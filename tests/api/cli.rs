@@ -646,6 +646,7 @@ async fn watch_resumes_after_the_last_event_and_exits_1_when_the_request_fails()
 
 const SUBMIT_KEY: &str = "cli-submit-key-0123456789";
 const READ_KEY: &str = "cli-read-key-0123456789";
+const ADMIN_KEY: &str = "cli-admin-key-0123456789";
 
 #[tokio::test]
 async fn the_api_key_goes_with_every_command_and_is_never_shown() {
@@ -776,4 +777,242 @@ async fn queue_commands_against_a_server_without_queues_say_so() {
         );
         run.assert_tidy();
     }
+}
+
+// ------------------------------------------------------------ named queues
+
+/// A service with a second queue, `enrich`, whose slots are an hour apart:
+/// what the tests put in it stays there to be seen.
+async fn spawn_with_enrich(dir: &tempfile::TempDir) -> TestApp {
+    let file = queues_file(
+        dir.path(),
+        "[queues.enrich]\ninterval = \"1h\"\nmax_in_flight = 2\nbatch_size = 2\n",
+    );
+    spawn_app_with(|c| {
+        c.interval = "1h".parse().unwrap();
+        c.queues_file = Some(file);
+    })
+    .await
+}
+
+/// `GET /queues/{name}`, as JSON.
+async fn queue_at(app: &TestApp, name: &str) -> Value {
+    let response = app
+        .client
+        .get(format!("{}/queues/{name}", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "GET /queues/{name}");
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn submit_queue_lands_in_that_queue() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let app = spawn_with_enrich(&dir).await;
+    let id = submit(&app, &["--queue", "enrich", "1-5"], None).await;
+    let status = app.status(&id).await;
+    assert_eq!(status["queue"], "enrich");
+    // The queue's own batch size: 2 ids a batch.
+    assert_eq!(status["batches"].as_array().unwrap().len(), 3);
+    let id = submit(&app, &["1-5"], None).await;
+    assert_eq!(app.status(&id).await["queue"], "default");
+
+    let run = sluice(
+        &["submit", "--server", &app.address, "-q", "nope", "1"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(run.stdout.is_empty(), "{run:#?}");
+    assert!(
+        run.stderr.starts_with("error: Sluice answered 422") && run.stderr.contains("\n  queue: "),
+        "{run:#?}"
+    );
+    run.assert_tidy();
+}
+
+#[tokio::test]
+async fn queues_lists_every_queue_as_a_table() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let app = spawn_with_enrich(&dir).await;
+    // One batch starts at once, the other two wait an hour.
+    submit(&app, &["--queue", "enrich", "1-6"], None).await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while queue_at(&app, "enrich").await["waiting"] != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first batch did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let run = sluice(&["queues", "--server", &app.address], None).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    let cells = |line: &str| {
+        line.split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        cells(lines[0]),
+        [
+            "NAME",
+            "PAUSED",
+            "INTERVAL",
+            "EFFECTIVE",
+            "IN-FLIGHT",
+            "WAITING",
+            "PROCESSING",
+            "NEXT-SLOT"
+        ]
+    );
+    let default = cells(lines[1]);
+    assert_eq!(
+        default[..7],
+        ["default", "no", "1h", "1h", "1", "0", "0"],
+        "{}",
+        run.stdout
+    );
+    let enrich = cells(lines[2]);
+    assert_eq!(
+        enrich[..6],
+        ["enrich", "no", "1h", "1h", "2", "2"],
+        "{}",
+        run.stdout
+    );
+    // An hour after the first start: a time of day, not a dash.
+    assert!(enrich[7].contains(':'), "{}", run.stdout);
+
+    let run = sluice(&["queues", "--json", "--server", &app.address], None).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let answer: Value = serde_json::from_str(&run.stdout).unwrap();
+    let names: Vec<&str> = answer["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default", "enrich"]);
+}
+
+#[tokio::test]
+async fn queue_pause_resume_and_set_change_the_queue_and_say_how_it_is_now() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let app = spawn_with_enrich(&dir).await;
+    let queue = |args: &[&str]| {
+        let mut all = vec!["queue"];
+        all.extend(args);
+        all.extend(["--server", app.address.as_str()]);
+        all.into_iter().map(str::to_owned).collect::<Vec<String>>()
+    };
+    let run_queue = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = sluice(&args, None).await;
+        assert_eq!(run.code, Some(0), "{args:?}: {run:#?}");
+        run.assert_tidy();
+        run.stdout
+    };
+
+    let out = run_queue(queue(&["pause", "enrich"])).await;
+    assert_eq!(out, "enrich: paused, 0 waiting, 0 processing\n");
+    assert_eq!(queue_at(&app, "enrich").await["paused"], true);
+    assert_eq!(queue_at(&app, "default").await["paused"], false);
+
+    let out = run_queue(queue(&["resume", "enrich"])).await;
+    assert_eq!(out, "enrich: running, 0 waiting, 0 processing\n");
+    assert_eq!(queue_at(&app, "enrich").await["paused"], false);
+
+    let out = run_queue(queue(&["set", "enrich", "--interval", "2s"])).await;
+    assert_eq!(
+        out,
+        "enrich: interval 2s (configured 1h), max in flight 2\n"
+    );
+    let now = queue_at(&app, "enrich").await;
+    assert_eq!(now["interval"], "2s");
+    assert_eq!(now["configured"]["interval"], "1h");
+
+    let out = run_queue(queue(&["set", "enrich", "--max-in-flight", "5"])).await;
+    assert_eq!(
+        out,
+        "enrich: interval 2s (configured 1h), max in flight 5 (configured 2)\n"
+    );
+    assert_eq!(queue_at(&app, "enrich").await["max_in_flight"], 5);
+
+    let out = run_queue(queue(&["set", "enrich", "--reset"])).await;
+    assert_eq!(out, "enrich: interval 1h, max in flight 2\n");
+    let now = queue_at(&app, "enrich").await;
+    assert_eq!(
+        (now["interval"].clone(), now["max_in_flight"].clone()),
+        (json!("1h"), json!(2))
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_queue_is_a_clear_error() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let app = spawn_with_enrich(&dir).await;
+    for args in [
+        &["queue", "pause", "nope"][..],
+        &["queue", "resume", "nope"],
+        &["queue", "set", "nope", "--interval", "2s"],
+        &["queue", "set", "nope", "--reset"],
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--server", &app.address]);
+        let run = sluice(&all, None).await;
+        assert_eq!(run.code, Some(2), "{args:?}: {run:#?}");
+        assert!(run.stdout.is_empty(), "{args:?}: {run:#?}");
+        assert_eq!(
+            run.stderr,
+            format!(
+                "error: no such queue nope at {} (`sluice queues` lists them)\n",
+                app.address
+            ),
+            "{args:?}"
+        );
+    }
+    // Nothing changed on the queues that exist.
+    assert_eq!(queue_at(&app, "enrich").await["paused"], false);
+}
+
+#[tokio::test]
+async fn queue_commands_need_an_admin_key() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(
+        &keys,
+        format!("submit {SUBMIT_KEY}\nread {READ_KEY}\nadmin {ADMIN_KEY}\n"),
+    )
+    .unwrap();
+    let app = spawn_app_with(|c| c.api_keys_file = Some(keys.clone())).await;
+
+    let env = [("SLUICE_API_KEY", READ_KEY)];
+    let run = sluice_with_env(&["queues", "--server", &app.address], None, &env).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(run.stdout.starts_with("NAME"), "{run:#?}");
+    let run = sluice_with_env(
+        &["queue", "pause", "default", "--server", &app.address],
+        None,
+        &env,
+    )
+    .await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(
+        run.stderr.starts_with("error: Sluice answered 403"),
+        "{run:#?}"
+    );
+
+    let env = [("SLUICE_API_KEY", ADMIN_KEY)];
+    let run = sluice_with_env(
+        &["queue", "pause", "default", "--server", &app.address],
+        None,
+        &env,
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(run.stdout.starts_with("default: paused"), "{run:#?}");
 }
