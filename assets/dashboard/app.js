@@ -262,11 +262,31 @@
       td.classList.toggle("zero", totals[status] === 0);
     }
     setText($("fact-interval"), stats.interval_ms ? duration(stats.interval_ms) : "no limit");
-    setText($("fact-inflight"), `${stats.processing.length} / ${stats.max_in_flight}`);
+    renderInFlight();
     setText($("fact-requests"), fmtInt(stats.ingestions));
     renderProcessing();
     tick();
   }
+
+  /**
+   * Batches processing out of those allowed: over every queue when the server
+   * has several (/stats gives the default queue's limit only).
+   */
+  function renderInFlight() {
+    const stats = state.stats;
+    if (!stats) return;
+    const limit = multipleQueues()
+      ? state.queues.reduce((n, q) => n + (q.max_in_flight || 0), 0)
+      : stats.max_in_flight;
+    setText($("fact-inflight"), `${stats.processing.length} / ${limit}`);
+  }
+
+  /** Whether the server has queues besides `default`. */
+  const multipleQueues = () => Array.isArray(state.queues) && state.queues.length > 1;
+
+  /** The default queue as GET /queues answered it, if it did. */
+  const defaultQueue = () =>
+    (Array.isArray(state.queues) && state.queues.find((q) => q.name === "default")) || null;
 
   function renderProcessing() {
     const list = $("processing");
@@ -335,8 +355,20 @@
     lastEl.title = lastStart === null ? "" : fullTime(lastStart);
     const interval = stats.interval_ms;
     const next = parseTime(stats.next_slot);
-    const waiting = waitingBatches(stats);
-    const busy = stats.processing.length >= stats.max_in_flight;
+    // The slot is the default queue's; with other queues beside it, so are
+    // the batches that wait for it.
+    const own = multipleQueues() ? defaultQueue() : null;
+    const waiting = own ? own.waiting || 0 : waitingBatches(stats);
+    const busy = own
+      ? (own.processing || 0) >= (own.max_in_flight || 1)
+      : stats.processing.length >= stats.max_in_flight;
+    $("slot-queue").hidden = !own;
+    if (own && own.paused) {
+      setText(countdown, "Paused");
+      fill.style.width = "0%";
+      setText(note, waiting ? `${fmtInt(waiting)} batch${waiting === 1 ? "" : "es"} waiting` : "Nothing waiting");
+      return;
+    }
     let text;
     let fraction;
     let remark;
@@ -530,6 +562,7 @@
       `${queues.length} queue${queues.length === 1 ? "" : "s"}` + (paused ? ` · ${paused} paused` : ""),
     );
     tickQueues();
+    renderInFlight();
   }
 
   /** Each queue's countdown to its next slot. */
