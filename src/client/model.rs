@@ -24,6 +24,8 @@ pub struct StatusAnswer {
     pub ingestion_id: String,
     pub status: String,
     pub priority: Option<String>,
+    /// The queue the request runs in (servers from before queues omit it).
+    pub queue: Option<String>,
     pub created_at: Option<String>,
     pub completed_at: Option<String>,
     #[serde(default)]

@@ -20,6 +20,10 @@ pub fn status_table(answer: &StatusAnswer) -> String {
     out += &field("ingestion", &answer.ingestion_id);
     out += &field("status", &answer.status);
     out += &field("priority", answer.priority.as_deref().unwrap_or(NONE));
+    // A server from before queues says nothing of them; neither does the table.
+    if let Some(queue) = &answer.queue {
+        out += &field("queue", queue);
+    }
     out += &field("created_at", answer.created_at.as_deref().unwrap_or(NONE));
     out += &field(
         "completed_at",
@@ -341,7 +345,7 @@ sparse   no      -         -          -          -        -           -
     #[test]
     fn the_table_lines_up_and_abbreviates() {
         let answer: StatusAnswer = serde_json::from_str(
-            r#"{"ingestion_id": "i", "status": "triggered", "priority": "HIGH",
+            r#"{"ingestion_id": "i", "status": "triggered", "priority": "HIGH", "queue": "enrich",
                 "created_at": "2026-11-28T15:06:19.489512Z", "completed_at": null,
                 "batches": [
                   {"batch_id": "i:0", "ids": [1, 2, 3], "status": "completed", "attempts": 1,
@@ -354,6 +358,7 @@ sparse   no      -         -          -          -        -           -
 ingestion     i
 status        triggered
 priority      HIGH
+queue         enrich
 created_at    2026-11-28T15:06:19.489512Z
 completed_at  -
 batches       2 total: 1 completed, 1 yet_to_start

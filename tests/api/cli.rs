@@ -266,10 +266,11 @@ async fn status_prints_the_request_then_a_row_per_batch() {
     assert_eq!(lines[0], format!("ingestion     {id}"));
     assert_eq!(lines[1], "status        completed");
     assert_eq!(lines[2], "priority      LOW");
-    assert!(lines[3].starts_with("created_at    20"), "{}", run.stdout);
-    assert!(lines[4].starts_with("completed_at  20"), "{}", run.stdout);
-    assert_eq!(lines[5], "batches       2 total: 2 completed");
-    let header: Vec<&str> = lines[7].split_whitespace().collect();
+    assert_eq!(lines[3], "queue         default");
+    assert!(lines[4].starts_with("created_at    20"), "{}", run.stdout);
+    assert!(lines[5].starts_with("completed_at  20"), "{}", run.stdout);
+    assert_eq!(lines[6], "batches       2 total: 2 completed");
+    let header: Vec<&str> = lines[8].split_whitespace().collect();
     assert_eq!(
         header,
         [
@@ -281,7 +282,7 @@ async fn status_prints_the_request_then_a_row_per_batch() {
             "completed_at"
         ]
     );
-    let rows: Vec<Vec<&str>> = lines[8..]
+    let rows: Vec<Vec<&str>> = lines[9..]
         .iter()
         .map(|l| l.split_whitespace().collect())
         .collect();
@@ -814,6 +815,11 @@ async fn submit_queue_lands_in_that_queue() {
     let id = submit(&app, &["--queue", "enrich", "1-5"], None).await;
     let status = app.status(&id).await;
     assert_eq!(status["queue"], "enrich");
+    let run = sluice(&["status", &id, "--server", &app.address], None).await;
+    assert!(
+        run.stdout.lines().any(|l| l == "queue         enrich"),
+        "{run:#?}"
+    );
     // The queue's own batch size: 2 ids a batch.
     assert_eq!(status["batches"].as_array().unwrap().len(), 3);
     let id = submit(&app, &["1-5"], None).await;
