@@ -556,6 +556,8 @@
         queueRows.delete(name);
       }
     }
+    renderQueueChoice();
+    renderList(); // a queue column only once there are several
     const paused = queues.filter((q) => q.paused).length;
     setText(
       $("queues-summary"),
@@ -563,6 +565,19 @@
     );
     tickQueues();
     renderInFlight();
+  }
+
+  /** The form's queue choice: shown only when there is a choice to make. */
+  function renderQueueChoice() {
+    const select = $("queue-input");
+    const names = multipleQueues() ? state.queues.map((q) => q.name) : [];
+    const current = [...select.options].map((o) => o.value);
+    if (names.join("\n") !== current.join("\n")) {
+      const chosen = select.value;
+      select.replaceChildren(...names.map((name) => h("option", { value: name, text: name })));
+      select.value = names.includes(chosen) ? chosen : "default";
+    }
+    for (const el of document.querySelectorAll(".queue-field")) el.hidden = names.length === 0;
   }
 
   /** Each queue's countdown to its next slot. */
@@ -634,6 +649,7 @@
         text: shortId(id),
       }),
       priority: h("span", { class: "prio" }),
+      queue: h("span", { class: "queue-tag", title: "Queue" }),
       ids: h("td", { class: "num" }),
       bar: h("div", { class: "bar", "aria-hidden": "true" }),
       barLabel: h("span", { class: "label" }),
@@ -649,7 +665,7 @@
       { dataset: { id } },
       h("td", {}, cells.status),
       h("td", {}, cells.idButton),
-      h("td", {}, cells.priority),
+      h("td", {}, cells.priority, cells.queue),
       cells.ids,
       h("td", {}, h("div", { class: "progress" }, cells.bar, cells.barLabel)),
       cells.created,
@@ -668,6 +684,7 @@
     const counts = item.batch_counts;
     setPill(cells.status, item.status);
     setPriority(cells.priority, item.priority);
+    setText(cells.queue, multipleQueues() && item.queue ? item.queue : "");
     setText(cells.ids, fmtInt(item.ids));
     const total = counts.total || 1;
     const spans = cells.bar.children;
@@ -871,6 +888,7 @@
     if (!detail) return;
     setPill($("detail-status"), detail.status);
     setPriority($("detail-priority"), detail.priority);
+    setText($("detail-queue"), multipleQueues() && detail.queue ? detail.queue : "");
     $("detail-cancel").hidden = !ACTIVE.has(detail.status);
 
     const counts = detail.batch_counts;
@@ -1149,6 +1167,8 @@
     event.preventDefault();
     const input = $("ids-input");
     const priority = $("priority-input").value;
+    const queueInput = $("queue-input");
+    const queue = queueInput.hidden ? null : queueInput.value;
     const parsed = parseIds(input.value);
     if (parsed.error) {
       input.setAttribute("aria-invalid", "true");
@@ -1161,7 +1181,9 @@
     setText(button, "Submitting…");
     $("form-message").replaceChildren();
     try {
-      const body = JSON.stringify({ ids: expand(parsed.runs, parsed.count), priority });
+      const request = { ids: expand(parsed.runs, parsed.count), priority };
+      if (queue) request.queue = queue;
+      const body = JSON.stringify(request);
       const answer = await api("/ingest", {
         method: "POST",
         headers: { "Content-Type": "application/json" },

@@ -874,6 +874,39 @@ async fn the_queues_panel_shows_each_queue_and_pauses_and_resumes_it_in_a_browse
         v["state"] == "running" && v["action"] == "Pause"
     })
     .await;
+
+    // The form offers the queues, and the request goes to the one chosen;
+    // its row names the queue.
+    let ids = page.client.find(Locator::Id("ids-input")).await.unwrap();
+    ids.send_keys("7-8").await.unwrap();
+    page.client
+        .find(Locator::Id("queue-input"))
+        .await
+        .unwrap()
+        .select_by_value("enrich")
+        .await
+        .unwrap();
+    page.click("#submit-button").await;
+    let id = page
+        .wait_for(
+            "the submitted id",
+            "const b = document.querySelector('#form-message .ok button');\
+             return b ? b.title : null",
+            vec![],
+            |v| v.is_string(),
+        )
+        .await;
+    let id = id.as_str().unwrap().to_owned();
+    assert_eq!(app.status(&id).await["queue"], "enrich");
+    page.wait_for(
+        "the queue in the new row",
+        "const row = document.querySelector(`#requests-body tr[data-id=\"${arguments[0]}\"]`);\
+         return row ? row.querySelector('.queue-tag').textContent : null",
+        vec![json!(id)],
+        |v| v == "enrich",
+    )
+    .await;
+    page.screenshot("dashboard-queues-submitted.png").await;
     page.no_console_errors("with the Queues panel", |_| false)
         .await;
 }
