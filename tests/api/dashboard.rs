@@ -910,3 +910,89 @@ async fn the_queues_panel_shows_each_queue_and_pauses_and_resumes_it_in_a_browse
     page.no_console_errors("with the Queues panel", |_| false)
         .await;
 }
+
+/// An upstream that refuses everything with 429 and `Retry-After: 30`.
+async fn start_refusing_upstream() -> String {
+    let refuse = || async {
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "30")],
+            "slow down",
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/items/{{id}}", listener.local_addr().unwrap());
+    let app = Router::new().route("/items/{id}", get(refuse));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queues_panel_highlights_a_queue_slowed_down_by_its_upstream() {
+    let mut driver = ChromeDriver::start();
+    let upstream = start_refusing_upstream().await;
+    let dir = TempDir::new().unwrap();
+    let file = queues_file(
+        dir.path(),
+        &format!(
+            "[queues.slow]\ninterval = \"100ms\"\nadaptive = true\nmax_attempts = 1\n\
+             upstream_url = \"{upstream}\"\n"
+        ),
+    );
+    let app = spawn_app_with(|c| {
+        c.interval = "2s".parse().unwrap();
+        c.queues_file = Some(file);
+    })
+    .await;
+    let answer = app
+        .post_ingest(&json!({"ids": [1], "priority": "HIGH", "queue": "slow"}))
+        .await;
+    assert_eq!(answer.status(), 200);
+    // The upstream's 429 slows the whole queue to at least its Retry-After.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let queue: Value = app
+            .client
+            .get(format!("{}/queues/slow", app.address))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if queue["effective_interval"] != queue["interval"] {
+            assert_eq!(queue["interval"], "100ms");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queue was not slowed down: {queue}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let page = open(&mut driver, &app.address).await;
+    let cell = "const row = document.querySelector(`#queues-body tr[data-queue=\"${arguments[0]}\"]`);\
+        if (!row) return null;\
+        const cell = row.querySelector('[data-field=\"interval\"]');\
+        return [cell.classList.contains('slowed'), cell.textContent];";
+    let slow = page
+        .wait_for("the slowed queue", cell, vec![json!("slow")], |v| {
+            v.is_array()
+        })
+        .await;
+    assert_eq!(slow[0], true, "{slow}");
+    assert!(
+        slow[1].as_str().unwrap().ends_with(" set 100 ms"),
+        "the effective interval, then the one set: {slow}"
+    );
+    let default = page
+        .wait_for("the default queue", cell, vec![json!("default")], |v| {
+            v.is_array()
+        })
+        .await;
+    assert_eq!(default, json!([false, "2.0 s"]));
+    page.screenshot("dashboard-queues-slowed.png").await;
+    page.no_console_errors("with a slowed queue", |_| false)
+        .await;
+}
