@@ -9,11 +9,15 @@
 //!   `GET /status` reads it back. Every error is one [`api::error::ApiError`].
 //! - [`store`]: everything persisted, behind the [`store::Store`] trait. The
 //!   SQLite store groups concurrent writes into one commit.
-//! - [`dispatcher`]: one loop for the whole service. It asks the store to claim
-//!   the next batch (priority, then arrival, then position), which also takes the
-//!   rate limit in the same commit, then processes it.
+//! - [`dispatcher`]: one loop per [`queue`]. It asks the store to claim the
+//!   queue's next batch (priority, then arrival, then position), which also
+//!   takes the queue's rate limit in the same commit, then processes it.
 //! - [`upstream`]: where a batch's ids are fetched, behind the
 //!   [`upstream::Fetcher`] trait; the built-in mock by default.
+//!
+//! A [`queue`] is a name with its own rate, limits and upstream: built from
+//! the flags and `--queues-file`, named by a request, kept as a row by the
+//! store, and run by its own dispatcher loop.
 //!
 //! [`callbacks`] POSTs a request's final status to its `callback_url`.
 //! [`metrics`] counts what happens, for `/metrics`. [`signals`] are the wake-ups between them; [`supervisor`] restarts a background part that stops. `pruner` deletes ended work past `--retention`. `redact` keeps secrets out of messages. [`startup`] wires them together; [`config`] and [`cli`] are the command line;

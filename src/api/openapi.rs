@@ -28,6 +28,9 @@ upstream's rate limit allows, always taking the most urgent work first: `HIGH`, 
 then `LOW`; within a priority, the request that arrived first. A request is acknowledged only \
 once it and all its batches are on disk.
 
+A request may name a `queue` (`GET /queues` lists them): each queue has its own rate limit, \
+in-flight limit and upstream, and its own priority order; queues never wait for each other.
+
 Submit with `POST /ingest`; follow a request with `GET /status/{ingestion_id}`, or live with \
 `GET /status/{ingestion_id}/events` (Server-Sent Events); read every id's outcome with \
 `GET /ingestions/{ingestion_id}/results`.

@@ -482,3 +482,176 @@ async fn metrics_carry_the_queue() {
         assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
     }
 }
+
+/// Three nodes on one PostgreSQL database, two queues: each queue keeps its
+/// own rate and in-flight limit across the cluster, and a pause or a new
+/// interval given to one node holds on every node. Always on PostgreSQL,
+/// whichever store the rest of the suite runs on.
+#[tokio::test]
+async fn cluster_of_three_nodes_keeps_each_queues_rate_and_controls() {
+    let database = fresh_postgres_database().await;
+    let dir = TempDir::new().unwrap();
+    let file = queues_file(dir.path(), TWO_QUEUES);
+    let file = file.to_str().unwrap();
+    let nodes: Vec<ServerProcess> = (0..3)
+        .map(|_| {
+            ServerProcess::start(
+                &database,
+                &["--queues-file", file, "--mock-latency", "20ms"],
+            )
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let post = |node: usize, path: String| {
+        let (client, address) = (client.clone(), nodes[node].address.clone());
+        async move {
+            let response = client
+                .post(format!("{address}{path}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    };
+    let ingest = |node: usize, queue: &'static str, ids: Vec<u64>, priority: &'static str| {
+        let (client, address) = (client.clone(), nodes[node].address.clone());
+        async move {
+            let response = client
+                .post(format!("{address}/ingest"))
+                .json(&json!({"ids": ids, "priority": priority, "queue": queue}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let body: Value = response.json().await.unwrap();
+            body["ingestion_id"].as_str().unwrap().to_owned()
+        }
+    };
+
+    // Paused on node 0, loaded through all three: nothing starts anywhere.
+    post(0, "/queues/fast/pause".into()).await;
+    post(0, "/queues/slow/pause".into()).await;
+    let mut fast = Vec::new();
+    let mut slow = Vec::new();
+    for n in 0..6u64 {
+        let priority = if n % 2 == 0 { "LOW" } else { "HIGH" };
+        fast.push(ingest(n as usize % 3, "fast", vec![n * 2 + 1, n * 2 + 2], priority).await);
+        if n < 3 {
+            slow.push(ingest(n as usize % 3, "slow", vec![100 + n], priority).await);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for id in fast.iter().chain(&slow) {
+        let status = status_at(&client, &nodes[2].address, id).await;
+        assert_eq!(
+            status["status"], "yet_to_start",
+            "a paused queue started: {status:#}"
+        );
+    }
+    // Resumed on node 1.
+    post(1, "/queues/fast/resume".into()).await;
+    post(1, "/queues/slow/resume".into()).await;
+
+    let mut fast_done = Vec::new();
+    for id in &fast {
+        fast_done.push(
+            wait_for_status(
+                &client,
+                &nodes[0].address,
+                id,
+                "completed",
+                Duration::from_secs(30),
+            )
+            .await,
+        );
+    }
+    let mut slow_done = Vec::new();
+    for id in &slow {
+        slow_done.push(
+            wait_for_status(
+                &client,
+                &nodes[0].address,
+                id,
+                "completed",
+                Duration::from_secs(30),
+            )
+            .await,
+        );
+    }
+    for (name, done, interval) in [
+        ("fast", &fast_done, 300_000),
+        ("slow", &slow_done, 1_000_000),
+    ] {
+        let starts = starts(done);
+        assert_spacing(name, &starts, interval);
+        // In-flight 1 per queue, cluster-wide, and HIGH before LOW.
+        let mut batches: Vec<(i64, i64, &str)> = done
+            .iter()
+            .flat_map(|s| {
+                let priority = s["priority"].as_str().unwrap();
+                s["batches"].as_array().unwrap().iter().map(move |b| {
+                    (
+                        micros(&b["started_at"]),
+                        micros(&b["completed_at"]),
+                        priority,
+                    )
+                })
+            })
+            .collect();
+        batches.sort();
+        for pair in batches.windows(2) {
+            assert!(pair[1].0 >= pair[0].1, "{name}: {pair:?} overlap");
+        }
+        let first_low = batches.iter().position(|b| b.2 == "LOW").unwrap();
+        assert!(
+            batches[first_low..].iter().all(|b| b.2 == "LOW"),
+            "{name}: HIGH after LOW: {batches:?}"
+        );
+        let min_gap = starts.windows(2).map(|w| w[1].2 - w[0].2).min().unwrap();
+        eprintln!(
+            "cluster queue {name}: {} starts on 3 nodes, minimum spacing {min_gap} µs (interval {interval} µs)",
+            starts.len()
+        );
+    }
+
+    // A new interval given to node 2 holds for the starts node 0 and 1 make.
+    let response = client
+        .patch(format!("{}/queues/slow", nodes[2].address))
+        .json(&json!({"interval": "150ms"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut more = Vec::new();
+    for n in 0..3 {
+        more.push(ingest(n, "slow", vec![200 + n as u64], "MEDIUM").await);
+    }
+    let mut done = Vec::new();
+    for id in &more {
+        done.push(
+            wait_for_status(
+                &client,
+                &nodes[0].address,
+                id,
+                "completed",
+                Duration::from_secs(30),
+            )
+            .await,
+        );
+    }
+    let starts = starts(&done);
+    let span = starts.last().unwrap().2 - starts[0].2;
+    assert!(span < 1_500_000, "three starts at 150 ms took {span} µs");
+    assert_spacing("slow at 150ms", &starts, 150_000);
+    for node in &nodes {
+        let queue: Value = client
+            .get(format!("{}/queues/slow", node.address))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(queue["interval"], "150ms", "{queue:#}");
+    }
+}
