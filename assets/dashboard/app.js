@@ -1,6 +1,6 @@
 // Sluice dashboard: plain JavaScript, no framework, no build step.
 //
-// Data comes from the JSON API (/stats, /ingestions, /status/{id},
+// Data comes from the JSON API (/stats, /queues, /ingestions, /status/{id},
 // /ingestions/{id}/results) and stays fresh through the service's event
 // stream (/events): an event only says "this changed", and the parts it
 // touches are fetched again, a few times a second at most. Without the
@@ -186,6 +186,9 @@
     lastEventId: 0,
     sse: "connecting",
     reachable: true,
+    queues: null, // the named queues; null until known, or on a server without them
+    queuesMissing: false, // the server answered that it has no /queues
+    sseOpened: false, // the event stream has opened once
   };
 
   // ------------------------------------------------------------ /stats
@@ -259,11 +262,31 @@
       td.classList.toggle("zero", totals[status] === 0);
     }
     setText($("fact-interval"), stats.interval_ms ? duration(stats.interval_ms) : "no limit");
-    setText($("fact-inflight"), `${stats.processing.length} / ${stats.max_in_flight}`);
+    renderInFlight();
     setText($("fact-requests"), fmtInt(stats.ingestions));
     renderProcessing();
     tick();
   }
+
+  /**
+   * Batches processing out of those allowed: over every queue when the server
+   * has several (/stats gives the default queue's limit only).
+   */
+  function renderInFlight() {
+    const stats = state.stats;
+    if (!stats) return;
+    const limit = multipleQueues()
+      ? state.queues.reduce((n, q) => n + (q.max_in_flight || 0), 0)
+      : stats.max_in_flight;
+    setText($("fact-inflight"), `${stats.processing.length} / ${limit}`);
+  }
+
+  /** Whether the server has queues besides `default`. */
+  const multipleQueues = () => Array.isArray(state.queues) && state.queues.length > 1;
+
+  /** The default queue as GET /queues answered it, if it did. */
+  const defaultQueue = () =>
+    (Array.isArray(state.queues) && state.queues.find((q) => q.name === "default")) || null;
 
   function renderProcessing() {
     const list = $("processing");
@@ -322,6 +345,7 @@
     const countdown = $("countdown");
     const fill = $("slot-fill");
     const note = $("slot-note");
+    tickQueues();
     if (!stats) return;
     updateElapsed();
     const now = serverNow();
@@ -331,8 +355,20 @@
     lastEl.title = lastStart === null ? "" : fullTime(lastStart);
     const interval = stats.interval_ms;
     const next = parseTime(stats.next_slot);
-    const waiting = waitingBatches(stats);
-    const busy = stats.processing.length >= stats.max_in_flight;
+    // The slot is the default queue's; with other queues beside it, so are
+    // the batches that wait for it.
+    const own = multipleQueues() ? defaultQueue() : null;
+    const waiting = own ? own.waiting || 0 : waitingBatches(stats);
+    const busy = own
+      ? (own.processing || 0) >= (own.max_in_flight || 1)
+      : stats.processing.length >= stats.max_in_flight;
+    $("slot-queue").hidden = !own;
+    if (own && own.paused) {
+      setText(countdown, "Paused");
+      fill.style.width = "0%";
+      setText(note, waiting ? `${fmtInt(waiting)} batch${waiting === 1 ? "" : "es"} waiting` : "Nothing waiting");
+      return;
+    }
     let text;
     let fraction;
     let remark;
@@ -357,6 +393,230 @@
     setText(countdown, text);
     fill.style.width = `${(fraction * 100).toFixed(1)}%`;
     setText(note, remark);
+  }
+
+  // -------------------------------------------------------------- /queues
+
+  /** Milliseconds in a humantime interval ("250ms", "1m 30s", "0"), or null. */
+  function intervalMs(text) {
+    if (text === null || text === undefined) return null;
+    const value = String(text).trim();
+    if (value === "0") return 0;
+    const units = {
+      ns: 1e-6, us: 1e-3, "µs": 1e-3, ms: 1,
+      s: 1000, sec: 1000, secs: 1000,
+      m: 60000, min: 60000, mins: 60000,
+      h: 3600000, hr: 3600000, hrs: 3600000,
+      d: 86400000, days: 86400000,
+    };
+    const pattern = /(\d+(?:\.\d+)?)\s*([a-zµ]+)\s*/gy;
+    let total = 0;
+    let matched = 0;
+    let part;
+    while ((part = pattern.exec(value)) !== null) {
+      const unit = units[part[2]];
+      if (unit === undefined) return null;
+      total += Number(part[1]) * unit;
+      matched = pattern.lastIndex;
+    }
+    return matched === value.length && matched > 0 ? total : null;
+  }
+
+  /** An interval for people, in the page's style; the server's text if it is odd. */
+  function intervalLabel(text) {
+    const ms = intervalMs(text);
+    if (ms === null) return text === null || text === undefined ? "—" : String(text);
+    return ms === 0 ? "no limit" : duration(ms);
+  }
+
+  let queuesToken = 0;
+  let queuesLoading = null;
+  /**
+   * Fetches the queues; a call while a fetch is under way joins it, unless
+   * `force` (after a change, whose answer must not be overtaken by an older
+   * read). Once the server has said it has no /queues, only `force` asks.
+   */
+  function loadQueues(force = false) {
+    if (!force && (state.queuesMissing || queuesLoading)) return queuesLoading;
+    const loading = fetchQueues().finally(() => {
+      if (queuesLoading === loading) queuesLoading = null;
+    });
+    queuesLoading = loading;
+    return loading;
+  }
+
+  async function fetchQueues() {
+    const token = ++queuesToken;
+    try {
+      const body = await api("/queues");
+      if (token !== queuesToken) return;
+      if (!body || !Array.isArray(body.queues)) throw new ApiError(404, null, "no queue list");
+      state.queues = body.queues;
+      state.queuesMissing = false;
+    } catch (error) {
+      if (token !== queuesToken) return;
+      // A server from before named queues: no panel at all. Other failures
+      // keep what is shown; the connection badge tells of them.
+      if (error.status !== 404 && error.status !== 405) return;
+      state.queues = null;
+      state.queuesMissing = true;
+    }
+    renderQueues();
+  }
+
+  const queueRows = new Map(); // queue name -> {tr, cells}
+
+  function buildQueueRow(name) {
+    const cells = {
+      state: pill("running"),
+      waiting: h("td", { class: "num", dataset: { field: "waiting" } }),
+      processing: h("td", { class: "num", dataset: { field: "processing" } }),
+      next: h("td", { class: "when", dataset: { field: "next-slot" } }),
+      interval: h("td", { dataset: { field: "interval" } }),
+      action: h("button", { type: "button", class: "ghost small-button queue-action" }),
+    };
+    cells.action.addEventListener("click", () => {
+      const queue = (state.queues || []).find((q) => q.name === name);
+      if (queue) togglePause(queue, cells.action);
+    });
+    const tr = h(
+      "tr",
+      { dataset: { queue: name } },
+      h("th", { scope: "row", class: "queue-name", text: name, title: name }),
+      h("td", {}, cells.state),
+      cells.waiting,
+      cells.processing,
+      cells.next,
+      cells.interval,
+      h("td", { class: "num" }, cells.action),
+    );
+    return { tr, cells };
+  }
+
+  function updateQueueRow(row, queue) {
+    const { cells } = row;
+    setPill(cells.state, queue.paused ? "paused" : "running");
+    setText(cells.waiting, fmtInt(queue.waiting));
+    cells.waiting.classList.toggle("zero", !queue.waiting);
+    const processing = queue.processing || 0;
+    setText(cells.processing, queue.max_in_flight ? `${fmtInt(processing)} / ${fmtInt(queue.max_in_flight)}` : fmtInt(processing));
+    cells.processing.classList.toggle("zero", processing === 0);
+
+    // The effective interval, highlighted when the upstream has slowed the
+    // queue down below its set rate.
+    const set = intervalMs(queue.interval);
+    const effective = intervalMs(queue.effective_interval);
+    const slowed = set !== null && effective !== null && effective > set;
+    cells.interval.classList.toggle("slowed", slowed);
+    const shown = queue.effective_interval === undefined || queue.effective_interval === null
+      ? queue.interval
+      : queue.effective_interval;
+    const parts = [h("span", { class: "effective", text: intervalLabel(shown) })];
+    if (slowed) parts.push(h("span", { class: "muted small set", text: ` set ${intervalLabel(queue.interval)}` }));
+    const signature = `${shown}|${slowed}|${queue.interval}`;
+    if (cells.interval.dataset.signature !== signature) {
+      cells.interval.dataset.signature = signature;
+      cells.interval.replaceChildren(...parts);
+    }
+    cells.interval.title = slowed
+      ? `Slowed down to ${intervalLabel(queue.effective_interval)} by the upstream's answers; its interval is ${intervalLabel(queue.interval)}`
+      : `One batch start per ${intervalLabel(queue.interval)} at most`;
+
+    const action = queue.paused ? "resume" : "pause";
+    if (cells.action.dataset.action !== action && !cells.action.disabled) {
+      cells.action.dataset.action = action;
+      setText(cells.action, queue.paused ? "Resume" : "Pause");
+      cells.action.setAttribute("aria-label", `${queue.paused ? "Resume" : "Pause"} queue ${queue.name}`);
+    }
+    row.tr.classList.toggle("paused", Boolean(queue.paused));
+  }
+
+  function renderQueues() {
+    const queues = state.queues;
+    const card = $("queues-card");
+    const shown = Array.isArray(queues);
+    card.hidden = !shown;
+    document.querySelector(".layout").classList.toggle("with-queues", shown);
+    if (!shown) return;
+    const body = $("queues-body");
+    const seen = new Set();
+    for (const queue of queues) {
+      seen.add(queue.name);
+      let row = queueRows.get(queue.name);
+      if (!row) {
+        row = buildQueueRow(queue.name);
+        queueRows.set(queue.name, row);
+      }
+      updateQueueRow(row, queue);
+      body.append(row.tr); // moves it into order
+    }
+    for (const [name, row] of queueRows) {
+      if (!seen.has(name)) {
+        row.tr.remove();
+        queueRows.delete(name);
+      }
+    }
+    renderQueueChoice();
+    renderList(); // a queue column only once there are several
+    const paused = queues.filter((q) => q.paused).length;
+    setText(
+      $("queues-summary"),
+      `${queues.length} queue${queues.length === 1 ? "" : "s"}` + (paused ? ` · ${paused} paused` : ""),
+    );
+    tickQueues();
+    renderInFlight();
+  }
+
+  /** The form's queue choice: shown only when there is a choice to make. */
+  function renderQueueChoice() {
+    const select = $("queue-input");
+    const names = multipleQueues() ? state.queues.map((q) => q.name) : [];
+    const current = [...select.options].map((o) => o.value);
+    if (names.join("\n") !== current.join("\n")) {
+      const chosen = select.value;
+      select.replaceChildren(...names.map((name) => h("option", { value: name, text: name })));
+      select.value = names.includes(chosen) ? chosen : "default";
+    }
+    for (const el of document.querySelectorAll(".queue-field")) el.hidden = names.length === 0;
+  }
+
+  /** Each queue's countdown to its next slot. */
+  function tickQueues() {
+    if (!state.queues) return;
+    const now = serverNow();
+    for (const queue of state.queues) {
+      const row = queueRows.get(queue.name);
+      if (!row) continue;
+      const next = parseTime(queue.next_slot);
+      let text;
+      if (queue.paused) text = "paused";
+      else if (next === null) text = queue.waiting ? "open" : "—";
+      else if (next > now) {
+        const left = next - now;
+        text = left < 10000 ? `in ${(left / 1000).toFixed(1)} s` : `in ${duration(left)}`;
+      } else text = "now";
+      setText(row.cells.next, text);
+      row.cells.next.title = next === null ? "" : fullTime(next);
+    }
+  }
+
+  /** Pauses a running queue or resumes a paused one, and shows the answer. */
+  async function togglePause(queue, button) {
+    const action = queue.paused ? "resume" : "pause";
+    button.disabled = true;
+    setText(button, queue.paused ? "Resuming…" : "Pausing…");
+    try {
+      const answer = await api(`/queues/${encodeURIComponent(queue.name)}/${action}`, { method: "POST" });
+      if (answer && answer.name && state.queues) {
+        state.queues = state.queues.map((q) => (q.name === answer.name ? answer : q));
+      }
+    } catch (error) {
+      toast(`Could not ${action} ${queue.name}: ${error.message}`);
+    }
+    button.disabled = false;
+    delete button.dataset.action; // relabelled from the queue's state below
+    renderQueues();
+    loadQueues(true);
   }
 
   // ------------------------------------------------------- recent requests
@@ -389,6 +649,7 @@
         text: shortId(id),
       }),
       priority: h("span", { class: "prio" }),
+      queue: h("span", { class: "queue-tag", title: "Queue" }),
       ids: h("td", { class: "num" }),
       bar: h("div", { class: "bar", "aria-hidden": "true" }),
       barLabel: h("span", { class: "label" }),
@@ -404,7 +665,7 @@
       { dataset: { id } },
       h("td", {}, cells.status),
       h("td", {}, cells.idButton),
-      h("td", {}, cells.priority),
+      h("td", {}, cells.priority, cells.queue),
       cells.ids,
       h("td", {}, h("div", { class: "progress" }, cells.bar, cells.barLabel)),
       cells.created,
@@ -423,6 +684,7 @@
     const counts = item.batch_counts;
     setPill(cells.status, item.status);
     setPriority(cells.priority, item.priority);
+    setText(cells.queue, multipleQueues() && item.queue ? item.queue : "");
     setText(cells.ids, fmtInt(item.ids));
     const total = counts.total || 1;
     const spans = cells.bar.children;
@@ -626,6 +888,7 @@
     if (!detail) return;
     setPill($("detail-status"), detail.status);
     setPriority($("detail-priority"), detail.priority);
+    setText($("detail-queue"), multipleQueues() && detail.queue ? detail.queue : "");
     $("detail-cancel").hidden = !ACTIVE.has(detail.status);
 
     const counts = detail.batch_counts;
@@ -904,6 +1167,8 @@
     event.preventDefault();
     const input = $("ids-input");
     const priority = $("priority-input").value;
+    const queueInput = $("queue-input");
+    const queue = queueInput.hidden ? null : queueInput.value;
     const parsed = parseIds(input.value);
     if (parsed.error) {
       input.setAttribute("aria-invalid", "true");
@@ -916,7 +1181,9 @@
     setText(button, "Submitting…");
     $("form-message").replaceChildren();
     try {
-      const body = JSON.stringify({ ids: expand(parsed.runs, parsed.count), priority });
+      const request = { ids: expand(parsed.runs, parsed.count), priority };
+      if (queue) request.queue = queue;
+      const body = JSON.stringify(request);
       const answer = await api("/ingest", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
@@ -1118,6 +1385,7 @@
   // ---------------------------------------------------------- live updates
 
   const refreshStats = throttle(loadStats, 300);
+  const refreshQueues = throttle(() => loadQueues(), 500);
   const refreshList = throttle(loadList, 500);
   const refreshDetail = throttle(() => {
     loadDetail();
@@ -1126,6 +1394,7 @@
 
   function refreshNow() {
     loadStats();
+    loadQueues();
     loadList();
     if (state.selected) {
       loadDetail();
@@ -1182,6 +1451,7 @@
     }
     logActivity(data, `batch ${positionOf(data.batch_id)}`);
     refreshStats();
+    refreshQueues();
     refreshList();
     if (data.ingestion_id === state.selected) refreshDetail();
   }
@@ -1196,6 +1466,7 @@
     }
     logActivity(data, "request");
     refreshStats();
+    refreshQueues();
     refreshList();
     if (data.ingestion_id === state.selected) refreshDetail();
   }
@@ -1210,6 +1481,9 @@
     source.addEventListener("open", () => {
       // Sequence numbers belong to the server's store: start afresh with it.
       state.lastEventId = 0;
+      // A server that came back may be a newer one, with queues.
+      if (state.sseOpened) state.queuesMissing = false;
+      state.sseOpened = true;
       setSse("live");
       // Whatever changed while we were not listening.
       refreshNow();
@@ -1313,6 +1587,7 @@
 
     renderConnection();
     loadStats();
+    loadQueues();
     loadList().then(() => {
       const wanted = location.hash.slice(1);
       if (/^[0-9a-f-]{36}$/i.test(wanted)) select(wanted);

@@ -20,7 +20,9 @@ pub struct BodyTooLong {
     pub ids: u128,
 }
 
-/// `{"priority":"…","ids":[…]}`, as a length and the chunks that make it up.
+/// `{"queue":"…","priority":"…","ids":[…]}`, as a length and the chunks that
+/// make it up. Without a queue the field is left out, so that the server's
+/// default applies (and a server from before queues reads the same body).
 pub struct IngestBody {
     /// Bytes in all.
     pub length: u64,
@@ -30,8 +32,14 @@ pub struct IngestBody {
 }
 
 impl IngestBody {
-    pub fn new(ids: IdList, priority: Priority) -> Result<Self, BodyTooLong> {
-        let head = format!(r#"{{"priority":"{priority}","ids":["#).into_bytes();
+    pub fn new(ids: IdList, priority: Priority, queue: Option<&str>) -> Result<Self, BodyTooLong> {
+        let queue = match queue {
+            // Quoted and escaped as JSON: the server, not the client, judges
+            // the name, and a stray `"` must not break the body.
+            Some(name) => format!(r#""queue":{},"#, serde_json::Value::from(name)),
+            None => String::new(),
+        };
+        let head = format!(r#"{{{queue}"priority":"{priority}","ids":["#).into_bytes();
         let count = ids.len();
         let digits: u128 = ids.runs().iter().map(|&run| digits_in(run)).sum();
         let length = head.len() as u128 + digits + count.saturating_sub(1) + TAIL.len() as u128;
@@ -132,10 +140,35 @@ mod tests {
     use crate::client::ids::Source;
 
     fn body(text: &str, priority: Priority) -> (u64, Vec<u8>) {
+        body_for(text, priority, None)
+    }
+
+    fn body_for(text: &str, priority: Priority, queue: Option<&str>) -> (u64, Vec<u8>) {
         let mut ids = IdList::default();
         ids.extend_from_text(text, &Source::Stdin).unwrap();
-        let body = IngestBody::new(ids, priority).unwrap();
+        let body = IngestBody::new(ids, priority, queue).unwrap();
         (body.length, body.chunks.flatten().collect())
+    }
+
+    #[test]
+    fn a_queue_is_named_only_when_given_and_always_as_a_json_string() {
+        let (length, bytes) = body_for("1-2", Priority::Low, Some("enrich"));
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"queue": "enrich", "priority": "LOW", "ids": [1, 2]})
+        );
+        assert_eq!(length, bytes.len() as u64);
+
+        let (_, bytes) = body("1", Priority::Low);
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(value.get("queue").is_none(), "{value}");
+
+        let odd = "a\"b\\c\n";
+        let (length, bytes) = body_for("1", Priority::Low, Some(odd));
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["queue"], odd);
+        assert_eq!(length, bytes.len() as u64);
     }
 
     #[test]
@@ -172,14 +205,14 @@ mod tests {
         let mut ids = IdList::default();
         ids.extend_from_text("1-18446744073709551615", &Source::Stdin)
             .unwrap();
-        assert!(IngestBody::new(ids, Priority::Medium).is_err());
+        assert!(IngestBody::new(ids, Priority::Medium, None).is_err());
     }
 
     #[test]
     fn chunks_stay_near_their_size() {
         let mut ids = IdList::default();
         ids.extend_from_text("1-1000000", &Source::Stdin).unwrap();
-        let body = IngestBody::new(ids, Priority::Medium).unwrap();
+        let body = IngestBody::new(ids, Priority::Medium, None).unwrap();
         let sizes: Vec<usize> = body.chunks.map(|c| c.len()).collect();
         assert!(sizes.len() > 10);
         assert!(sizes.iter().all(|&s| s <= CHUNK_BYTES + 24), "{sizes:?}");

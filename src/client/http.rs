@@ -1,20 +1,24 @@
-//! The HTTP side of the client: where the server is, one method per endpoint,
-//! and every failure turned into a [`ClientError`] that says what happened in
-//! the user's terms (server down, no such ingestion, the server's own problem
-//! document) rather than in reqwest's.
+//! The HTTP side of the client: where the server is, the key it is sent, one
+//! method per endpoint, and every failure turned into a [`ClientError`] that
+//! says what happened in the user's terms (server down, no such ingestion or
+//! queue, the server's own problem document) rather than in reqwest's.
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use reqwest::header::HeaderValue;
 use reqwest::{StatusCode, Url, header};
+use serde::de::DeserializeOwned;
 
+use super::args::ServerArg;
 use super::body::IngestBody;
-use super::model::{Problem, StatusAnswer};
+use super::model::{Problem, QueueAnswer, QueuesAnswer, StatusAnswer};
 
 /// Connecting takes milliseconds on a LAN; past this the server is not there.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A status read answers at once unless the server is in trouble.
+/// A status read or a queue command answers at once unless the server is in
+/// trouble.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
 /// A server that sends nothing for this long while it should be answering is
 /// stuck. Event streams have no such limit: they may be quiet for long.
@@ -23,6 +27,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// its size: the server answers 413 once it has read past its limit, and closes
 /// the connection while the rest is still being sent.
 const LARGE_BODY: u64 = 1 << 20;
+/// The `detail` of Sluice's 404 for a path it has no route for.
+const NO_SUCH_ENDPOINT: &str = "no such endpoint";
 /// How much of a body that is not a problem document to show.
 const EXCERPT_CHARS: usize = 200;
 
@@ -76,6 +82,42 @@ impl ServerUrl {
     }
 }
 
+/// An API key, sent as `Authorization: Bearer <key>`. It is never shown: its
+/// `Debug` hides it, the header is marked sensitive, and a key that cannot be
+/// sent is refused without echoing it (which is why parsing it cannot fail:
+/// clap would quote the value in its error).
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl FromStr for ApiKey {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(***)")
+    }
+}
+
+impl ApiKey {
+    /// The `Authorization` header that carries the key.
+    fn header(&self) -> Result<HeaderValue, ClientError> {
+        // The server trims the key it is sent; so does the client, so that a
+        // key read from a file with its newline still works.
+        let key = self.0.trim();
+        if key.is_empty() {
+            return Err(ClientError::BadApiKey("is empty"));
+        }
+        let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
+            .map_err(|_| ClientError::BadApiKey("holds characters an HTTP header cannot carry"))?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+}
+
 /// Why a call to Sluice failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -98,6 +140,16 @@ pub enum ClientError {
     },
     #[error("no ingestion {id:?} at {server}")]
     NoSuchIngestion { id: String, server: String },
+    #[error("no such queue {name} at {server} (`sluice queues` lists them)")]
+    NoSuchQueue { name: String, server: String },
+    /// A server from before named queues.
+    #[error(
+        "Sluice at {server} has no named queues (its API answered 404): it is a version \
+         from before them"
+    )]
+    NoQueuesApi { server: String },
+    #[error("the API key (--api-key or SLUICE_API_KEY) {0}")]
+    BadApiKey(&'static str),
     /// The server refused or failed the request and said why (RFC 9457).
     #[error("Sluice answered {problem}")]
     Problem { problem: Problem },
@@ -117,7 +169,11 @@ impl ClientError {
             Self::Unreachable { .. } | Self::Disconnected { .. } => true,
             Self::Problem { problem } => problem.status == Some(503),
             Self::Unexpected { status, .. } => status.is_server_error(),
-            Self::NoSuchIngestion { .. } | Self::UploadBroken { .. } => false,
+            Self::NoSuchIngestion { .. }
+            | Self::NoSuchQueue { .. }
+            | Self::NoQueuesApi { .. }
+            | Self::BadApiKey(_)
+            | Self::UploadBroken { .. } => false,
         }
     }
 }
@@ -131,22 +187,40 @@ pub struct Sluice {
     streams: reqwest::Client,
 }
 
+/// What a 404 answer is about.
+#[derive(Debug, Clone, Copy)]
+enum Subject<'a> {
+    /// Nothing in particular: the server's problem document says.
+    Other,
+    Ingestion(&'a str),
+    Queue(&'a str),
+    /// `GET /queues` itself.
+    QueueList,
+}
+
 impl Sluice {
-    pub fn new(server: ServerUrl) -> Self {
+    /// A client of the server `server` names, sending its API key, if any, on
+    /// every request.
+    pub fn new(server: &ServerArg) -> Result<Self, ClientError> {
+        let mut headers = header::HeaderMap::new();
+        if let Some(key) = &server.api_key {
+            headers.insert(header::AUTHORIZATION, key.header()?);
+        }
         let builder = || {
             reqwest::Client::builder()
                 .connect_timeout(CONNECT_TIMEOUT)
                 .user_agent(concat!("sluice-cli/", env!("CARGO_PKG_VERSION")))
+                .default_headers(headers.clone())
         };
         // Only a broken TLS backend fails to build; nothing a user can fix.
-        Self {
-            server,
+        Ok(Self {
+            server: server.url.clone(),
             http: builder()
                 .read_timeout(READ_TIMEOUT)
                 .build()
                 .expect("the HTTP client builds"),
             streams: builder().build().expect("the HTTP client builds"),
-        }
+        })
     }
 
     pub fn server(&self) -> &ServerUrl {
@@ -180,7 +254,7 @@ impl Sluice {
                 }
                 other => other,
             })?;
-        let response = self.successful(response, None).await?;
+        let response = self.successful(response, Subject::Other).await?;
         let bytes = response
             .bytes()
             .await
@@ -193,14 +267,53 @@ impl Sluice {
     /// `GET /status/{id}`: the answer, parsed, and its bytes as they came (for
     /// `--json`).
     pub async fn status(&self, id: &str) -> Result<(StatusAnswer, Vec<u8>), ClientError> {
-        let response = self
+        let request = self.http.get(self.server.endpoint(&["status", id]));
+        self.json(request, Subject::Ingestion(id)).await
+    }
+
+    /// `GET /queues`: every queue, and the answer's bytes as they came.
+    pub async fn queues(&self) -> Result<(QueuesAnswer, Vec<u8>), ClientError> {
+        let request = self.http.get(self.server.endpoint(&["queues"]));
+        self.json(request, Subject::QueueList).await
+    }
+
+    /// `POST /queues/{name}/pause` (`pause` true) or `…/resume`: the queue
+    /// as it is now.
+    pub async fn pause_queue(&self, name: &str, pause: bool) -> Result<QueueAnswer, ClientError> {
+        let action = if pause { "pause" } else { "resume" };
+        let request = self
             .http
-            .get(self.server.endpoint(&["status", id]))
+            .post(self.server.endpoint(&["queues", name, action]));
+        Ok(self.json(request, Subject::Queue(name)).await?.0)
+    }
+
+    /// `PATCH /queues/{name}` with `changes` (`interval`, `max_in_flight`,
+    /// `null` for "back to the configured value"): the queue as it is now.
+    pub async fn set_queue(
+        &self,
+        name: &str,
+        changes: &serde_json::Value,
+    ) -> Result<QueueAnswer, ClientError> {
+        let request = self
+            .http
+            .patch(self.server.endpoint(&["queues", name]))
+            .json(changes);
+        Ok(self.json(request, Subject::Queue(name)).await?.0)
+    }
+
+    /// Sends a short request and reads its JSON answer, and the bytes as they
+    /// came.
+    async fn json<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        subject: Subject<'_>,
+    ) -> Result<(T, Vec<u8>), ClientError> {
+        let response = request
             .timeout(STATUS_TIMEOUT)
             .send()
             .await
             .map_err(|e| self.transport_error(&e))?;
-        let response = self.successful(response, Some(id)).await?;
+        let response = self.successful(response, subject).await?;
         let bytes = response
             .bytes()
             .await
@@ -226,32 +339,53 @@ impl Sluice {
             request = request.header("Last-Event-ID", last);
         }
         let response = request.send().await.map_err(|e| self.transport_error(&e))?;
-        self.successful(response, Some(id)).await
+        self.successful(response, Subject::Ingestion(id)).await
     }
 
-    /// The response if it is a success; otherwise what went wrong. `id` names
-    /// the ingestion a 404 is about, if any.
+    /// The response if it is a success; otherwise what went wrong. `subject`
+    /// is what a 404 is about.
     async fn successful(
         &self,
         response: reqwest::Response,
-        id: Option<&str>,
+        subject: Subject<'_>,
     ) -> Result<reqwest::Response, ClientError> {
         let status = response.status();
         if status.is_success() {
             return Ok(response);
         }
-        if let (StatusCode::NOT_FOUND, Some(id)) = (status, id) {
-            return Err(ClientError::NoSuchIngestion {
-                id: id.to_owned(),
-                server: self.server.to_string(),
-            });
+        let server = self.server.to_string();
+        match (status, subject) {
+            (StatusCode::NOT_FOUND, Subject::Ingestion(id)) => {
+                return Err(ClientError::NoSuchIngestion {
+                    id: id.to_owned(),
+                    server,
+                });
+            }
+            (StatusCode::NOT_FOUND, Subject::QueueList) => {
+                return Err(ClientError::NoQueuesApi { server });
+            }
+            _ => {}
         }
         let bytes = response
             .bytes()
             .await
             .map_err(|e| self.transport_error(&e))?;
-        match serde_json::from_slice::<Problem>(&bytes) {
-            Ok(problem) if problem.is_problem() => Err(ClientError::Problem { problem }),
+        let problem = serde_json::from_slice::<Problem>(&bytes)
+            .ok()
+            .filter(Problem::is_problem);
+        match (status, subject, problem) {
+            (StatusCode::NOT_FOUND, Subject::Queue(name), problem) => {
+                // A server without queues answers its catch-all 404.
+                if problem.is_some_and(|p| p.detail.as_deref() == Some(NO_SUCH_ENDPOINT)) {
+                    Err(ClientError::NoQueuesApi { server })
+                } else {
+                    Err(ClientError::NoSuchQueue {
+                        name: name.to_owned(),
+                        server,
+                    })
+                }
+            }
+            (_, _, Some(problem)) => Err(ClientError::Problem { problem }),
             _ => Err(self.unexpected(status, &bytes)),
         }
     }
@@ -350,6 +484,20 @@ mod tests {
         assert!("ftp://example.com".parse::<ServerUrl>().is_err());
         assert!("http://".parse::<ServerUrl>().is_err());
         assert!("http://h/?x=1".parse::<ServerUrl>().is_err());
+    }
+
+    #[test]
+    fn api_keys_go_as_a_sensitive_bearer_header_and_never_show() {
+        let key: ApiKey = " s3cret-key-0123456789\n".parse().unwrap();
+        let header = key.header().unwrap();
+        assert_eq!(header.to_str().unwrap(), "Bearer s3cret-key-0123456789");
+        assert!(header.is_sensitive());
+        assert!(!format!("{key:?}").contains("s3cret"));
+        assert!(!format!("{header:?}").contains("s3cret"));
+
+        let error = "bad\nkey".parse::<ApiKey>().unwrap().header().unwrap_err();
+        assert!(!error.to_string().contains("bad"), "{error}");
+        assert!(" ".parse::<ApiKey>().unwrap().header().is_err());
     }
 
     #[test]

@@ -1,29 +1,33 @@
-//! `sluice submit`, `sluice status` and `sluice watch`: the command-line client
-//! of a Sluice service, over its public HTTP API only, so it works against any
-//! node, local or remote, and shows exactly what other clients see.
+//! `sluice submit`, `status`, `watch`, `queues` and `queue`: the command-line
+//! client of a Sluice service, over its public HTTP API only, so it works
+//! against any node, local or remote, and shows exactly what other clients
+//! see. With `--api-key` (`SLUICE_API_KEY`) every request carries the key.
 //!
 //! # Layout
 //!
 //! - [`args`]: the flags of each subcommand.
-//! - `submit`, `status`, `watch`: one file per subcommand; `wait` is
-//!   `submit --wait` (polling, with a progress bar).
+//! - `submit`, `status`, `watch`, `queues`, `queue`: one file per
+//!   subcommand; `wait` is `submit --wait` (polling, with a progress bar).
 //! - `ids`: the id syntax (`1 2,3`, `1-1000`); `body`: the `POST /ingest` body,
 //!   generated while it uploads.
 //! - `http`: one method per endpoint, and errors in the user's terms;
 //!   `model`: what the server answers; `sse`: the event-stream parser;
 //!   `reconnect`: how long to ride out a server that went away.
-//! - `render`: the table, event lines and summaries.
+//! - `render`: the tables, event lines and summaries.
 //!
 //! Exit codes: 0 success; 1 the request followed by `--wait` or `watch` ended
 //! `failed` or `cancelled`; 2 the command could not do its job (bad ids, server
-//! unreachable, an error answer, no such ingestion). Errors go to stderr, as one
-//! `error: …` message with its causes; stdout carries only results.
+//! unreachable, an error answer, no such ingestion or queue). Errors go to
+//! stderr, as one `error: …` message with its causes; stdout carries only
+//! results.
 
 pub mod args;
 mod body;
 mod http;
 mod ids;
 mod model;
+mod queue;
+mod queues;
 mod reconnect;
 mod render;
 mod sse;
@@ -47,6 +51,8 @@ pub async fn run(command: ClientCommand) -> ExitCode {
         ClientCommand::Submit(args) => submit::run(args).await,
         ClientCommand::Status(args) => status::run(args).await,
         ClientCommand::Watch(args) => watch::run(args).await,
+        ClientCommand::Queues(args) => queues::run(args).await,
+        ClientCommand::Queue(command) => queue::run(command).await,
     };
     match result {
         Ok(outcome) => outcome.exit_code(),

@@ -24,6 +24,8 @@ pub struct StatusAnswer {
     pub ingestion_id: String,
     pub status: String,
     pub priority: Option<String>,
+    /// The queue the request runs in (servers from before queues omit it).
+    pub queue: Option<String>,
     pub created_at: Option<String>,
     pub completed_at: Option<String>,
     #[serde(default)]
@@ -82,6 +84,42 @@ impl StatusAnswer {
         let end = parse_time(self.completed_at.as_deref()?)?;
         end.duration_since(start).ok()
     }
+}
+
+/// `GET /queues`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct QueuesAnswer {
+    #[serde(default)]
+    pub queues: Vec<QueueAnswer>,
+}
+
+/// One queue, as `GET /queues`, `GET /queues/{name}` and the queue commands
+/// answer it. Intervals stay the server's text (`250ms`, `2s`, `0`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct QueueAnswer {
+    pub name: String,
+    #[serde(default)]
+    pub paused: bool,
+    /// In force now: the runtime setting, else the configured one.
+    pub interval: Option<String>,
+    pub max_in_flight: Option<u64>,
+    /// With the adaptive slow-down; the same as `interval` when not slowed.
+    pub effective_interval: Option<String>,
+    /// The queues file's (or the flags') values.
+    #[serde(default)]
+    pub configured: Configured,
+    pub next_slot: Option<String>,
+    /// Batches waiting to start, retries included.
+    pub waiting: Option<u64>,
+    /// Batches processing now.
+    pub processing: Option<u64>,
+}
+
+/// A queue's settings as configured, before any runtime change.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Configured {
+    pub interval: Option<String>,
+    pub max_in_flight: Option<u64>,
 }
 
 /// An RFC 3339 time as Sluice writes it (UTC, `Z`).

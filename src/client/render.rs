@@ -1,11 +1,12 @@
-//! What the client prints: the status table, event lines and summaries. Plain
+//! What the client prints: the status and queue tables, event lines and
+//! summaries. Plain
 //! text with aligned columns and no colour, so it reads the same in a terminal,
 //! a log file and a `grep`.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::model::{StatusAnswer, parse_time};
+use super::model::{QueueAnswer, StatusAnswer, parse_time};
 
 /// Ids beyond this width are cut, with a count of the rest.
 const IDS_WIDTH: usize = 32;
@@ -19,6 +20,10 @@ pub fn status_table(answer: &StatusAnswer) -> String {
     out += &field("ingestion", &answer.ingestion_id);
     out += &field("status", &answer.status);
     out += &field("priority", answer.priority.as_deref().unwrap_or(NONE));
+    // A server from before queues says nothing of them; neither does the table.
+    if let Some(queue) = &answer.queue {
+        out += &field("queue", queue);
+    }
     out += &field("created_at", answer.created_at.as_deref().unwrap_or(NONE));
     out += &field(
         "completed_at",
@@ -53,6 +58,88 @@ pub fn status_table(answer: &StatusAnswer) -> String {
     }
     out += &columns(&rows);
     out
+}
+
+/// `sluice queues`: one row per queue, in the server's order (by name).
+pub fn queues_table(queues: &[QueueAnswer]) -> String {
+    let text = |value: &Option<String>| value.clone().unwrap_or_else(|| NONE.to_owned());
+    let number = |value: Option<u64>| value.map_or(NONE.to_owned(), |n| n.to_string());
+    let mut rows = vec![
+        [
+            "NAME",
+            "PAUSED",
+            "INTERVAL",
+            "EFFECTIVE",
+            "IN-FLIGHT",
+            "WAITING",
+            "PROCESSING",
+            "NEXT-SLOT",
+        ]
+        .map(String::from),
+    ];
+    for queue in queues {
+        rows.push([
+            queue.name.clone(),
+            if queue.paused { "yes" } else { "no" }.to_owned(),
+            text(&queue.interval),
+            text(&queue.effective_interval),
+            number(queue.max_in_flight),
+            number(queue.waiting),
+            number(queue.processing),
+            queue
+                .next_slot
+                .as_deref()
+                .map_or(NONE.to_owned(), |at| time_of_day(Some(at))),
+        ]);
+    }
+    columns(&rows)
+}
+
+/// `enrich: paused, 12 waiting, 1 processing`: what `sluice queue pause` and
+/// `resume` print.
+pub fn queue_state(queue: &QueueAnswer) -> String {
+    let state = if queue.paused { "paused" } else { "running" };
+    let mut line = format!("{}: {state}", queue.name);
+    if let Some(waiting) = queue.waiting {
+        let _ = write!(line, ", {waiting} waiting");
+    }
+    if let Some(processing) = queue.processing {
+        let _ = write!(line, ", {processing} processing");
+    }
+    line
+}
+
+/// `enrich: interval 2s (configured 250ms), max in flight 3 (configured 2)`:
+/// what `sluice queue set` prints. A setting that is as configured says
+/// nothing more; an adaptive slow-down shows as the effective interval.
+pub fn queue_settings(queue: &QueueAnswer) -> String {
+    let mut line = format!("{}:", queue.name);
+    let setting = |name: &str, now: Option<String>, configured: Option<String>| {
+        let now = now.unwrap_or_else(|| NONE.to_owned());
+        match configured {
+            Some(configured) if configured != now => {
+                format!(" {name} {now} (configured {configured})")
+            }
+            _ => format!(" {name} {now}"),
+        }
+    };
+    line += &setting(
+        "interval",
+        queue.interval.clone(),
+        queue.configured.interval.clone(),
+    );
+    line.push(',');
+    line += &setting(
+        "max in flight",
+        queue.max_in_flight.map(|n| n.to_string()),
+        queue.configured.max_in_flight.map(|n| n.to_string()),
+    );
+    if let Some(effective) = &queue.effective_interval
+        && queue.interval.as_ref() != Some(effective)
+    {
+        let _ = write!(line, ", effective interval {effective} (slowed down)");
+    }
+    line
 }
 
 /// `5 total: 3 completed, 1 triggered, 1 yet_to_start`.
@@ -196,10 +283,69 @@ mod tests {
         assert_eq!(time_of_day(Some("yesterday")), "yesterday");
     }
 
+    fn queue(json: &str) -> QueueAnswer {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn the_queues_table_has_a_row_per_queue_and_a_dash_for_what_is_absent() {
+        let queues = [
+            queue(
+                r#"{"name": "default", "paused": false, "interval": "5s", "max_in_flight": 1,
+                    "effective_interval": "5s", "configured": {"interval": "5s", "max_in_flight": 1},
+                    "last_slot": null, "next_slot": null, "waiting": 0, "processing": 0,
+                    "batches": {"HIGH": {}, "MEDIUM": {}, "LOW": {}}}"#,
+            ),
+            queue(
+                r#"{"name": "enrich", "paused": true, "interval": "250ms", "max_in_flight": 12,
+                    "effective_interval": "1s 500ms", "next_slot": "2026-12-01T12:00:00.250000Z",
+                    "waiting": 1234, "processing": 2, "surprise": [1]}"#,
+            ),
+            // A server that says less: the client shows what it has.
+            queue(r#"{"name": "sparse"}"#),
+        ];
+        let expected = "\
+NAME     PAUSED  INTERVAL  EFFECTIVE  IN-FLIGHT  WAITING  PROCESSING  NEXT-SLOT
+default  no      5s        5s         1          0        0           -
+enrich   yes     250ms     1s 500ms   12         1234     2           12:00:00.250
+sparse   no      -         -          -          -        -           -
+";
+        assert_eq!(queues_table(&queues), expected);
+    }
+
+    #[test]
+    fn queue_lines_say_the_state_and_the_settings_against_the_configured_ones() {
+        let paused = queue(r#"{"name": "enrich", "paused": true, "waiting": 3, "processing": 1}"#);
+        assert_eq!(
+            queue_state(&paused),
+            "enrich: paused, 3 waiting, 1 processing"
+        );
+        let running = queue(r#"{"name": "enrich", "paused": false}"#);
+        assert_eq!(queue_state(&running), "enrich: running");
+
+        let changed = queue(
+            r#"{"name": "enrich", "interval": "2s", "max_in_flight": 2, "effective_interval": "2s",
+                "configured": {"interval": "250ms", "max_in_flight": 2}}"#,
+        );
+        assert_eq!(
+            queue_settings(&changed),
+            "enrich: interval 2s (configured 250ms), max in flight 2"
+        );
+        let slowed = queue(
+            r#"{"name": "enrich", "interval": "100ms", "max_in_flight": 3, "effective_interval": "400ms",
+                "configured": {"interval": "100ms", "max_in_flight": 1}}"#,
+        );
+        assert_eq!(
+            queue_settings(&slowed),
+            "enrich: interval 100ms, max in flight 3 (configured 1), \
+             effective interval 400ms (slowed down)"
+        );
+    }
+
     #[test]
     fn the_table_lines_up_and_abbreviates() {
         let answer: StatusAnswer = serde_json::from_str(
-            r#"{"ingestion_id": "i", "status": "triggered", "priority": "HIGH",
+            r#"{"ingestion_id": "i", "status": "triggered", "priority": "HIGH", "queue": "enrich",
                 "created_at": "2026-11-28T15:06:19.489512Z", "completed_at": null,
                 "batches": [
                   {"batch_id": "i:0", "ids": [1, 2, 3], "status": "completed", "attempts": 1,
@@ -212,6 +358,7 @@ mod tests {
 ingestion     i
 status        triggered
 priority      HIGH
+queue         enrich
 created_at    2026-11-28T15:06:19.489512Z
 completed_at  -
 batches       2 total: 1 completed, 1 yet_to_start

@@ -8,7 +8,7 @@ use super::http::Sluice;
 use super::{Outcome, print_out, render};
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<Outcome> {
-    let sluice = Sluice::new(args.server.url);
+    let sluice = Sluice::new(&args.server)?;
     let (answer, raw) = sluice.status(&args.id).await?;
     let text = if args.json {
         // As it came: the server's field order and numbers, for `jq`.

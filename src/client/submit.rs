@@ -15,8 +15,8 @@ use super::{Outcome, print_out};
 
 pub async fn run(args: SubmitArgs) -> anyhow::Result<Outcome> {
     let ids = read_ids(&args.ids, args.ids_file.as_deref())?;
-    let body = IngestBody::new(ids, args.priority.into())?;
-    let sluice = Sluice::new(args.server.url);
+    let body = IngestBody::new(ids, args.priority.into(), args.queue.as_deref())?;
+    let sluice = Sluice::new(&args.server)?;
     let id = sluice.submit(body).await?;
     // Only the id, so that `id=$(sluice submit …)` captures it; printed before
     // waiting, so that it is known even if the wait is interrupted.

@@ -21,7 +21,7 @@ use super::sse::{SseEvent, SseParser};
 use super::{Outcome, print_out, render};
 
 pub async fn run(args: WatchArgs) -> anyhow::Result<Outcome> {
-    let sluice = Sluice::new(args.server.url);
+    let sluice = Sluice::new(&args.server)?;
     let (answer, _) = sluice.status(&args.id).await?;
     let mut progress = Progress::new(&answer);
     print(&format!(

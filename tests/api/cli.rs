@@ -42,13 +42,25 @@ impl Run {
 /// Runs `sluice <args>` with `input` on stdin, off the async runtime so that
 /// the in-process server keeps answering meanwhile.
 async fn sluice(args: &[&str], input: Option<&str>) -> Run {
+    sluice_with_env(args, input, &[]).await
+}
+
+/// The same with these environment variables set (and no other `SLUICE_`
+/// variable of the test's own environment).
+async fn sluice_with_env(args: &[&str], input: Option<&str>, env: &[(&str, &str)]) -> Run {
     let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
     let input = input.map(str::to_owned);
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(&args)
             .env_remove("SLUICE_URL")
+            .env_remove("SLUICE_API_KEY")
+            .envs(env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -254,10 +266,11 @@ async fn status_prints_the_request_then_a_row_per_batch() {
     assert_eq!(lines[0], format!("ingestion     {id}"));
     assert_eq!(lines[1], "status        completed");
     assert_eq!(lines[2], "priority      LOW");
-    assert!(lines[3].starts_with("created_at    20"), "{}", run.stdout);
-    assert!(lines[4].starts_with("completed_at  20"), "{}", run.stdout);
-    assert_eq!(lines[5], "batches       2 total: 2 completed");
-    let header: Vec<&str> = lines[7].split_whitespace().collect();
+    assert_eq!(lines[3], "queue         default");
+    assert!(lines[4].starts_with("created_at    20"), "{}", run.stdout);
+    assert!(lines[5].starts_with("completed_at  20"), "{}", run.stdout);
+    assert_eq!(lines[6], "batches       2 total: 2 completed");
+    let header: Vec<&str> = lines[8].split_whitespace().collect();
     assert_eq!(
         header,
         [
@@ -269,7 +282,7 @@ async fn status_prints_the_request_then_a_row_per_batch() {
             "completed_at"
         ]
     );
-    let rows: Vec<Vec<&str>> = lines[8..]
+    let rows: Vec<Vec<&str>> = lines[9..]
         .iter()
         .map(|l| l.split_whitespace().collect())
         .collect();
@@ -628,4 +641,384 @@ async fn watch_resumes_after_the_last_event_and_exits_1_when_the_request_fails()
     assert_eq!(run.stdout, expected);
     assert!(run.stderr.contains("reconnecting"), "{run:#?}");
     run.assert_tidy();
+}
+
+// ------------------------------------------------------------ API keys
+
+const SUBMIT_KEY: &str = "cli-submit-key-0123456789";
+const READ_KEY: &str = "cli-read-key-0123456789";
+const ADMIN_KEY: &str = "cli-admin-key-0123456789";
+
+#[tokio::test]
+async fn the_api_key_goes_with_every_command_and_is_never_shown() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, format!("submit {SUBMIT_KEY}\nread {READ_KEY}\n")).unwrap();
+    let app = spawn_app_with(|c| c.api_keys_file = Some(keys.clone())).await;
+
+    // Without a key the server's refusal is the message.
+    let run = sluice(&["submit", "--server", &app.address, "1-3"], None).await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(run.stdout.is_empty(), "{run:#?}");
+    assert!(
+        run.stderr.starts_with("error: Sluice answered 401")
+            && run.stderr.contains("send an API key"),
+        "{run:#?}"
+    );
+
+    // The flag.
+    let run = sluice(
+        &[
+            "submit",
+            "--server",
+            &app.address,
+            "--api-key",
+            SUBMIT_KEY,
+            "1-3",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_is_only_an_id(&run.stdout);
+    let id = run.stdout.trim_end().to_owned();
+
+    // The environment, for a read; and a read key cannot submit.
+    let env = [("SLUICE_API_KEY", READ_KEY)];
+    let run = sluice_with_env(
+        &["status", "--server", &app.address, "--json", &id],
+        None,
+        &env,
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let status: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(ids_of(&status), [1, 2, 3]);
+    let run = sluice_with_env(&["submit", "--server", &app.address, "4"], None, &env).await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(run.stderr.contains("403"), "{run:#?}");
+
+    // A wrong key is refused by the server, and not repeated back.
+    let wrong = "wrong-key-0123456789abcdef";
+    let run = sluice(
+        &["status", "--server", &app.address, "--api-key", wrong, &id],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(run.stderr.contains("unknown API key"), "{run:#?}");
+    for key in [SUBMIT_KEY, READ_KEY, wrong] {
+        assert!(!run.stderr.contains(key) && !run.stdout.contains(key));
+    }
+
+    // `--help` names the variable but not the key it found.
+    let run = sluice_with_env(&["queues", "--help"], None, &env).await;
+    assert!(run.stdout.contains("SLUICE_API_KEY"), "{run:#?}");
+    assert!(!run.stdout.contains(READ_KEY), "{run:#?}");
+
+    // A key that cannot go in a header is refused before anything is sent,
+    // without being echoed.
+    let bad = "line-one\nline-two-0123456789";
+    let run = sluice(
+        &[
+            "status",
+            "--server",
+            &nothing_listening(),
+            "--api-key",
+            bad,
+            &id,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(run.stderr.contains("the API key"), "{run:#?}");
+    assert!(!run.stderr.contains("line-one"), "{run:#?}");
+    run.assert_tidy();
+}
+
+// ----------------------------------------------- queues on an older server
+
+/// A server from before named queues: every path is its catch-all 404.
+async fn spawn_without_queues() -> String {
+    let app = Router::new().fallback(|| async {
+        (
+            StatusCode::NOT_FOUND,
+            [("content-type", "application/problem+json")],
+            json!({"type": "urn:sluice:problem:not-found", "title": "Not found",
+                   "status": 404, "detail": "no such endpoint"})
+            .to_string(),
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    address
+}
+
+#[tokio::test]
+async fn queue_commands_against_a_server_without_queues_say_so() {
+    let server = spawn_without_queues().await;
+    for args in [
+        &["queues"][..],
+        &["queues", "--json"],
+        &["queue", "pause", "enrich"],
+        &["queue", "resume", "enrich"],
+        &["queue", "set", "enrich", "--interval", "2s"],
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--server", &server]);
+        let run = sluice(&all, None).await;
+        assert_eq!(run.code, Some(2), "{args:?}: {run:#?}");
+        assert!(run.stdout.is_empty(), "{args:?}: {run:#?}");
+        assert!(
+            run.stderr
+                .starts_with(&format!("error: Sluice at {server} has no named queues")),
+            "{args:?}: {run:#?}"
+        );
+        run.assert_tidy();
+    }
+}
+
+// ------------------------------------------------------------ named queues
+
+/// A service with a second queue, `enrich`, whose slots are an hour apart:
+/// what the tests put in it stays there to be seen.
+async fn spawn_with_enrich(dir: &tempfile::TempDir) -> TestApp {
+    let file = queues_file(
+        dir.path(),
+        "[queues.enrich]\ninterval = \"1h\"\nmax_in_flight = 2\nbatch_size = 2\n",
+    );
+    spawn_app_with(|c| {
+        c.interval = "1h".parse().unwrap();
+        c.queues_file = Some(file);
+    })
+    .await
+}
+
+/// `GET /queues/{name}`, as JSON.
+async fn queue_at(app: &TestApp, name: &str) -> Value {
+    let response = app
+        .client
+        .get(format!("{}/queues/{name}", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "GET /queues/{name}");
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn submit_queue_lands_in_that_queue() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let app = spawn_with_enrich(&dir).await;
+    let id = submit(&app, &["--queue", "enrich", "1-5"], None).await;
+    let status = app.status(&id).await;
+    assert_eq!(status["queue"], "enrich");
+    let run = sluice(&["status", &id, "--server", &app.address], None).await;
+    assert!(
+        run.stdout.lines().any(|l| l == "queue         enrich"),
+        "{run:#?}"
+    );
+    // The queue's own batch size: 2 ids a batch.
+    assert_eq!(status["batches"].as_array().unwrap().len(), 3);
+    let id = submit(&app, &["1-5"], None).await;
+    assert_eq!(app.status(&id).await["queue"], "default");
+
+    let run = sluice(
+        &["submit", "--server", &app.address, "-q", "nope", "1"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(run.stdout.is_empty(), "{run:#?}");
+    assert!(
+        run.stderr.starts_with("error: Sluice answered 422") && run.stderr.contains("\n  queue: "),
+        "{run:#?}"
+    );
+    run.assert_tidy();
+}
+
+#[tokio::test]
+async fn queues_lists_every_queue_as_a_table() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let app = spawn_with_enrich(&dir).await;
+    // One batch starts at once, the other two wait an hour.
+    submit(&app, &["--queue", "enrich", "1-6"], None).await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while queue_at(&app, "enrich").await["waiting"] != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first batch did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let run = sluice(&["queues", "--server", &app.address], None).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    let cells = |line: &str| {
+        line.split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        cells(lines[0]),
+        [
+            "NAME",
+            "PAUSED",
+            "INTERVAL",
+            "EFFECTIVE",
+            "IN-FLIGHT",
+            "WAITING",
+            "PROCESSING",
+            "NEXT-SLOT"
+        ]
+    );
+    let default = cells(lines[1]);
+    assert_eq!(
+        default[..7],
+        ["default", "no", "1h", "1h", "1", "0", "0"],
+        "{}",
+        run.stdout
+    );
+    let enrich = cells(lines[2]);
+    assert_eq!(
+        enrich[..6],
+        ["enrich", "no", "1h", "1h", "2", "2"],
+        "{}",
+        run.stdout
+    );
+    // An hour after the first start: a time of day, not a dash.
+    assert!(enrich[7].contains(':'), "{}", run.stdout);
+
+    let run = sluice(&["queues", "--json", "--server", &app.address], None).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let answer: Value = serde_json::from_str(&run.stdout).unwrap();
+    let names: Vec<&str> = answer["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default", "enrich"]);
+}
+
+#[tokio::test]
+async fn queue_pause_resume_and_set_change_the_queue_and_say_how_it_is_now() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let app = spawn_with_enrich(&dir).await;
+    let queue = |args: &[&str]| {
+        let mut all = vec!["queue"];
+        all.extend(args);
+        all.extend(["--server", app.address.as_str()]);
+        all.into_iter().map(str::to_owned).collect::<Vec<String>>()
+    };
+    let run_queue = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = sluice(&args, None).await;
+        assert_eq!(run.code, Some(0), "{args:?}: {run:#?}");
+        run.assert_tidy();
+        run.stdout
+    };
+
+    let out = run_queue(queue(&["pause", "enrich"])).await;
+    assert_eq!(out, "enrich: paused, 0 waiting, 0 processing\n");
+    assert_eq!(queue_at(&app, "enrich").await["paused"], true);
+    assert_eq!(queue_at(&app, "default").await["paused"], false);
+
+    let out = run_queue(queue(&["resume", "enrich"])).await;
+    assert_eq!(out, "enrich: running, 0 waiting, 0 processing\n");
+    assert_eq!(queue_at(&app, "enrich").await["paused"], false);
+
+    let out = run_queue(queue(&["set", "enrich", "--interval", "2s"])).await;
+    assert_eq!(
+        out,
+        "enrich: interval 2s (configured 1h), max in flight 2\n"
+    );
+    let now = queue_at(&app, "enrich").await;
+    assert_eq!(now["interval"], "2s");
+    assert_eq!(now["configured"]["interval"], "1h");
+
+    let out = run_queue(queue(&["set", "enrich", "--max-in-flight", "5"])).await;
+    assert_eq!(
+        out,
+        "enrich: interval 2s (configured 1h), max in flight 5 (configured 2)\n"
+    );
+    assert_eq!(queue_at(&app, "enrich").await["max_in_flight"], 5);
+
+    let out = run_queue(queue(&["set", "enrich", "--reset"])).await;
+    assert_eq!(out, "enrich: interval 1h, max in flight 2\n");
+    let now = queue_at(&app, "enrich").await;
+    assert_eq!(
+        (now["interval"].clone(), now["max_in_flight"].clone()),
+        (json!("1h"), json!(2))
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_queue_is_a_clear_error() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let app = spawn_with_enrich(&dir).await;
+    for args in [
+        &["queue", "pause", "nope"][..],
+        &["queue", "resume", "nope"],
+        &["queue", "set", "nope", "--interval", "2s"],
+        &["queue", "set", "nope", "--reset"],
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--server", &app.address]);
+        let run = sluice(&all, None).await;
+        assert_eq!(run.code, Some(2), "{args:?}: {run:#?}");
+        assert!(run.stdout.is_empty(), "{args:?}: {run:#?}");
+        assert_eq!(
+            run.stderr,
+            format!(
+                "error: no such queue nope at {} (`sluice queues` lists them)\n",
+                app.address
+            ),
+            "{args:?}"
+        );
+    }
+    // Nothing changed on the queues that exist.
+    assert_eq!(queue_at(&app, "enrich").await["paused"], false);
+}
+
+#[tokio::test]
+async fn queue_commands_need_an_admin_key() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(
+        &keys,
+        format!("submit {SUBMIT_KEY}\nread {READ_KEY}\nadmin {ADMIN_KEY}\n"),
+    )
+    .unwrap();
+    let app = spawn_app_with(|c| c.api_keys_file = Some(keys.clone())).await;
+
+    let env = [("SLUICE_API_KEY", READ_KEY)];
+    let run = sluice_with_env(&["queues", "--server", &app.address], None, &env).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(run.stdout.starts_with("NAME"), "{run:#?}");
+    let run = sluice_with_env(
+        &["queue", "pause", "default", "--server", &app.address],
+        None,
+        &env,
+    )
+    .await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(
+        run.stderr.starts_with("error: Sluice answered 403"),
+        "{run:#?}"
+    );
+
+    let env = [("SLUICE_API_KEY", ADMIN_KEY)];
+    let run = sluice_with_env(
+        &["queue", "pause", "default", "--server", &app.address],
+        None,
+        &env,
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(run.stdout.starts_with("default: paused"), "{run:#?}");
 }

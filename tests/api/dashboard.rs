@@ -740,3 +740,259 @@ async fn docs_screenshot() {
     page.no_console_errors("in the end", |_| false).await;
     page.client.clone().close().await.unwrap();
 }
+
+/// A queue's row in the Queues panel: its cells' text, or null while it is
+/// not shown.
+const QUEUE_ROW: &str = r#"
+    const row = document.querySelector(`#queues-body tr[data-queue="${arguments[0]}"]`);
+    if (!row || document.getElementById('queues-card').hidden) return null;
+    const cell = (field) => row.querySelector(`[data-field="${field}"]`).textContent;
+    return {
+        state: row.querySelector('.pill').textContent,
+        waiting: cell('waiting'),
+        processing: cell('processing'),
+        next: cell('next-slot'),
+        interval: cell('interval'),
+        action: row.querySelector('button.queue-action').textContent,
+    };"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queues_panel_shows_each_queue_and_pauses_and_resumes_it_in_a_browser() {
+    let mut driver = ChromeDriver::start();
+    let dir = TempDir::new().unwrap();
+    let file = queues_file(
+        dir.path(),
+        "[queues.enrich]\ninterval = \"1h\"\nmax_in_flight = 2\nbatch_size = 2\n",
+    );
+    let app = spawn_app_with(|c| {
+        c.interval = "250ms".parse().unwrap();
+        c.queues_file = Some(file);
+    })
+    .await;
+    // One batch of enrich's starts at once; the two others wait an hour.
+    let answer = app
+        .post_ingest(&json!({"ids": [1, 2, 3, 4, 5, 6], "priority": "LOW", "queue": "enrich"}))
+        .await;
+    assert_eq!(answer.status(), 200);
+    let queue_at = |name: &'static str| {
+        let (client, address) = (app.client.clone(), app.address.clone());
+        async move {
+            let response = client
+                .get(format!("{address}/queues/{name}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+
+    let page = open(&mut driver, &app.address).await;
+    let default = page
+        .wait_for(
+            "the default queue's row",
+            QUEUE_ROW,
+            vec![json!("default")],
+            |v| v.is_object(),
+        )
+        .await;
+    assert_eq!(default["state"], "running");
+    assert_eq!(default["interval"], "250 ms");
+    assert_eq!(default["action"], "Pause");
+    let enrich = page
+        .wait_for(
+            "enrich with two batches waiting",
+            QUEUE_ROW,
+            vec![json!("enrich")],
+            |v| v["waiting"] == "2" && v["processing"] == "0 / 2",
+        )
+        .await;
+    assert_eq!(enrich["state"], "running");
+    assert!(
+        enrich["next"].as_str().unwrap().starts_with("in "),
+        "an hour after its first start: {enrich}"
+    );
+    assert_eq!(enrich["interval"], "1 h 00 min");
+    let names = page
+        .js(
+            "return [...document.querySelectorAll('#queues-body tr')].map(r => r.dataset.queue)",
+            vec![],
+        )
+        .await;
+    assert_eq!(names, json!(["default", "enrich"]));
+    // The top bar counts every queue's limit; the Now card's slot is said
+    // to be the default queue's, and enrich's waiting batches are not its.
+    let facts = page
+        .wait_for(
+            "the in-flight limit of both queues",
+            "return [document.getElementById('fact-inflight').textContent,
+                     document.getElementById('slot-queue').hidden,
+                     document.getElementById('slot-note').textContent]",
+            vec![],
+            |v| v[0] == "0 / 3",
+        )
+        .await;
+    assert_eq!(facts, json!(["0 / 3", false, "New work starts at once"]));
+
+    // Pause, from the button: the server's queue is paused, the row says so.
+    page.click(r#"#queues-body tr[data-queue="enrich"] button.queue-action"#)
+        .await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while queue_at("enrich").await["paused"] != true {
+        if tokio::time::Instant::now() > deadline {
+            page.fail("the Pause button did not pause enrich").await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(queue_at("default").await["paused"], false);
+    let enrich = page
+        .wait_for("enrich paused", QUEUE_ROW, vec![json!("enrich")], |v| {
+            v["state"] == "paused" && v["action"] == "Resume"
+        })
+        .await;
+    assert_eq!(enrich["next"], "paused");
+    let summary = page
+        .js(
+            "return document.getElementById('queues-summary').textContent",
+            vec![],
+        )
+        .await;
+    assert_eq!(summary, "2 queues · 1 paused");
+    page.screenshot("dashboard-queues.png").await;
+
+    // Resume, from the same button.
+    page.click(r#"#queues-body tr[data-queue="enrich"] button.queue-action"#)
+        .await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while queue_at("enrich").await["paused"] != false {
+        if tokio::time::Instant::now() > deadline {
+            page.fail("the Resume button did not resume enrich").await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    page.wait_for("enrich running", QUEUE_ROW, vec![json!("enrich")], |v| {
+        v["state"] == "running" && v["action"] == "Pause"
+    })
+    .await;
+
+    // The form offers the queues, and the request goes to the one chosen;
+    // its row names the queue.
+    let ids = page.client.find(Locator::Id("ids-input")).await.unwrap();
+    ids.send_keys("7-8").await.unwrap();
+    page.client
+        .find(Locator::Id("queue-input"))
+        .await
+        .unwrap()
+        .select_by_value("enrich")
+        .await
+        .unwrap();
+    page.click("#submit-button").await;
+    let id = page
+        .wait_for(
+            "the submitted id",
+            "const b = document.querySelector('#form-message .ok button');\
+             return b ? b.title : null",
+            vec![],
+            |v| v.is_string(),
+        )
+        .await;
+    let id = id.as_str().unwrap().to_owned();
+    assert_eq!(app.status(&id).await["queue"], "enrich");
+    page.wait_for(
+        "the queue in the new row",
+        "const row = document.querySelector(`#requests-body tr[data-id=\"${arguments[0]}\"]`);\
+         return row ? row.querySelector('.queue-tag').textContent : null",
+        vec![json!(id)],
+        |v| v == "enrich",
+    )
+    .await;
+    page.screenshot("dashboard-queues-submitted.png").await;
+    page.no_console_errors("with the Queues panel", |_| false)
+        .await;
+}
+
+/// An upstream that refuses everything with 429 and `Retry-After: 30`.
+async fn start_refusing_upstream() -> String {
+    let refuse = || async {
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "30")],
+            "slow down",
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/items/{{id}}", listener.local_addr().unwrap());
+    let app = Router::new().route("/items/{id}", get(refuse));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queues_panel_highlights_a_queue_slowed_down_by_its_upstream() {
+    let mut driver = ChromeDriver::start();
+    let upstream = start_refusing_upstream().await;
+    let dir = TempDir::new().unwrap();
+    let file = queues_file(
+        dir.path(),
+        &format!(
+            "[queues.slow]\ninterval = \"100ms\"\nadaptive = true\nmax_attempts = 1\n\
+             upstream_url = \"{upstream}\"\n"
+        ),
+    );
+    let app = spawn_app_with(|c| {
+        c.interval = "2s".parse().unwrap();
+        c.queues_file = Some(file);
+    })
+    .await;
+    let answer = app
+        .post_ingest(&json!({"ids": [1], "priority": "HIGH", "queue": "slow"}))
+        .await;
+    assert_eq!(answer.status(), 200);
+    // The upstream's 429 slows the whole queue to at least its Retry-After.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let queue: Value = app
+            .client
+            .get(format!("{}/queues/slow", app.address))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if queue["effective_interval"] != queue["interval"] {
+            assert_eq!(queue["interval"], "100ms");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queue was not slowed down: {queue}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let page = open(&mut driver, &app.address).await;
+    let cell = "const row = document.querySelector(`#queues-body tr[data-queue=\"${arguments[0]}\"]`);\
+        if (!row) return null;\
+        const cell = row.querySelector('[data-field=\"interval\"]');\
+        return [cell.classList.contains('slowed'), cell.textContent];";
+    let slow = page
+        .wait_for("the slowed queue", cell, vec![json!("slow")], |v| {
+            v.is_array()
+        })
+        .await;
+    assert_eq!(slow[0], true, "{slow}");
+    assert!(
+        slow[1].as_str().unwrap().ends_with(" set 100 ms"),
+        "the effective interval, then the one set: {slow}"
+    );
+    let default = page
+        .wait_for("the default queue", cell, vec![json!("default")], |v| {
+            v.is_array()
+        })
+        .await;
+    assert_eq!(default, json!([false, "2.0 s"]));
+    page.screenshot("dashboard-queues-slowed.png").await;
+    page.no_console_errors("with a slowed queue", |_| false)
+        .await;
+}
