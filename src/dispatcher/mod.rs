@@ -15,6 +15,7 @@
 //! that fires late does not push later slots back. Work arriving at an idle
 //! service starts at once when the last slot is at least an interval old.
 
+pub mod adaptive;
 mod processing;
 
 pub use processing::RetryPolicy;
