@@ -14,6 +14,8 @@ use crate::callbacks::policy::{CallbackAllow, Destinations};
 use crate::callbacks::signing::SigningKey;
 use crate::dispatcher::RetryPolicy;
 use crate::domain::{BatchSize, Interval};
+use crate::queue::file::QueueEntry;
+use crate::queue::{QueueName, QueueSettings};
 use crate::store::postgres::LeaseSettings;
 use crate::upstream::HttpUpstreamSettings;
 
@@ -226,6 +228,13 @@ pub struct Config {
     #[arg(long, env = "SLUICE_LEASE", default_value = "5s")]
     pub lease: Interval,
 
+    /// A TOML file of named queues, each with its own rate, limits and
+    /// upstream (see the README's "Queues"). The flags above configure the
+    /// `default` queue; the file's `[queues.default]` settings, if any, win
+    /// over them.
+    #[arg(long, env = "SLUICE_QUEUES_FILE")]
+    pub queues_file: Option<std::path::PathBuf>,
+
     /// Log format: `text` for people, `json` for machines.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -256,36 +265,95 @@ impl Config {
         }
     }
 
-    /// The upstream's settings, with the token file read; `None` for the mock.
-    pub fn http_upstream(&self) -> anyhow::Result<Option<HttpUpstreamSettings>> {
-        let Some(url_template) = self.upstream_url.clone() else {
-            return Ok(None);
+    /// Every queue's settings: the `default` queue's from the flags, then
+    /// the queues file's, each setting it leaves out taken from the flags.
+    /// The upstream's headers and token go only with the URL they were given
+    /// with, so one upstream's secret never reaches another.
+    pub fn queue_settings(&self) -> anyhow::Result<Vec<(QueueName, QueueSettings)>> {
+        let mut entries = match &self.queues_file {
+            Some(path) => crate::queue::file::load(path)?,
+            None => Default::default(),
         };
-        let mut headers = Vec::new();
-        for (n, header) in self.upstream_headers.iter().enumerate() {
+        entries.entry(QueueName::default_queue()).or_default();
+        entries
+            .into_iter()
+            .map(|(name, entry)| {
+                let settings = self
+                    .settings_of(&entry)
+                    .with_context(|| format!("queue {name}"))?;
+                Ok((name, settings))
+            })
+            .collect()
+    }
+
+    fn settings_of(&self, entry: &QueueEntry) -> anyhow::Result<QueueSettings> {
+        let retry = self.retry_policy();
+        Ok(QueueSettings {
+            interval: entry.interval.unwrap_or(self.interval),
+            max_in_flight: entry.max_in_flight.unwrap_or(self.max_in_flight),
+            batch_size: entry.batch_size.unwrap_or(self.batch_size),
+            upstream: self.http_upstream(entry)?,
+            mock_latency: self.mock_latency.as_duration(),
+            retry: RetryPolicy {
+                max_attempts: entry.max_attempts.unwrap_or(retry.max_attempts),
+                base: entry.retry_base.map_or(retry.base, Interval::as_duration),
+                cap: retry.cap,
+            },
+            adaptive: entry.adaptive.unwrap_or(false),
+        })
+    }
+
+    /// A queue's upstream settings, with the token file read; `None` for the
+    /// mock.
+    fn http_upstream(&self, entry: &QueueEntry) -> anyhow::Result<Option<HttpUpstreamSettings>> {
+        // Where the headers come from, as the operator wrote it.
+        let (url_template, headers, token_file, source) = match &entry.upstream_url {
+            Some(url) => (
+                url.clone(),
+                entry.upstream_headers.clone().unwrap_or_default(),
+                entry.upstream_token_file.as_ref(),
+                "upstream_headers",
+            ),
+            None => match &self.upstream_url {
+                Some(url) => (
+                    url.clone(),
+                    self.upstream_headers.clone(),
+                    self.upstream_token_file.as_ref(),
+                    "--upstream-header",
+                ),
+                None => return Ok(None),
+            },
+        };
+        let mut parsed = Vec::new();
+        for (n, header) in headers.iter().enumerate() {
             // The whole argument may be a secret (a token without its name),
             // so the message says which one it is, never what it holds.
             let (name, value) = header.split_once(':').with_context(|| {
                 format!(
-                    "--upstream-header number {} of {} has no `:`: use `Name: value` \
+                    "{source} number {} of {} has no `:`: use `Name: value` \
                      (its text is not shown: it may hold a secret)",
                     n + 1,
-                    self.upstream_headers.len()
+                    headers.len()
                 )
             })?;
-            headers.push((name.trim().to_owned(), value.trim().to_owned()));
+            parsed.push((name.trim().to_owned(), value.trim().to_owned()));
         }
-        if let Some(path) = &self.upstream_token_file {
+        if let Some(path) = token_file {
             let token = std::fs::read_to_string(path)
-                .with_context(|| format!("reading --upstream-token-file {}", path.display()))?;
-            headers.push(("Authorization".into(), format!("Bearer {}", token.trim())));
+                .with_context(|| format!("reading the upstream token file {}", path.display()))?;
+            parsed.push(("Authorization".into(), format!("Bearer {}", token.trim())));
         }
         Ok(Some(HttpUpstreamSettings {
             url_template,
-            headers,
-            timeout: self.upstream_timeout.as_duration(),
-            max_body: self.upstream_max_body,
-            follow_redirects: self.upstream_follow_redirects,
+            headers: parsed,
+            timeout: entry
+                .upstream_timeout
+                .unwrap_or(self.upstream_timeout)
+                .as_duration(),
+            max_body: entry.upstream_max_body.unwrap_or(self.upstream_max_body),
+            follow_redirects: entry
+                .upstream_follow_redirects
+                .unwrap_or(self.upstream_follow_redirects),
         }))
     }
 

@@ -29,6 +29,7 @@ pub mod dispatcher;
 pub mod domain;
 pub mod metrics;
 pub(crate) mod pruner;
+pub mod queue;
 pub(crate) mod redact;
 pub mod signals;
 pub mod startup;

@@ -14,10 +14,33 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::domain::{BatchStatus, Priority};
-use crate::store::QueueStats;
+use crate::queue::QueueName;
 
+/// What `/metrics` shows of one queue, read at each scrape.
+pub struct QueueGauges {
+    pub name: QueueName,
+    pub batches: Vec<(Priority, BatchStatus, u64)>,
+    pub effective_interval: Duration,
+    pub paused: bool,
+}
+
+/// The queue a metric is about.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
+    pub queue: String,
+}
+
+impl QueueLabels {
+    pub fn of(queue: &QueueName) -> Self {
+        Self {
+            queue: queue.as_str().to_owned(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BatchLabels {
+    pub queue: String,
     pub priority: &'static str,
     pub status: &'static str,
 }
@@ -50,8 +73,8 @@ pub struct Metrics {
     /// Requests accepted by POST /ingest.
     pub ingestions: Counter,
     pub ids_accepted: Counter,
-    /// Batch starts, retries included.
-    pub batches_started: Counter,
+    /// Batch starts, retries included, per queue.
+    pub batches_started: Family<QueueLabels, Counter>,
     /// How attempts at batches ended: `completed`, `failed` or `retry`.
     pub batch_attempts: Family<OutcomeLabels, Counter>,
     /// Ids fetched, by outcome: `ok`, `error` or `retrying`.
@@ -64,8 +87,12 @@ pub struct Metrics {
     pub dispatch_lag: Histogram,
     pub http_requests: Family<ResponseLabels, Counter>,
     pub http_latency: Family<RouteLabels, Histogram>,
-    /// Batches by priority and status, read from the store at each scrape.
-    queue: Family<QueueLabels, Gauge>,
+    /// Batches by queue, priority and status, read from the store at each scrape.
+    queue: Family<BatchLabels, Gauge>,
+    /// Each queue's spacing between starts in force, adaptive slow-down included.
+    effective_interval: Family<QueueLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// 1 for a paused queue.
+    paused: Family<QueueLabels, Gauge>,
     /// Rows pruned by this node, by kind: `ingestions`, `batches`, `events`,
     /// `idempotency_keys`.
     pub pruned: Family<KindLabels, Counter>,
@@ -82,7 +109,7 @@ impl Default for Metrics {
         let metrics = Self {
             ingestions: Counter::default(),
             ids_accepted: Counter::default(),
-            batches_started: Counter::default(),
+            batches_started: Family::default(),
             batch_attempts: Family::default(),
             ids_fetched: Family::default(),
             upstream_latency: latency_histogram(),
@@ -91,6 +118,8 @@ impl Default for Metrics {
             http_requests: Family::default(),
             http_latency: Family::new_with_constructor(latency_histogram),
             queue: Family::default(),
+            effective_interval: Family::default(),
+            paused: Family::default(),
             pruned: Family::default(),
             registry: Registry::default(),
         };
@@ -102,7 +131,7 @@ impl Default for Metrics {
         registry.register("ids_accepted", "Ids accepted", metrics.ids_accepted.clone());
         registry.register(
             "batches_started",
-            "Batch starts, retries included",
+            "Batch starts, retries included, per queue",
             metrics.batches_started.clone(),
         );
         registry.register(
@@ -142,8 +171,18 @@ impl Default for Metrics {
         );
         registry.register(
             "queue_batches",
-            "Batches by priority and status",
+            "Batches by queue, priority and status",
             metrics.queue.clone(),
+        );
+        registry.register(
+            "queue_effective_interval_seconds",
+            "Each queue's spacing between starts now, adaptive slow-down included",
+            metrics.effective_interval.clone(),
+        );
+        registry.register(
+            "queue_paused",
+            "1 for a paused queue, else 0",
+            metrics.paused.clone(),
         );
         registry.register(
             "pruned",
@@ -159,24 +198,38 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The metrics in the OpenMetrics text format, with the queue read from `stats`.
-    pub fn render(&self, stats: &QueueStats) -> String {
+    /// The metrics in the OpenMetrics text format, with the queues' gauges
+    /// read from `queues`.
+    pub fn render(&self, queues: &[QueueGauges]) -> String {
         self.queue.clear();
-        for priority in Priority::ALL {
-            for status in BatchStatus::ALL {
-                let count = stats
-                    .batches
-                    .iter()
-                    .filter(|(p, s, _)| *p == priority && *s == status)
-                    .map(|(_, _, n)| *n)
-                    .sum::<u64>();
-                self.queue
-                    .get_or_create(&QueueLabels {
-                        priority: priority.as_str(),
-                        status: status.operator_name(),
-                    })
-                    .set(count as i64);
+        self.effective_interval.clear();
+        self.paused.clear();
+        for gauges in queues {
+            let queue = gauges.name.as_str().to_owned();
+            for priority in Priority::ALL {
+                for status in BatchStatus::ALL {
+                    let count = gauges
+                        .batches
+                        .iter()
+                        .filter(|(p, s, _)| *p == priority && *s == status)
+                        .map(|(_, _, n)| *n)
+                        .sum::<u64>();
+                    self.queue
+                        .get_or_create(&BatchLabels {
+                            queue: queue.clone(),
+                            priority: priority.as_str(),
+                            status: status.operator_name(),
+                        })
+                        .set(count as i64);
+                }
             }
+            let labels = QueueLabels { queue };
+            self.effective_interval
+                .get_or_create(&labels)
+                .set(gauges.effective_interval.as_secs_f64());
+            self.paused
+                .get_or_create(&labels)
+                .set(i64::from(gauges.paused));
         }
         let mut text = String::new();
         // Writing to a String cannot fail.

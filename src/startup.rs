@@ -18,10 +18,11 @@ use crate::api::serve::ConnectionLimits;
 use crate::api::{self, ApiLimits, App, AppState};
 use crate::callbacks::CallbackSender;
 use crate::config::Config;
-use crate::dispatcher::{DispatchSettings, Dispatcher, LoopFault};
-use crate::domain::{BatchSize, Clock};
+use crate::dispatcher::{Dispatcher, LoopFault};
+use crate::domain::Clock;
 use crate::metrics::Metrics;
 use crate::pruner::{Pruner, RetentionSettings};
+use crate::queue::{Queue, QueueName, QueueSettings, Queues};
 use crate::redact::redacted_url;
 use crate::signals::Signals;
 use crate::store::{self, SharedStore};
@@ -32,7 +33,8 @@ use crate::upstream::{HttpUpstream, Metered, MockUpstream, SharedFetcher};
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
-    dispatcher: Dispatcher,
+    /// One per queue.
+    dispatchers: Vec<Dispatcher>,
     callbacks: CallbackSender,
     store: SharedStore,
     signals: Signals,
@@ -40,7 +42,7 @@ pub struct Application {
     stopping: CancellationToken,
     /// Where the queue counter keeps the API's view of the queue.
     queued_ids: Arc<AtomicU64>,
-    batch_size: BatchSize,
+    queues: Queues,
     /// Which background parts are down, as `/readyz` reports them.
     supervision: Supervision,
     /// Header-read and keep-alive timeouts, and the connection cap.
@@ -69,6 +71,7 @@ impl Application {
         // Before anything is opened or created: a refused start leaves no trace.
         refuse_open_access_beyond_loopback(&config)?;
         let callback_settings = config.callback_settings()?;
+        let queue_settings = config.queue_settings()?;
         let store = store::open(&config.database, config.lease_settings())
             .await
             .with_context(|| format!("opening the database {}", redacted_url(&config.database)))?;
@@ -85,20 +88,12 @@ impl Application {
         }
 
         let metrics = Arc::new(Metrics::default());
-        let fetcher: SharedFetcher = match (parts.fetcher, config.http_upstream()?) {
-            (Some(fetcher), _) => fetcher,
-            (None, Some(settings)) => {
-                tracing::info!(url = %redacted_url(&settings.url_template), "fetching from an HTTP upstream");
-                Arc::new(Metered::new(
-                    HttpUpstream::new(settings)?,
-                    Arc::clone(&metrics),
-                ))
-            }
-            (None, None) => Arc::new(Metered::new(
-                MockUpstream::new(config.mock_latency.as_duration()),
-                Arc::clone(&metrics),
-            )),
-        };
+        let queues = build_queues(queue_settings, parts.fetcher, &metrics)?;
+        store
+            .register_queues(&queues.names())
+            .await
+            .context("recording the configured queues")?;
+        report_runtime_changes(store.as_ref(), &queues).await;
 
         let signals = Signals::default();
         let api_keys = match &config.api_keys_file {
@@ -139,22 +134,23 @@ impl Application {
             body_memory: Limits::body_memory(config.max_body_memory, config.max_body_bytes),
         };
         let stopping = CancellationToken::new();
-        let mut dispatcher = Dispatcher::new(
-            Arc::clone(&store),
-            fetcher,
-            clock,
-            DispatchSettings {
-                interval: config.interval,
-                max_in_flight: config.max_in_flight,
-                shutdown_grace: config.shutdown_grace(),
-                retry: config.retry_policy(),
-            },
-            signals.clone(),
-            Arc::clone(&metrics),
-        );
-        if let Some(fault) = parts.dispatcher_fault {
-            dispatcher = dispatcher.with_fault(fault);
-        }
+        let dispatchers = queues
+            .iter()
+            .map(|queue| {
+                let dispatcher = Dispatcher::new(
+                    Arc::clone(&store),
+                    Arc::clone(queue),
+                    clock,
+                    config.shutdown_grace(),
+                    signals.clone(),
+                    Arc::clone(&metrics),
+                );
+                match &parts.dispatcher_fault {
+                    Some(fault) => dispatcher.with_fault(Arc::clone(fault)),
+                    None => dispatcher,
+                }
+            })
+            .collect();
         let supervision = Supervision::default();
         if callback_settings.signing.is_none() {
             tracing::info!("callbacks are not signed: see --callback-secret-file");
@@ -175,14 +171,12 @@ impl Application {
             store: Arc::clone(&store),
             signals: signals.clone(),
             metrics,
-            interval: config.interval,
-            max_in_flight: config.max_in_flight.get(),
+            queues: queues.clone(),
             shutdown: stopping.clone(),
             overload: overload.clone(),
             api_keys,
             allowed_hosts,
             clock,
-            batch_size: config.batch_size,
             limits: ApiLimits {
                 max_body_bytes: config.max_body_bytes,
                 max_ids_per_request: config.max_ids_per_request,
@@ -197,13 +191,13 @@ impl Application {
         Ok(Self {
             listener,
             router,
-            dispatcher,
+            dispatchers,
             callbacks,
             store,
             signals,
             stopping,
             queued_ids: overload.queued_ids,
-            batch_size: config.batch_size,
+            queues,
             supervision,
             connections: config.connection_limits(),
             pruner,
@@ -234,10 +228,10 @@ impl Application {
         {
             supervisor.spawn(part.name, part.run);
         }
-        let (store, queued_ids, batch_size, stop) = (
+        let (store, queued_ids, queues, stop) = (
             Arc::clone(&self.store),
             self.queued_ids,
-            self.batch_size,
+            self.queues,
             shutdown.clone(),
         );
         supervisor.spawn(
@@ -246,7 +240,7 @@ impl Application {
                 Box::pin(count_queue(
                     Arc::clone(&store),
                     Arc::clone(&queued_ids),
-                    batch_size,
+                    queues.clone(),
                     stop.clone(),
                 ))
             }),
@@ -257,23 +251,26 @@ impl Application {
             shutdown_seen.cancelled().await;
             stopping.cancel();
         });
-        let (dispatcher, stop) = (Arc::new(self.dispatcher), shutdown.clone());
-        let mut runs = 0u64;
-        supervisor.spawn(
-            "dispatcher",
-            Box::new(move || {
-                let (dispatcher, stop) = (Arc::clone(&dispatcher), stop.clone());
-                runs += 1;
-                let first = runs == 1;
-                Box::pin(async move {
-                    if first {
-                        dispatcher.run(stop).await;
-                    } else {
-                        dispatcher.resume(stop).await;
-                    }
-                })
-            }),
-        );
+        for dispatcher in self.dispatchers {
+            let name = dispatcher.part_name();
+            let (dispatcher, stop) = (Arc::new(dispatcher), shutdown.clone());
+            let mut runs = 0u64;
+            supervisor.spawn(
+                name,
+                Box::new(move || {
+                    let (dispatcher, stop) = (Arc::clone(&dispatcher), stop.clone());
+                    runs += 1;
+                    let first = runs == 1;
+                    Box::pin(async move {
+                        if first {
+                            dispatcher.run(stop).await;
+                        } else {
+                            dispatcher.resume(stop).await;
+                        }
+                    })
+                }),
+            );
+        }
         if let Some(pruner) = self.pruner {
             let stop = shutdown.clone();
             supervisor.spawn(
@@ -298,6 +295,60 @@ impl Application {
         supervisor.wait().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The configured queues, each with its fetcher: the one a test gives, else
+/// its HTTP upstream, else the built-in mock.
+fn build_queues(
+    settings: Vec<(QueueName, QueueSettings)>,
+    test_fetcher: Option<SharedFetcher>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Queues> {
+    let mut queues = Vec::with_capacity(settings.len());
+    for (name, settings) in settings {
+        let fetcher: SharedFetcher = match (&test_fetcher, &settings.upstream) {
+            (Some(fetcher), _) => Arc::clone(fetcher),
+            (None, Some(upstream)) => {
+                tracing::info!(
+                    queue = %name,
+                    url = %redacted_url(&upstream.url_template),
+                    "fetching from an HTTP upstream"
+                );
+                Arc::new(Metered::new(
+                    HttpUpstream::new(upstream.clone()).with_context(|| format!("queue {name}"))?,
+                    Arc::clone(metrics),
+                ))
+            }
+            (None, None) => Arc::new(Metered::new(
+                MockUpstream::new(settings.mock_latency),
+                Arc::clone(metrics),
+            )),
+        };
+        queues.push(Queue::new(name, settings, fetcher));
+    }
+    Ok(Queues::new(queues))
+}
+
+/// Says at start where a setting changed at runtime overrides the
+/// configuration: it wins until it is reset (`PATCH` with `null`), and an
+/// operator who edits the file should know why the change does not show.
+async fn report_runtime_changes(store: &dyn store::Store, queues: &Queues) {
+    for queue in queues.iter() {
+        let Ok(Some(state)) = store.queue_state(&queue.name).await else {
+            continue;
+        };
+        let runtime = state.runtime;
+        if runtime.interval.is_some() || runtime.max_in_flight.is_some() || runtime.paused {
+            tracing::warn!(
+                queue = %queue.name,
+                paused = runtime.paused,
+                interval = runtime.interval.map(tracing::field::display),
+                max_in_flight = runtime.max_in_flight.map(|n| n.get()),
+                "settings changed at runtime are in force over the configuration; \
+                 PATCH /queues/NAME with null returns a setting to the configuration"
+            );
+        }
     }
 }
 
@@ -349,7 +400,7 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
 async fn count_queue(
     store: SharedStore,
     queued_ids: Arc<AtomicU64>,
-    batch_size: BatchSize,
+    queues: Queues,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -360,7 +411,22 @@ async fn count_queue(
             _ = tick.tick() => {}
         }
         match store.waiting_batches().await {
-            Ok(batches) => queued_ids.store(batches * batch_size.get() as u64, Ordering::Relaxed),
+            Ok(waiting) => {
+                // Each queue's batches at its own size; a queue no longer
+                // configured at the default's.
+                let ids = waiting
+                    .iter()
+                    .map(|(name, batches)| {
+                        let size = queues
+                            .get(name.as_str())
+                            .unwrap_or(queues.default_queue())
+                            .settings
+                            .batch_size;
+                        batches * size.get() as u64
+                    })
+                    .sum();
+                queued_ids.store(ids, Ordering::Relaxed);
+            }
             Err(error) => tracing::warn!(%error, "cannot count the queue"),
         }
     }

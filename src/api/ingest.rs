@@ -1,6 +1,7 @@
 //! `POST /ingest`: validate, store durably, wake the dispatcher, answer the id.
 
 use std::fmt;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
@@ -20,6 +21,7 @@ use super::openapi::{
     Unavailable, UnsupportedMediaType, ValidationFailed,
 };
 use crate::domain::{CallbackUrl, CallbackUrlError, IngestionId, ItemId, Priority};
+use crate::queue::{Queue, Queues};
 use crate::store::{Created, IdempotencyKey, NewIngestion};
 
 /// How many offending ids a problem document lists before it just counts them.
@@ -56,6 +58,10 @@ pub struct IngestRequest {
     /// status answer without `batches`) once the request ends.
     #[schema(format = "uri", max_length = 2048)]
     callback_url: Option<String>,
+    /// The queue to run the request in (see `GET /queues`); `default` when
+    /// left out. An unknown queue answers 422.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "default")]
+    queue: Option<String>,
 }
 
 /// The headers `POST /ingest` reads, for the API document only.
@@ -131,7 +137,7 @@ pub async fn ingest(
     JsonBody(body): JsonBody<IngestBody>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let request = body.validate(app.limits.max_ids_per_request)?;
+    let request = body.validate(app.limits.max_ids_per_request, &app.queues)?;
     let created_at = app.clock.now();
     let idempotency = key.map(|key| IdempotencyKey {
         fingerprint: request.fingerprint(),
@@ -140,9 +146,10 @@ pub async fn ingest(
     });
     let new = NewIngestion {
         id: IngestionId::generate(),
+        queue: request.queue.name.clone(),
         priority: request.priority,
         ids: request.ids,
-        batch_size: app.batch_size,
+        batch_size: request.queue.settings.batch_size,
         created_at,
         callback_url: request.callback_url.map(CallbackUrl::into_string),
         idempotency,
@@ -192,6 +199,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// A request that passed validation.
 #[derive(Debug)]
 pub struct ValidIngest {
+    pub queue: Arc<Queue>,
     pub ids: Vec<ItemId>,
     pub priority: Priority,
     pub callback_url: Option<CallbackUrl>,
@@ -209,6 +217,12 @@ impl ValidIngest {
         if let Some(url) = &self.callback_url {
             hasher.update(url.as_str().as_bytes());
         }
+        // Only another queue counts, so that keys stored before queues
+        // existed still match their replays.
+        if !self.queue.name.is_default() {
+            hasher.update(b"queue:");
+            hasher.update(self.queue.name.as_str().as_bytes());
+        }
         hasher.finalize().into()
     }
 }
@@ -222,12 +236,40 @@ pub struct IngestBody {
     ids: Option<IdList>,
     priority: Option<Result<Priority, ()>>,
     callback_url: Option<Result<Option<CallbackUrl>, CallbackUrlError>>,
+    /// `None` when left out or `null`; `Err` when not a string.
+    queue: Option<Result<String, ()>>,
 }
 
 impl IngestBody {
     /// The request, or every rule it breaks.
-    pub fn validate(self, max_ids: usize) -> Result<ValidIngest, ApiError> {
+    pub fn validate(self, max_ids: usize, queues: &Queues) -> Result<ValidIngest, ApiError> {
         let mut errors = Vec::new();
+
+        let queue = match &self.queue {
+            None => Some(queues.default_queue()),
+            Some(Ok(name)) => {
+                let queue = queues.get(name);
+                if queue.is_none() {
+                    errors.push(FieldError::new(
+                        "queue",
+                        format!(
+                            "no such queue; the queues are {}",
+                            queues
+                                .names()
+                                .iter()
+                                .map(|name| name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+                queue
+            }
+            Some(Err(())) => {
+                errors.push(FieldError::new("queue", "must be a string"));
+                None
+            }
+        };
 
         let ids = match self.ids {
             None => {
@@ -291,8 +333,9 @@ impl IngestBody {
             }
         };
 
-        match (ids, priority) {
-            (Some(ids), Some(priority)) if errors.is_empty() => Ok(ValidIngest {
+        match (ids, priority, queue) {
+            (Some(ids), Some(priority), Some(queue)) if errors.is_empty() => Ok(ValidIngest {
+                queue: Arc::clone(queue),
                 ids,
                 priority,
                 callback_url,
@@ -336,6 +379,16 @@ impl<'de> Deserialize<'de> for IngestBody {
                                 StringField::Str(s) => CallbackUrl::parse(&s).map(Some),
                                 StringField::Other => Err(CallbackUrlError::NotHttp),
                             });
+                        }
+                        "queue" if body.queue.is_some() => {
+                            return Err(de::Error::duplicate_field("queue"));
+                        }
+                        "queue" => {
+                            body.queue = match map.next_value::<StringField>()? {
+                                StringField::Null => None,
+                                StringField::Str(s) => Some(Ok(s.into_owned())),
+                                StringField::Other => Some(Err(())),
+                            };
                         }
                         _ => {
                             map.next_value::<IgnoredAny>()?;
@@ -488,7 +541,7 @@ mod tests {
     fn decode(json: &str) -> Result<(Vec<ItemId>, Priority), ApiError> {
         let valid = serde_json::from_str::<IngestBody>(json)
             .unwrap()
-            .validate(1000)?;
+            .validate(1000, &crate::queue::Queues::default_only())?;
         Ok((valid.ids, valid.priority))
     }
 

@@ -12,6 +12,7 @@ pub mod limits;
 mod openapi;
 mod ops;
 mod path;
+mod queues;
 pub mod serve;
 mod status;
 
@@ -28,8 +29,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 use self::error::ApiError;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{BatchSize, Clock, Interval};
+use crate::domain::Clock;
 use crate::metrics::{Metrics, ResponseLabels, RouteLabels};
+use crate::queue::Queues;
 use crate::signals::Signals;
 use crate::store::SharedStore;
 
@@ -59,12 +61,9 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// The service's clock, shared with the dispatcher.
     pub clock: Clock,
-    /// How many ids go into a batch.
-    pub batch_size: BatchSize,
+    /// The configured queues; a request names one (`default` if none).
+    pub queues: Queues,
     pub limits: ApiLimits,
-    /// The rate limit, as `/stats` reports it.
-    pub interval: Interval,
-    pub max_in_flight: usize,
     /// Cancelled when the service shuts down: ends live streams, which would
     /// otherwise hold their connections open.
     pub shutdown: CancellationToken,
@@ -132,6 +131,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/stats", get(ops::stats))
+        .route("/queues", get(queues::list))
+        .route("/queues/{name}", get(queues::show).patch(queues::change))
+        .route("/queues/{name}/pause", post(queues::pause))
+        .route("/queues/{name}/resume", post(queues::resume))
         .route_layer(middleware::from_fn_with_state(state.clone(), observe))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })

@@ -18,7 +18,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use super::error::{ApiError, FieldError};
 use super::events::{BatchEvent, IngestionEvent, LostEvents};
 use super::status::StatusRequest;
-use super::{events, ingest, ingestions, ops, status};
+use super::{events, ingest, ingestions, ops, queues, status};
 
 /// The document's `info.description`.
 const DESCRIPTION: &str = "\
@@ -42,7 +42,7 @@ documents.
 
 With `--api-keys-file`, every endpoint but `/healthz` needs a key (`Authorization: Bearer \
 <key>`, scheme `api_key`) whose role allows it: `read` for every GET, `submit` also for \
-`POST /ingest`, `admin` also for cancelling. Without the file every endpoint is open, which is \
+`POST /ingest`, `admin` also for cancelling and for the queue controls. Without the file every endpoint is open, which is \
 why each operation also accepts no key at all.";
 
 #[derive(OpenApi)]
@@ -62,6 +62,11 @@ why each operation also accepts no key at all.";
         ops::readyz,
         ops::metrics,
         ops::stats,
+        queues::list,
+        queues::show,
+        queues::pause,
+        queues::resume,
+        queues::change,
     ),
     components(
         schemas(ApiError, FieldError, BatchEvent, IngestionEvent, LostEvents, StatusRequest),
@@ -84,6 +89,7 @@ why each operation also accepts no key at all.";
         (name = "requests", description = "Submit requests, follow them, read their results, cancel them."),
         (name = "live", description = "Live progress as Server-Sent Events."),
         (name = "operations", description = "Health, readiness, metrics and the queue at a glance."),
+        (name = "queues", description = "Named queues, each with its own rate and limits: their state, and an operator's controls."),
     ),
 )]
 pub struct ApiDoc;
@@ -97,7 +103,7 @@ impl Modify for ApiKeys {
             .scheme(HttpAuthScheme::Bearer)
             .description(Some(
                 "A key from `--api-keys-file`, each with a role: `read` (every GET), `submit` \
-                 (read, and `POST /ingest`) or `admin` (submit, and cancelling). Operations \
+                 (read, and `POST /ingest`) or `admin` (submit, cancelling, and the queue controls). Operations \
                  name the role they need.",
             ))
             .build();

@@ -18,6 +18,7 @@ use super::openapi::{
 };
 use super::status::BatchCounts;
 use crate::domain::{BatchId, IngestionId, IngestionStatus, Priority, Timestamp};
+use crate::metrics::QueueGauges;
 use crate::store::IngestionSummary;
 
 /// A health answer: `ok` from `/healthz`, `ready` from `/readyz`.
@@ -114,8 +115,22 @@ const READY_WITHIN: std::time::Duration = std::time::Duration::from_millis(800);
     ),
 )]
 pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let stats = app.store.stats().await?;
-    let mut response = app.metrics.render(&stats).into_response();
+    let mut gauges = Vec::new();
+    for queue in app.queues.iter() {
+        let state = app
+            .store
+            .queue_state(&queue.name)
+            .await?
+            .unwrap_or_default();
+        let interval = state.runtime.interval.unwrap_or(queue.settings.interval);
+        gauges.push(QueueGauges {
+            name: queue.name.clone(),
+            effective_interval: queue.effective_interval(interval).as_duration(),
+            paused: state.runtime.paused,
+            batches: state.batches,
+        });
+    }
+    let mut response = app.metrics.render(&gauges).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
@@ -224,7 +239,21 @@ pub async fn stats(State(app): State<AppState>) -> Result<Json<Stats>, ApiError>
             .entry(name)
             .or_default() += count;
     }
-    let interval = app.interval;
+    // The rate is the default queue's, as before there were queues; each
+    // queue's is in `GET /queues`.
+    let default = app.queues.default_queue();
+    let runtime = app
+        .store
+        .queue_state(&default.name)
+        .await?
+        .unwrap_or_default()
+        .runtime;
+    let interval =
+        default.effective_interval(runtime.interval.unwrap_or(default.settings.interval));
+    let max_in_flight = runtime
+        .max_in_flight
+        .unwrap_or(default.settings.max_in_flight)
+        .get();
     Ok(Json(Stats {
         queue,
         ingestions: stats.ingestions,
@@ -237,7 +266,7 @@ pub async fn stats(State(app): State<AppState>) -> Result<Json<Stats>, ApiError>
             })
             .collect(),
         interval_ms: interval.as_duration().as_millis() as u64,
-        max_in_flight: app.max_in_flight,
+        max_in_flight,
         last_start: stats.last_slot,
         next_slot: stats
             .last_slot
@@ -268,6 +297,9 @@ pub struct IngestionListItem {
     pub ingestion_id: IngestionId,
     pub status: IngestionStatus,
     pub priority: Priority,
+    /// The queue the request runs in.
+    #[schema(value_type = String, example = "default")]
+    pub queue: crate::queue::QueueName,
     pub created_at: Timestamp,
     /// When the last batch ended, once all have.
     #[schema(required = true)]
@@ -290,6 +322,7 @@ impl From<IngestionSummary> for IngestionListItem {
             ingestion_id: summary.id,
             status,
             priority: summary.priority,
+            queue: summary.queue,
             created_at: summary.created_at,
             completed_at: summary.finished_at.filter(|_| status.is_final()),
             ids: summary.ids,

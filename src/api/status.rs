@@ -23,6 +23,7 @@ use super::path::PathParam;
 use crate::domain::{
     BatchId, BatchStatus, IngestionId, IngestionStatus, ItemId, Priority, Timestamp,
 };
+use crate::queue::QueueName;
 use crate::store::{BatchRecord, CallbackRecord, CallbackState, IngestionRecord};
 
 /// A request's state without its batches: what callbacks and cancels answer.
@@ -31,6 +32,9 @@ pub struct StatusSummary {
     pub ingestion_id: IngestionId,
     pub status: IngestionStatus,
     pub priority: Priority,
+    /// The queue the request runs in.
+    #[schema(value_type = String, example = "default")]
+    pub queue: QueueName,
     pub created_at: Timestamp,
     /// When the last batch ended, once all have.
     #[schema(required = true)]
@@ -125,6 +129,7 @@ impl StatusSummary {
             ingestion_id: record.id,
             status,
             priority: record.priority,
+            queue: record.queue.clone(),
             created_at: record.created_at,
             completed_at: record.finished_at.filter(|_| status.is_final()),
             batch_counts: counts,
@@ -408,6 +413,7 @@ async fn streamed(app: AppState, first: IngestionRecord) -> Result<Response, Api
             ingestion_id: id,
             status,
             priority: first.priority,
+            queue: first.queue.clone(),
             created_at: first.created_at,
             completed_at: first.finished_at.filter(|_| status.is_final()),
             batch_counts: counts,

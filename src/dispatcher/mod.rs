@@ -1,5 +1,11 @@
-//! The dispatcher: one loop that starts batches in the contract's order, no
-//! faster than the rate limit, with at most `max_in_flight` processing at once.
+//! The dispatcher: one loop per queue, each starting its queue's batches in
+//! the contract's order, no faster than the queue's rate limit, with at most
+//! its `max_in_flight` processing at once.
+//!
+//! One loop per queue rather than one loop for all: each loop waits for its
+//! own next slot, so a queue never waits for another's slot, a slow claim or
+//! a paused neighbour, and the loop stays the simple one-queue loop below. A
+//! loop costs a task and, when idle, nothing else.
 //!
 //! The loop holds no queue and no counters of its own. Each turn it asks the
 //! store to claim the next batch; the store applies the rate limit and the
@@ -30,27 +36,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Clock, Interval};
-use crate::metrics::Metrics;
-use crate::signals::Signals;
+use crate::metrics::{Metrics, QueueLabels};
+use crate::queue::Queue;
+use crate::signals::{Signals, Wakeups};
 use crate::store::{ClaimOutcome, ClaimRequest, ClaimedBatch, SharedStore, StoreError};
-use crate::upstream::SharedFetcher;
 
 /// How long to wait before asking a failing store again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 /// The most batches one claim starts: bounds the claim's transaction.
 const MAX_CLAIM: usize = 128;
-
-#[derive(Debug, Clone, Copy)]
-pub struct DispatchSettings {
-    /// The minimum spacing between two batch starts, service-wide.
-    pub interval: Interval,
-    /// How many batches may be processing at once, service-wide.
-    pub max_in_flight: NonZeroUsize,
-    /// How long a shutdown waits for batches already processing.
-    pub shutdown_grace: Duration,
-    /// When batches with transient failures are tried again.
-    pub retry: RetryPolicy,
-}
 
 /// A fault injected into the dispatcher's loop, before every claim: tests use
 /// it to make the loop panic and watch it recover.
@@ -59,9 +53,11 @@ pub type LoopFault = Arc<dyn Fn() + Send + Sync>;
 
 pub struct Dispatcher {
     store: SharedStore,
-    fetcher: SharedFetcher,
+    /// The queue whose batches this loop starts, with its settings and fetcher.
+    queue: Arc<Queue>,
     clock: Clock,
-    settings: DispatchSettings,
+    /// How long a shutdown waits for batches already processing.
+    shutdown_grace: Duration,
     /// Wakes the loop when a claim might now succeed (new work, a completed
     /// batch, or either seen elsewhere by the store); the loop sends the rest.
     signals: Signals,
@@ -72,20 +68,31 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(
         store: SharedStore,
-        fetcher: SharedFetcher,
+        queue: Arc<Queue>,
         clock: Clock,
-        settings: DispatchSettings,
+        shutdown_grace: Duration,
         signals: Signals,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             store,
-            fetcher,
+            queue,
             clock,
-            settings,
+            shutdown_grace,
             signals,
             metrics,
             fault: None,
+        }
+    }
+
+    /// The name its loop has among the supervised parts (`/readyz`, logs):
+    /// `dispatcher` for the default queue, `dispatcher NAME` for the others.
+    pub fn part_name(&self) -> &'static str {
+        if self.queue.name.is_default() {
+            "dispatcher"
+        } else {
+            // Made once per queue at start, and kept for the process's life.
+            Box::leak(format!("dispatcher {}", self.queue.name).into_boxed_str())
         }
     }
 
@@ -104,7 +111,11 @@ impl Dispatcher {
         // it lives, and they would hold their processing slots all that time.
         let mut wait = STORE_RETRY / 10;
         loop {
-            match self.store.release_unfinished(self.clock.now()).await {
+            match self
+                .store
+                .release_unfinished(&self.queue.name, self.clock.now())
+                .await
+            {
                 Ok(0) => break,
                 Ok(n) => {
                     tracing::warn!(
@@ -135,40 +146,64 @@ impl Dispatcher {
     /// back to the queue, to be processed again.
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut processing = JoinSet::new();
+        let mut wakeups = self.signals.wakeups();
+        let mut interval = self.interval_in_force(&shutdown).await;
         loop {
             while processing.try_join_next().is_some() {}
-            let Some(batches) = self.next_batches(processing.len(), &shutdown).await else {
+            let Some(batches) = self
+                .next_batches(processing.len(), &mut wakeups, &mut interval, &shutdown)
+                .await
+            else {
                 break;
             };
             self.signals.events_stored();
             for batch in batches {
-                self.start(batch, &mut processing);
+                self.start(batch, interval, &mut processing);
             }
         }
         self.drain(processing).await;
     }
 
+    /// The queue's interval in force: the one set at runtime, if any, else
+    /// the configured one. Only adaptive rate needs it here (the floor its
+    /// slow-down returns to); claims read the store's own row.
+    async fn interval_in_force(&self, shutdown: &CancellationToken) -> Interval {
+        let configured = self.queue.settings.interval;
+        if self.queue.adaptive.is_none() || shutdown.is_cancelled() {
+            return configured;
+        }
+        match self.store.queue_state(&self.queue.name).await {
+            Ok(Some(state)) => state.runtime.interval.unwrap_or(configured),
+            Ok(None) => configured,
+            Err(error) => {
+                tracing::warn!(%error, queue = %self.queue.name, "cannot read the queue's settings");
+                configured
+            }
+        }
+    }
+
     /// Processes a started batch in its own task.
-    fn start(&self, batch: ClaimedBatch, processing: &mut JoinSet<()>) {
-        self.metrics.batches_started.inc();
+    fn start(&self, batch: ClaimedBatch, interval: Interval, processing: &mut JoinSet<()>) {
+        let labels = QueueLabels::of(&self.queue.name);
+        self.metrics.batches_started.get_or_create(&labels).inc();
         Metrics::observe(
             &self.metrics.dispatch_lag,
             self.clock.now().since(batch.slot),
         );
-        let (store, fetcher, signals, metrics) = (
+        let (store, queue, signals, metrics) = (
             Arc::clone(&self.store),
-            Arc::clone(&self.fetcher),
+            Arc::clone(&self.queue),
             self.signals.clone(),
             Arc::clone(&self.metrics),
         );
-        let (clock, retry) = (self.clock, self.settings.retry);
+        let (clock, retry) = (self.clock, self.queue.settings.retry);
         processing.spawn(async move {
             let started = batch.clone();
             let processed = AssertUnwindSafe(processing::process(
                 store.as_ref(),
-                fetcher.as_ref(),
+                &queue,
+                interval,
                 clock,
-                retry,
                 &metrics,
                 batch,
             ))
@@ -196,16 +231,17 @@ impl Dispatcher {
     async fn next_batches(
         &self,
         running_here: usize,
+        wakeups: &mut Wakeups,
+        interval: &mut Interval,
         shutdown: &CancellationToken,
     ) -> Option<Vec<ClaimedBatch>> {
         // Ask for every free processing slot at once: without an interval the
-        // store starts them all in one commit.
-        let free = self
-            .settings
-            .max_in_flight
-            .get()
-            .saturating_sub(running_here);
-        let batches = NonZeroUsize::new(free.min(MAX_CLAIM)).unwrap_or(NonZeroUsize::MIN);
+        // store starts them all in one commit. The limit may have been raised
+        // at runtime, so ask for as many as could be free; the store stops at
+        // the limit in force.
+        let settings = &self.queue.settings;
+        let free = MAX_CLAIM.saturating_sub(running_here);
+        let batches = NonZeroUsize::new(free).unwrap_or(NonZeroUsize::MIN);
         let mut ready_since = Some(self.clock.now());
         loop {
             // Checked before every claim, not only while waiting: with a backlog
@@ -218,11 +254,28 @@ impl Dispatcher {
             if let Some(fault) = &self.fault {
                 fault();
             }
+            wakeups.seen();
+            let slow_down = self
+                .queue
+                .adaptive
+                .as_ref()
+                .map_or(Interval::default(), |adaptive| {
+                    // Zero unless the upstream pushed back: a queue not slowed
+                    // keeps the store's interval in force, whatever it is.
+                    let effective = adaptive.effective(interval.as_duration());
+                    Interval::from_duration(effective).max(*interval)
+                });
             let request = ClaimRequest {
+                queue: self.queue.name.clone(),
                 ready_since,
                 now: self.clock.now(),
-                interval: self.settings.interval,
-                max_in_flight: self.settings.max_in_flight,
+                interval: settings.interval,
+                slow_down: if slow_down > *interval {
+                    slow_down
+                } else {
+                    Interval::default()
+                },
+                max_in_flight: settings.max_in_flight,
                 batches,
             };
             let wait = match self.store.claim_batches(request).await {
@@ -233,26 +286,34 @@ impl Dispatcher {
                     Metrics::observe(&self.metrics.rate_limit_wait, at.since(self.clock.now()));
                     Wait::Until(tokio::time::sleep_until(self.clock.instant_at(at)))
                 }
-                Ok(ClaimOutcome::Busy | ClaimOutcome::Idle) => Wait::ForWakeUp,
+                Ok(ClaimOutcome::Busy | ClaimOutcome::Idle | ClaimOutcome::Paused) => {
+                    Wait::ForWakeUp
+                }
                 Err(error) => {
-                    tracing::error!(%error, "cannot claim a batch; retrying");
+                    tracing::error!(%error, queue = %self.queue.name, "cannot claim a batch; retrying");
                     // Ready again only once the store answers.
                     ready_since = None;
                     Wait::Until(tokio::time::sleep(STORE_RETRY))
                 }
             };
             match wait {
+                // An operator's change (a shorter interval, a pause) takes
+                // effect from the next slot: it ends the wait for this one.
                 Wait::Until(sleep) => tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => return None,
                     _ = sleep => {}
+                    _ = wakeups.queue_change() => {
+                        *interval = self.interval_in_force(shutdown).await;
+                    }
                 },
                 Wait::ForWakeUp => {
                     tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => return None,
-                        _ = self.signals.work() => {}
+                        _ = wakeups.work() => {}
                     }
+                    *interval = self.interval_in_force(shutdown).await;
                     // Work or a processing slot appeared just now: this is when
                     // the dispatcher became ready to start.
                     ready_since = Some(self.clock.now());
@@ -266,11 +327,11 @@ impl Dispatcher {
         if !processing.is_empty() {
             tracing::info!(
                 batches = processing.len(),
-                grace = ?self.settings.shutdown_grace,
+                grace = ?self.shutdown_grace,
                 "waiting for batches in flight"
             );
             let all_done = async { while processing.join_next().await.is_some() {} };
-            if tokio::time::timeout(self.settings.shutdown_grace, all_done)
+            if tokio::time::timeout(self.shutdown_grace, all_done)
                 .await
                 .is_err()
             {
@@ -278,7 +339,11 @@ impl Dispatcher {
                 while processing.join_next().await.is_some() {}
             }
         }
-        match self.store.release_unfinished(self.clock.now()).await {
+        match self
+            .store
+            .release_unfinished(&self.queue.name, self.clock.now())
+            .await
+        {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
                 batches = n,

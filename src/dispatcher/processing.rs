@@ -7,10 +7,13 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tracing::Instrument;
 
+use super::adaptive::AdaptiveRate;
+use crate::domain::Interval;
 use crate::domain::{Clock, FailureKind, FetchFailure, IdOutcome, Outcome, Timestamp};
 use crate::metrics::{Metrics, OutcomeLabels};
+use crate::queue::Queue;
 use crate::store::{AttemptEnd, ClaimedBatch, Store, StoreError};
-use crate::upstream::Fetcher;
+use crate::upstream::{FetchError, Fetcher};
 
 /// How soon, then at most how often, recording an attempt is tried again while
 /// the store fails (a full disk, a database restarting).
@@ -41,29 +44,66 @@ impl RetryPolicy {
     }
 }
 
-/// Processes a batch; returns whether it ended its request.
+/// Processes a batch of `queue`, whose interval in force is `interval`;
+/// returns whether it ended its request.
 pub async fn process(
     store: &dyn Store,
-    fetcher: &dyn Fetcher,
+    queue: &Queue,
+    interval: Interval,
     clock: Clock,
-    retry: RetryPolicy,
     metrics: &Metrics,
     batch: ClaimedBatch,
 ) -> bool {
     let span = tracing::info_span!(
         "batch",
+        queue = %queue.name,
         ingestion_id = %batch.id.ingestion,
         batch_id = %batch.id,
         priority = %batch.priority
     );
-    run(store, fetcher, clock, retry, metrics, batch)
-        .instrument(span)
-        .await
+    let pushback = queue.adaptive.as_ref().map(|adaptive| Pushback {
+        adaptive,
+        interval: interval.as_duration(),
+    });
+    run(
+        store,
+        queue.fetcher.as_ref(),
+        pushback,
+        clock,
+        queue.settings.retry,
+        metrics,
+        batch,
+    )
+    .instrument(span)
+    .await
+}
+
+/// Where an adaptive queue's fetches report how the upstream answered.
+#[derive(Clone, Copy)]
+struct Pushback<'a> {
+    adaptive: &'a AdaptiveRate,
+    /// The queue's interval in force: the floor the slow-down returns to.
+    interval: Duration,
+}
+
+impl Pushback<'_> {
+    /// 429 Too Many Requests and 503 Service Unavailable say "slower"; any
+    /// other answer says nothing about the rate.
+    fn heard(&self, result: &Result<serde_json::Value, FetchError>) {
+        match result {
+            Ok(_) => self.adaptive.succeeded(self.interval),
+            Err(error) if matches!(error.failure().status, Some(429 | 503)) => {
+                self.adaptive.throttled(self.interval, error.retry_after());
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 async fn run(
     store: &dyn Store,
     fetcher: &dyn Fetcher,
+    pushback: Option<Pushback<'_>>,
     clock: Clock,
     retry: RetryPolicy,
     metrics: &Metrics,
@@ -92,7 +132,7 @@ async fn run(
         let (outcomes, end) = unfinished_ids_fail(&batch, clock, retry, &reason);
         return record(store, &batch, outcomes, end, clock).await;
     }
-    let (outcomes, end) = match AssertUnwindSafe(attempt(fetcher, clock, retry, &batch))
+    let (outcomes, end) = match AssertUnwindSafe(attempt(fetcher, pushback, clock, retry, &batch))
         .catch_unwind()
         .await
     {
@@ -148,6 +188,7 @@ async fn run(
 /// those of earlier attempts.
 async fn attempt(
     fetcher: &dyn Fetcher,
+    pushback: Option<Pushback<'_>>,
     clock: Clock,
     retry: RetryPolicy,
     batch: &ClaimedBatch,
@@ -172,7 +213,11 @@ async fn attempt(
             outcomes.push(earlier.cloned().expect("a settled id has an outcome"));
             continue;
         }
-        let outcome = match fetched.next().expect("one result per fetched id") {
+        let result = fetched.next().expect("one result per fetched id");
+        if let Some(pushback) = pushback {
+            pushback.heard(&result);
+        }
+        let outcome = match result {
             Ok(data) => Outcome::Ok { data },
             Err(error) => {
                 let failure = error.failure();

@@ -24,6 +24,7 @@ use crate::domain::{
     BatchId, BatchSize, BatchStatus, IdOutcome, IngestionId, IngestionStatus, Interval, ItemId,
     Priority, Timestamp,
 };
+use crate::queue::QueueName;
 use crate::signals::Signals;
 
 /// The one store handle that the API and the dispatcher share.
@@ -51,6 +52,8 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct NewIngestion {
     pub id: IngestionId,
+    /// A queue the store knows (see [`Store::register_queues`]).
+    pub queue: QueueName,
     pub priority: Priority,
     pub ids: Vec<ItemId>,
     pub batch_size: BatchSize,
@@ -93,6 +96,7 @@ pub enum Created {
 #[derive(Debug, Clone)]
 pub struct IngestionRecord {
     pub id: IngestionId,
+    pub queue: QueueName,
     pub priority: Priority,
     pub created_at: Timestamp,
     /// When the last batch ended.
@@ -151,9 +155,10 @@ pub struct BatchKey {
     pub position: u32,
 }
 
-/// What the dispatcher asks for when it wants to start a batch.
-#[derive(Debug, Clone, Copy)]
+/// What the dispatcher asks for when it wants to start a batch of a queue.
+#[derive(Debug, Clone)]
 pub struct ClaimRequest {
+    pub queue: QueueName,
     /// Since when the dispatcher has been ready to start: it learnt of work or
     /// of a free processing slot then. `None` when it has been waiting for the
     /// time the store named (`NotBefore`), and so was ready for that slot. The
@@ -162,9 +167,15 @@ pub struct ClaimRequest {
     pub ready_since: Option<Timestamp>,
     /// The time now, recorded as the batch's `started_at`.
     pub now: Timestamp,
-    /// The minimum spacing between two starts; zero for no limit.
+    /// The minimum spacing between two starts in the queue, zero for no
+    /// limit, as configured: an interval set at runtime, kept in the queue's
+    /// row, replaces it.
     pub interval: Interval,
-    /// How many batches may be `triggered` at once, across the whole service.
+    /// The spacing the queue's upstream asks for now (adaptive rate): the
+    /// claim keeps at least this much, whatever the interval.
+    pub slow_down: Interval,
+    /// How many of the queue's batches may be `triggered` at once, across the
+    /// whole service, as configured; a limit set at runtime replaces it.
     pub max_in_flight: NonZeroUsize,
     /// At most this many starts in one claim. The store takes several in one
     /// commit only when the rate allows them all now (no interval): that is
@@ -174,6 +185,17 @@ pub struct ClaimRequest {
 }
 
 impl ClaimRequest {
+    /// The request with the queue's stored runtime settings in force: the
+    /// claim's own view, read in the same commit.
+    pub fn in_force(&self, runtime: &QueueRuntime) -> Self {
+        let interval = runtime.interval.unwrap_or(self.interval);
+        Self {
+            interval: interval.max(self.slow_down),
+            max_in_flight: runtime.max_in_flight.unwrap_or(self.max_in_flight),
+            ..self.clone()
+        }
+    }
+
     /// The slot of a start claimed now, given the previous slot.
     ///
     /// A claim that comes later than its slot by more than a small tolerance
@@ -209,6 +231,8 @@ pub enum ClaimOutcome {
     NotBefore(Timestamp),
     /// `max_in_flight` batches are processing; wait for one to complete.
     Busy,
+    /// The queue is paused: nothing starts until it is resumed.
+    Paused,
     /// No batch is waiting.
     Idle,
 }
@@ -276,12 +300,44 @@ pub enum EventSubject {
 #[derive(Debug, Clone)]
 pub struct IngestionSummary {
     pub id: IngestionId,
+    pub queue: QueueName,
     pub priority: Priority,
     pub created_at: Timestamp,
     pub finished_at: Option<Timestamp>,
     pub ids: u64,
     /// `(status, number of batches)` for the statuses it has.
     pub batches: Vec<(BatchStatus, u64)>,
+}
+
+/// What the store keeps of a queue besides its batches: changed only by an
+/// operator (`pause`, `resume`, `PATCH`) and by its claims (`last_slot`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueRuntime {
+    pub paused: bool,
+    /// Set at runtime; `None`: the configured interval.
+    pub interval: Option<Interval>,
+    /// Set at runtime; `None`: the configured limit.
+    pub max_in_flight: Option<NonZeroUsize>,
+    /// The slot of the queue's latest start, if any.
+    pub last_slot: Option<Timestamp>,
+}
+
+/// A queue as the store sees it: its row, and its batches by priority and
+/// status (only non-zero counts).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueState {
+    pub runtime: QueueRuntime,
+    pub batches: Vec<(Priority, BatchStatus, u64)>,
+}
+
+/// An operator's change to a queue; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueChange {
+    pub paused: Option<bool>,
+    /// `Some(None)` returns the interval to the configured one.
+    pub interval: Option<Option<Interval>>,
+    /// `Some(None)` returns the limit to the configured one.
+    pub max_in_flight: Option<Option<NonZeroUsize>>,
 }
 
 /// How many batches are in each state, per priority, and how many requests exist.
@@ -357,11 +413,12 @@ pub trait Store: Send + Sync + 'static {
     /// longer count as processing. Returns how many. Called once, at start.
     async fn requeue_interrupted(&self, at: Timestamp) -> Result<u64, StoreError>;
 
-    /// Hands the batches this process is still processing back to the queue,
+    /// Hands the batches of `queue` this process is still processing back to the queue,
     /// as `requeue_interrupted` does: called at shutdown once the grace period
     /// is over, so nobody waits for them, and by a dispatcher restarted after
     /// a panic, for the batches its dead run abandoned.
-    async fn release_unfinished(&self, at: Timestamp) -> Result<u64, StoreError>;
+    async fn release_unfinished(&self, queue: &QueueName, at: Timestamp)
+    -> Result<u64, StoreError>;
 
     /// Takes up to `limit` callbacks due at `now`, and holds them for `hold` so
     /// no other process delivers them meanwhile.
@@ -402,8 +459,24 @@ pub trait Store: Send + Sync + 'static {
     /// The most recent requests, newest first, without their batches.
     async fn recent_ingestions(&self, limit: usize) -> Result<Vec<IngestionSummary>, StoreError>;
 
-    /// How many batches wait to start (including those between attempts).
-    async fn waiting_batches(&self) -> Result<u64, StoreError>;
+    /// How many batches wait to start (including those between attempts),
+    /// per queue that has any.
+    async fn waiting_batches(&self) -> Result<Vec<(QueueName, u64)>, StoreError>;
+
+    /// Makes sure the store has a row for each of these queues; called at
+    /// start, before anything else uses them. Queues it has that are not
+    /// named keep their rows (and their work, which waits until the queue is
+    /// configured again).
+    async fn register_queues(&self, names: &[QueueName]) -> Result<(), StoreError>;
+
+    /// A queue's row and batch counts; `None` if the store has no such queue.
+    async fn queue_state(&self, name: &QueueName) -> Result<Option<QueueState>, StoreError>;
+
+    /// Applies an operator's change to a queue, durably, and wakes every
+    /// node's dispatcher so it takes effect from the next slot. `false` if
+    /// the store has no such queue.
+    async fn change_queue(&self, name: &QueueName, change: QueueChange)
+    -> Result<bool, StoreError>;
 
     /// Whether the store answers and its schema is current.
     async fn check_ready(&self) -> Result<(), StoreError>;

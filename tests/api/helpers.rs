@@ -22,8 +22,8 @@ pub struct TestApp {
     pub database: String,
     shutdown: CancellationToken,
     /// Kept so the server task lives as long as the app.
-    _server: JoinHandle<anyhow::Result<()>>,
-    _dir: TempDir,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    dir: Option<TempDir>,
 }
 
 /// Which store the suite runs against: `SLUICE_TEST_STORE=postgres` for
@@ -102,12 +102,22 @@ pub async fn spawn_app_with_parts(
         store,
         database,
         shutdown,
-        _server: server,
-        _dir: dir,
+        server: Some(server),
+        dir: Some(dir),
     }
 }
 
 impl TestApp {
+    /// Shuts the app down and waits until it has stopped, so another may
+    /// open its database; the folder it returns holds a SQLite database.
+    pub async fn stop(mut self) -> TempDir {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        self.dir.take().expect("the folder is kept until now")
+    }
+
     /// The SQLite file behind this app, if it uses SQLite.
     pub fn database_path(&self) -> Option<std::path::PathBuf> {
         self.database
@@ -178,6 +188,13 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// A queues file (`--queues-file`) with this text, in `dir`.
+pub fn queues_file(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("queues.toml");
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 /// Submits a request to the server at `address`; returns its ingestion id.

@@ -16,6 +16,7 @@ mod openapi;
 mod operations;
 mod ordering;
 mod protection;
+mod queues;
 mod rate;
 mod retention;
 mod sqlite_only;

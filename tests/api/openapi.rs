@@ -15,6 +15,23 @@ const SNAPSHOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json")
 /// Every operation of the router (but `/`, `/openapi.json` and `/docs`), with
 /// every status it can answer.
 const OPERATIONS: &[(&str, &str, &[u16])] = &[
+    ("get", "/queues", &[200, 401, 408, 500, 503]),
+    ("get", "/queues/{name}", &[200, 401, 404, 408, 500, 503]),
+    (
+        "patch",
+        "/queues/{name}",
+        &[200, 400, 401, 403, 404, 408, 415, 422, 500, 503],
+    ),
+    (
+        "post",
+        "/queues/{name}/pause",
+        &[200, 401, 403, 404, 408, 500, 503],
+    ),
+    (
+        "post",
+        "/queues/{name}/resume",
+        &[200, 401, 403, 404, 408, 500, 503],
+    ),
     (
         "post",
         "/ingest",

@@ -103,7 +103,10 @@ async fn metrics_change_as_work_flows() {
 
     assert_eq!(sample(&after, "sluice_ingestions_total"), 1.0);
     assert_eq!(sample(&after, "sluice_ids_accepted_total"), 5.0);
-    assert_eq!(sample(&after, "sluice_batches_started_total"), 2.0);
+    assert_eq!(
+        sample(&after, r#"sluice_batches_started_total{queue="default"}"#),
+        2.0
+    );
     assert_eq!(
         sample(
             &after,
@@ -123,14 +126,14 @@ async fn metrics_change_as_work_flows() {
     assert_eq!(
         sample(
             &after,
-            r#"sluice_queue_batches{priority="HIGH",status="completed"}"#
+            r#"sluice_queue_batches{queue="default",priority="HIGH",status="completed"}"#
         ),
         2.0
     );
     assert_eq!(
         sample(
             &after,
-            r#"sluice_queue_batches{priority="HIGH",status="yet_to_start"}"#
+            r#"sluice_queue_batches{queue="default",priority="HIGH",status="yet_to_start"}"#
         ),
         0.0
     );

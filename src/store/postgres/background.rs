@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::signals::Signals;
 
-use super::{LeaseSettings, Processing, WAKE_CHANNEL, micros, requeue_expired};
+use super::{LeaseSettings, Processing, QUEUES_CHANNEL, WAKE_CHANNEL, micros, requeue_expired};
 
 /// Listens for other nodes' notifications, and polls slowly in case one was
 /// missed. Returns only at shutdown.
@@ -30,10 +30,12 @@ pub async fn listen(
             _ = shutdown.cancelled() => return,
             _ = poll.tick() => {
                 signals.work_available();
+                signals.queues_changed();
                 signals.events_stored();
             }
             notification = recv(&mut listener) => match notification {
-                Ok(()) => {
+                Ok(channel) if channel == QUEUES_CHANNEL => signals.queues_changed(),
+                Ok(_) => {
                     signals.work_available();
                     signals.events_stored();
                 }
@@ -43,6 +45,7 @@ pub async fn listen(
                     listener = connect_listener(&pool, &shutdown).await;
                     // Whatever was notified meanwhile is lost: look now.
                     signals.work_available();
+                    signals.queues_changed();
                 }
             },
         }
@@ -76,9 +79,10 @@ pub async fn keep_leases(
     }
 }
 
-async fn recv(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
+/// The channel of the next notification.
+async fn recv(listener: &mut Option<PgListener>) -> Result<String, sqlx::Error> {
     match listener {
-        Some(l) => l.recv().await.map(drop),
+        Some(l) => l.recv().await.map(|n| n.channel().to_owned()),
         None => std::future::pending().await,
     }
 }
@@ -87,7 +91,7 @@ async fn connect_listener(pool: &PgPool, shutdown: &CancellationToken) -> Option
     loop {
         let attempt = async {
             let mut listener = PgListener::connect_with(pool).await?;
-            listener.listen(WAKE_CHANNEL).await?;
+            listener.listen_all([WAKE_CHANNEL, QUEUES_CHANNEL]).await?;
             Ok::<_, sqlx::Error>(listener)
         };
         match attempt.await {

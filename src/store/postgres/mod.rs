@@ -16,6 +16,7 @@ mod background;
 mod prune;
 
 use std::collections::HashSet;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,14 +32,19 @@ use super::codec::{
 use super::{
     AttemptEnd, BackgroundPart, BatchKey, BatchOutcomes, BatchRecord, CallbackDelivery,
     CallbackRecord, CallbackState, ClaimOutcome, ClaimRequest, ClaimedBatch, Created, DueCallback,
-    Event, IngestionRecord, IngestionSummary, NewIngestion, Prune, QueueStats, Store, StoreError,
+    Event, IngestionRecord, IngestionSummary, NewIngestion, Prune, QueueChange, QueueRuntime,
+    QueueState, QueueStats, Store, StoreError,
 };
-use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, Priority, Timestamp};
+use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, Interval, Priority, Timestamp};
+use crate::queue::QueueName;
 use crate::signals::Signals;
 
 /// The channel on which nodes tell each other that a claim may now succeed
 /// (the migrations' functions name it too).
 const WAKE_CHANNEL: &str = "sluice_work";
+/// The channel on which an operator's change to a queue (pause, resume, new
+/// settings) reaches every node's dispatcher; the payload names the queue.
+const QUEUES_CHANNEL: &str = "sluice_queues";
 /// How many batches one INSERT carries when a large request is stored.
 const INSERT_CHUNK: usize = 10_000;
 
@@ -152,9 +158,11 @@ impl Store for PostgresStore {
         }
 
         let batches: Vec<Vec<u8>> = new.batches().map(encode_ids).collect();
-        let seq: i64 = sqlx::query(
-            "INSERT INTO ingestions (id, priority, created_at, open_batches, callback_url, callback_state)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
+        let (seq, queue): (i64, i32) = sqlx::query(
+            "INSERT INTO ingestions (id, priority, created_at, open_batches, callback_url,
+                                     callback_state, queue)
+             SELECT $1, $2, $3, $4, $5, $6, q.id FROM queues q WHERE q.name = $7
+             RETURNING seq, queue",
         )
         .bind(uuid(new.id))
         .bind(new.priority.rank() as i16)
@@ -162,21 +170,25 @@ impl Store for PostgresStore {
         .bind(batches.len() as i32)
         .bind(&new.callback_url)
         .bind(new.callback_url.as_ref().map(|_| 0i16))
-        .fetch_one(&mut *tx)
+        .bind(new.queue.as_str())
+        .fetch_optional(&mut *tx)
         .await
         .map_err(unavailable)?
-        .get(0);
+        .map(|row| (row.get(0), row.get(1)))
+        .ok_or_else(|| StoreError::Corrupt(format!("the store has no queue {}", new.queue)))?;
 
         for (chunk_index, chunk) in batches.chunks(INSERT_CHUNK).enumerate() {
             let first = (chunk_index * INSERT_CHUNK) as i32;
             sqlx::query(
-                "INSERT INTO batches (ingestion_seq, position, priority, ids)
-                 SELECT $1, $2 + ord - 1, $3, ids FROM unnest($4::bytea[]) WITH ORDINALITY AS t (ids, ord)",
+                "INSERT INTO batches (ingestion_seq, position, priority, ids, queue)
+                 SELECT $1, $2 + ord - 1, $3, ids, $5
+                 FROM unnest($4::bytea[]) WITH ORDINALITY AS t (ids, ord)",
             )
             .bind(seq)
             .bind(first)
             .bind(new.priority.rank() as i16)
             .bind(chunk)
+            .bind(queue)
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
@@ -211,9 +223,9 @@ impl Store for PostgresStore {
             .await
             .map_err(unavailable)?;
         let Some(head) = sqlx::query(
-            "SELECT seq, priority, created_at, finished_at, callback_url, callback_state,
-                    callback_attempts, callback_error
-             FROM ingestions WHERE id = $1",
+            "SELECT i.seq, i.priority, i.created_at, i.finished_at, i.callback_url,
+                    i.callback_state, i.callback_attempts, i.callback_error, q.name
+             FROM ingestions i JOIN queues q ON q.id = i.queue WHERE i.id = $1",
         )
         .bind(uuid(id))
         .fetch_optional(&mut *tx)
@@ -264,6 +276,7 @@ impl Store for PostgresStore {
             .transpose()?;
         Ok(Some(IngestionRecord {
             id,
+            queue: queue_name(head.get(8))?,
             priority: priority(head.get(1))?,
             created_at: Timestamp::from_micros(head.get(2)),
             finished_at: time(head.get(3)),
@@ -273,12 +286,13 @@ impl Store for PostgresStore {
     }
 
     async fn claim_batches(&self, request: ClaimRequest) -> Result<ClaimOutcome, StoreError> {
-        let rows = sqlx::query("SELECT * FROM sluice_claim($1, $2, $3, $4, $5, $6, $7, $8)")
+        let rows = sqlx::query("SELECT * FROM sluice_claim($1, $2, $3, $4, $5, $6, $7, $8, $9)")
             .bind(self.node)
+            .bind(request.queue.as_str())
             .bind(request.ready_since.map(Timestamp::as_micros))
             .bind(request.now.as_micros())
             .bind(request.interval.as_micros())
-            .bind(request.interval.late_tolerance_micros())
+            .bind(request.slow_down.as_micros())
             .bind(i32::try_from(request.max_in_flight.get()).unwrap_or(i32::MAX))
             .bind(micros(self.leases.lease))
             .bind(i32::try_from(request.batches.get()).unwrap_or(i32::MAX))
@@ -294,6 +308,7 @@ impl Store for PostgresStore {
             }
             "busy" => ClaimOutcome::Busy,
             "idle" => ClaimOutcome::Idle,
+            "paused" => ClaimOutcome::Paused,
             "started" => {
                 let batches: Vec<ClaimedBatch> =
                     rows.iter()
@@ -413,8 +428,19 @@ impl Store for PostgresStore {
         requeue_expired(&self.pool).await
     }
 
-    async fn release_unfinished(&self, _at: Timestamp) -> Result<u64, StoreError> {
-        requeue(&self.pool, Some(self.node)).await
+    async fn release_unfinished(
+        &self,
+        queue: &QueueName,
+        _at: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let n: i32 = sqlx::query("SELECT sluice_release($1, $2)")
+            .bind(self.node)
+            .bind(queue.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        Ok(n as u64)
     }
 
     async fn events_after(
@@ -468,8 +494,9 @@ impl Store for PostgresStore {
 
     async fn recent_ingestions(&self, limit: usize) -> Result<Vec<IngestionSummary>, StoreError> {
         let heads = sqlx::query(
-            "SELECT seq, id, priority, created_at, finished_at FROM ingestions
-             ORDER BY seq DESC LIMIT $1",
+            "SELECT i.seq, i.id, i.priority, i.created_at, i.finished_at, q.name
+             FROM ingestions i JOIN queues q ON q.id = i.queue
+             ORDER BY i.seq DESC LIMIT $1",
         )
         .bind(limit as i64)
         .fetch_all(&self.pool)
@@ -487,6 +514,7 @@ impl Store for PostgresStore {
             .map_err(unavailable)?;
             summaries.push(IngestionSummary {
                 id: IngestionId::from_bytes(head.get::<Uuid, _>(1).into_bytes()),
+                queue: queue_name(head.get(5))?,
                 priority: priority(head.get(2))?,
                 created_at: Timestamp::from_micros(head.get(3)),
                 finished_at: time(head.get(4)),
@@ -500,13 +528,113 @@ impl Store for PostgresStore {
         Ok(summaries)
     }
 
-    async fn waiting_batches(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query("SELECT count(*) FROM batches WHERE status IN (0, 3)")
-            .fetch_one(&self.pool)
+    async fn waiting_batches(&self) -> Result<Vec<(QueueName, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT q.name, count(*) FROM batches b JOIN queues q ON q.id = b.queue
+             WHERE b.status IN (0, 3) GROUP BY q.name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| Ok((queue_name(row.get(0))?, row.get::<i64, _>(1) as u64)))
+            .collect()
+    }
+
+    async fn register_queues(&self, names: &[QueueName]) -> Result<(), StoreError> {
+        let names: Vec<&str> = names.iter().map(QueueName::as_str).collect();
+        // Several nodes may start at once: one at a time here, so ids stay unique.
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        sqlx::query("LOCK TABLE queues IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
             .await
-            .map_err(unavailable)?
-            .get(0);
-        Ok(n as u64)
+            .map_err(unavailable)?;
+        sqlx::query(
+            "INSERT INTO queues (id, name)
+             SELECT (SELECT coalesce(max(id), 0) FROM queues) + ord, name
+             FROM unnest($1::text[]) WITH ORDINALITY AS t (name, ord)
+             WHERE NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = t.name)",
+        )
+        .bind(&names)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn queue_state(&self, name: &QueueName) -> Result<Option<QueueState>, StoreError> {
+        let Some(row) = sqlx::query(
+            "SELECT id, paused, interval_us, max_in_flight, last_slot FROM queues WHERE name = $1",
+        )
+        .bind(name.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let runtime = QueueRuntime {
+            paused: row.get(1),
+            interval: row
+                .get::<Option<i64>, _>(2)
+                .map(|us| Interval::from_duration(Duration::from_micros(us.max(0) as u64))),
+            max_in_flight: row
+                .get::<Option<i32>, _>(3)
+                .and_then(|n| NonZeroUsize::new(n.max(0) as usize)),
+            last_slot: time(row.get(4)),
+        };
+        let counts = sqlx::query(
+            "SELECT priority, status, count(*) FROM batches WHERE queue = $1
+             GROUP BY priority, status",
+        )
+        .bind(row.get::<i32, _>(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(Some(QueueState {
+            runtime,
+            batches: batch_counts(&counts)?,
+        }))
+    }
+
+    async fn change_queue(
+        &self,
+        name: &QueueName,
+        change: QueueChange,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // The queue's row is the first lock, as in a claim.
+        let changed = sqlx::query(
+            "UPDATE queues SET
+                 paused = coalesce($2, paused),
+                 interval_us = CASE WHEN $3 THEN $4 ELSE interval_us END,
+                 max_in_flight = CASE WHEN $5 THEN $6 ELSE max_in_flight END
+             WHERE name = $1",
+        )
+        .bind(name.as_str())
+        .bind(change.paused)
+        .bind(change.interval.is_some())
+        .bind(change.interval.flatten().map(Interval::as_micros))
+        .bind(change.max_in_flight.is_some())
+        .bind(
+            change
+                .max_in_flight
+                .flatten()
+                .map(|n| i32::try_from(n.get()).unwrap_or(i32::MAX)),
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected()
+            > 0;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(QUEUES_CHANNEL)
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(changed)
     }
 
     async fn check_ready(&self) -> Result<(), StoreError> {
@@ -602,17 +730,8 @@ impl Store for PostgresStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(unavailable)?;
-        let batches = rows
-            .iter()
-            .map(|row| {
-                Ok((
-                    priority(row.get(0))?,
-                    status(row.get(1))?,
-                    row.get::<i64, _>(2) as u64,
-                ))
-            })
-            .collect::<Result<_, StoreError>>()?;
-        let last_slot: Option<i64> = sqlx::query("SELECT last_slot FROM rate_limiter WHERE id = 1")
+        let batches = batch_counts(&rows)?;
+        let last_slot: Option<i64> = sqlx::query("SELECT last_slot FROM queues WHERE id = 0")
             .fetch_one(&self.pool)
             .await
             .map_err(unavailable)?
@@ -820,4 +939,24 @@ fn priority(rank: i16) -> Result<Priority, StoreError> {
 fn status(code: i16) -> Result<BatchStatus, StoreError> {
     BatchStatus::from_code(code.into())
         .ok_or_else(|| StoreError::Corrupt(format!("batch status {code}")))
+}
+
+/// `(priority, status, count)` rows.
+fn batch_counts(
+    rows: &[sqlx::postgres::PgRow],
+) -> Result<Vec<(Priority, BatchStatus, u64)>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            Ok((
+                priority(row.get(0))?,
+                status(row.get(1))?,
+                row.get::<i64, _>(2) as u64,
+            ))
+        })
+        .collect()
+}
+
+fn queue_name(name: &str) -> Result<QueueName, StoreError> {
+    name.parse()
+        .map_err(|_| StoreError::Corrupt(format!("a queue named {name:?}")))
 }

@@ -30,10 +30,11 @@ use tokio::sync::{mpsc, oneshot};
 use self::writer::Job;
 use super::{
     AttemptEnd, BatchKey, BatchOutcomes, CallbackDelivery, ClaimOutcome, ClaimRequest, Created,
-    DueCallback, Event, IngestionRecord, IngestionSummary, NewIngestion, Prune, QueueStats, Store,
-    StoreError,
+    DueCallback, Event, IngestionRecord, IngestionSummary, NewIngestion, Prune, QueueChange,
+    QueueState, QueueStats, Store, StoreError,
 };
 use crate::domain::{IdOutcome, IngestionId, Timestamp};
+use crate::queue::QueueName;
 
 /// How many writes may wait for the writer before callers are held back.
 const WRITE_QUEUE: usize = 8192;
@@ -186,8 +187,14 @@ impl Store for SqliteStore {
         self.write(writes::requeue_triggered).await
     }
 
-    async fn release_unfinished(&self, _at: Timestamp) -> Result<u64, StoreError> {
-        self.write(writes::requeue_triggered).await
+    async fn release_unfinished(
+        &self,
+        queue: &QueueName,
+        _at: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let queue = queue.clone();
+        self.write(move |conn| writes::requeue_queue(conn, &queue))
+            .await
     }
 
     async fn events_after(
@@ -213,16 +220,29 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn waiting_batches(&self) -> Result<u64, StoreError> {
-        self.read(|conn| {
-            let n: i64 = conn
-                .prepare_cached(
-                    "SELECT coalesce(sum(n), 0) FROM batch_counts WHERE status IN (0, 3)",
-                )?
-                .query_row([], |row| row.get(0))?;
-            Ok(n as u64)
-        })
-        .await
+    async fn waiting_batches(&self) -> Result<Vec<(QueueName, u64)>, StoreError> {
+        self.read(reads::waiting_batches).await
+    }
+
+    async fn register_queues(&self, names: &[QueueName]) -> Result<(), StoreError> {
+        let names = names.to_vec();
+        self.write(move |conn| writes::register_queues(conn, &names))
+            .await
+    }
+
+    async fn queue_state(&self, name: &QueueName) -> Result<Option<QueueState>, StoreError> {
+        let name = name.clone();
+        self.read(move |conn| reads::queue_state(conn, &name)).await
+    }
+
+    async fn change_queue(
+        &self,
+        name: &QueueName,
+        change: QueueChange,
+    ) -> Result<bool, StoreError> {
+        let name = name.clone();
+        self.write(move |conn| writes::change_queue(conn, &name, &change))
+            .await
     }
 
     async fn check_ready(&self) -> Result<(), StoreError> {

@@ -2,11 +2,14 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, Priority, Timestamp};
+use std::num::NonZeroUsize;
+
+use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, Interval, Priority, Timestamp};
+use crate::queue::QueueName;
 use crate::store::codec::{decode_ids, decode_outcomes, event};
 use crate::store::{
     BatchOutcomes, BatchRecord, CallbackRecord, CallbackState, Event, IngestionRecord,
-    IngestionSummary, QueueStats, StoreError,
+    IngestionSummary, QueueRuntime, QueueState, QueueStats, StoreError,
 };
 
 /// The answer of a read bounded by size: a big answer is read elsewhere.
@@ -84,9 +87,9 @@ fn ingestion_head(
 ) -> Result<Option<(i64, IngestionRecord)>, StoreError> {
     let head = conn
         .prepare_cached(
-            "SELECT seq, priority, created_at, finished_at, callback_url, callback_state,
-                    callback_attempts, callback_error
-             FROM ingestions WHERE id = ?1",
+            "SELECT i.seq, i.priority, i.created_at, i.finished_at, i.callback_url,
+                    i.callback_state, i.callback_attempts, i.callback_error, q.name
+             FROM ingestions i JOIN queues q ON q.id = i.queue WHERE i.id = ?1",
         )?
         .query_row([id.as_bytes()], |row| {
             Ok((
@@ -98,14 +101,17 @@ fn ingestion_head(
                 row.get::<_, Option<i64>>(5)?,
                 row.get::<_, u32>(6)?,
                 row.get::<_, Option<String>>(7)?,
+                row.get::<_, String>(8)?,
             ))
         })
         .optional()?;
-    let Some((seq, priority, created_at, finished_at, url, state, attempts, error)) = head else {
+    let Some((seq, priority, created_at, finished_at, url, state, attempts, error, queue)) = head
+    else {
         return Ok(None);
     };
     let record = IngestionRecord {
         id,
+        queue: queue_name(&queue)?,
         priority: priority_of(priority)?,
         created_at: Timestamp::from_micros(created_at),
         finished_at: time(finished_at),
@@ -232,8 +238,9 @@ pub fn recent_ingestions(
     limit: usize,
 ) -> Result<Vec<IngestionSummary>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, id, priority, created_at, finished_at FROM ingestions
-         ORDER BY seq DESC LIMIT ?1",
+        "SELECT i.seq, i.id, i.priority, i.created_at, i.finished_at, q.name
+         FROM ingestions i JOIN queues q ON q.id = i.queue
+         ORDER BY i.seq DESC LIMIT ?1",
     )?;
     // Each request's counts come from a second query: collect the heads first.
     struct Head {
@@ -242,6 +249,7 @@ pub fn recent_ingestions(
         priority: i64,
         created_at: i64,
         finished_at: Option<i64>,
+        queue: String,
     }
     let heads: Vec<Head> = stmt
         .query_map([limit as i64], |row| {
@@ -251,6 +259,7 @@ pub fn recent_ingestions(
                 priority: row.get(2)?,
                 created_at: row.get(3)?,
                 finished_at: row.get(4)?,
+                queue: row.get(5)?,
             })
         })?
         .collect::<Result<_, _>>()?;
@@ -263,6 +272,7 @@ pub fn recent_ingestions(
         .map(|head| {
             let mut summary = IngestionSummary {
                 id: IngestionId::from_bytes(head.id),
+                queue: queue_name(&head.queue)?,
                 priority: priority_of(head.priority)?,
                 created_at: Timestamp::from_micros(head.created_at),
                 finished_at: time(head.finished_at),
@@ -301,22 +311,17 @@ pub fn stats(conn: &Connection) -> Result<QueueStats, StoreError> {
         .prepare_cached("SELECT created_at FROM ingestions ORDER BY seq LIMIT 1")?
         .query_row([], |row| row.get(0))
         .optional()?;
-    let mut stmt =
-        conn.prepare_cached("SELECT priority, status, n FROM batch_counts WHERE n > 0")?;
-    let mut rows = stmt.query([])?;
-    let mut batches = Vec::new();
-    while let Some(row) = rows.next()? {
-        let count: i64 = row.get(2)?;
-        batches.push((
-            priority_of(row.get(0)?)?,
-            status(row.get(1)?)?,
-            count as u64,
-        ));
-    }
+    let batches = batch_counts(
+        conn,
+        "SELECT priority, status, sum(n) FROM batch_counts
+         GROUP BY priority, status HAVING sum(n) > 0",
+        [],
+    )?;
     let last_slot: Option<i64> = conn
-        .prepare_cached("SELECT last_slot FROM rate_limiter WHERE id = 1")?
+        .prepare_cached("SELECT last_slot FROM queues WHERE id = 0")?
         .query_row([], |row| row.get(0))
-        .optional()?;
+        .optional()?
+        .flatten();
     let mut stmt = conn.prepare_cached(
         "SELECT i.id, b.position, b.started_at FROM batches b
          JOIN ingestions i ON i.seq = b.ingestion_seq
@@ -341,6 +346,92 @@ pub fn stats(conn: &Connection) -> Result<QueueStats, StoreError> {
         oldest_ingestion_at: time(oldest_ingestion_at),
         last_prune_at: time(last_prune_at),
     })
+}
+
+/// `(priority, status, n)` rows as kept counts.
+fn batch_counts(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<(Priority, BatchStatus, u64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut batches = Vec::new();
+    while let Some(row) = rows.next()? {
+        let count: i64 = row.get(2)?;
+        batches.push((
+            priority_of(row.get(0)?)?,
+            status(row.get(1)?)?,
+            count as u64,
+        ));
+    }
+    Ok(batches)
+}
+
+/// A queue's row id and stored state; `None` if there is no such queue.
+pub fn queue_runtime(
+    conn: &Connection,
+    name: &QueueName,
+) -> Result<Option<(i64, QueueRuntime)>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT id, paused, interval_us, max_in_flight, last_slot FROM queues WHERE name = ?1",
+        )?
+        .query_row([name.as_str()], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, bool>(1)?,
+                row.get::<_, Option<i64>>(2)?,
+                row.get::<_, Option<i64>>(3)?,
+                row.get::<_, Option<i64>>(4)?,
+            ))
+        })
+        .optional()?;
+    let Some((id, paused, interval, max_in_flight, last_slot)) = row else {
+        return Ok(None);
+    };
+    Ok(Some((
+        id,
+        QueueRuntime {
+            paused,
+            interval: interval.map(|us| {
+                Interval::from_duration(std::time::Duration::from_micros(us.max(0) as u64))
+            }),
+            max_in_flight: max_in_flight.and_then(|n| NonZeroUsize::new(n.max(0) as usize)),
+            last_slot: time(last_slot),
+        },
+    )))
+}
+
+pub fn queue_state(conn: &Connection, name: &QueueName) -> Result<Option<QueueState>, StoreError> {
+    let Some((id, runtime)) = queue_runtime(conn, name)? else {
+        return Ok(None);
+    };
+    let batches = batch_counts(
+        conn,
+        "SELECT priority, status, n FROM batch_counts WHERE queue = ?1 AND n > 0",
+        [id],
+    )?;
+    Ok(Some(QueueState { runtime, batches }))
+}
+
+pub fn waiting_batches(conn: &Connection) -> Result<Vec<(QueueName, u64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT q.name, sum(c.n) FROM batch_counts c JOIN queues q ON q.id = c.queue
+         WHERE c.status IN (0, 3) GROUP BY q.name HAVING sum(c.n) > 0",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut waiting = Vec::new();
+    while let Some(row) = rows.next()? {
+        let (name, n): (String, i64) = (row.get(0)?, row.get(1)?);
+        waiting.push((queue_name(&name)?, n as u64));
+    }
+    Ok(waiting)
+}
+
+fn queue_name(name: &str) -> Result<QueueName, StoreError> {
+    name.parse()
+        .map_err(|_| StoreError::Corrupt(format!("a queue named {name:?}")))
 }
 
 pub fn oldest_event(conn: &Connection) -> Result<Option<u64>, StoreError> {

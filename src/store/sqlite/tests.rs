@@ -4,6 +4,7 @@ use std::num::NonZeroUsize;
 
 use super::SqliteStore;
 use crate::domain::{BatchSize, BatchStatus, IngestionId, Interval, ItemId, Priority, Timestamp};
+use crate::queue::QueueName;
 use crate::store::{AttemptEnd, ClaimOutcome, ClaimRequest, ClaimedBatch, NewIngestion, Store};
 
 const SECOND: i64 = 1_000_000;
@@ -15,6 +16,7 @@ fn at(seconds: i64) -> Timestamp {
 fn request(priority: Priority, ids: &[u64], created: i64) -> NewIngestion {
     NewIngestion {
         id: IngestionId::generate(),
+        queue: QueueName::default_queue(),
         priority,
         ids: ids.iter().map(|&i| ItemId::new(i).unwrap()).collect(),
         batch_size: BatchSize::new(2).unwrap(),
@@ -26,6 +28,8 @@ fn request(priority: Priority, ids: &[u64], created: i64) -> NewIngestion {
 
 fn claim(now: i64, interval_secs: u64, max_in_flight: usize) -> ClaimRequest {
     ClaimRequest {
+        queue: QueueName::default_queue(),
+        slow_down: Interval::default(),
         ready_since: Some(at(now)),
         now: at(now),
         interval: Interval::from_duration(std::time::Duration::from_secs(interval_secs)),
@@ -140,7 +144,8 @@ async fn one_claim_starts_many_only_when_no_interval_separates_them() {
     // the 5 processing slots are free), in order, each on the same slot.
     let mut unthrottled = claim(10, 0, 5);
     unthrottled.batches = NonZeroUsize::new(10).unwrap();
-    let ClaimOutcome::Started(batches) = store.claim_batches(unthrottled).await.unwrap() else {
+    let ClaimOutcome::Started(batches) = store.claim_batches(unthrottled.clone()).await.unwrap()
+    else {
         panic!("four slots are free");
     };
     let positions: Vec<u32> = batches.iter().map(|b| b.id.position).collect();

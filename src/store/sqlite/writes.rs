@@ -5,11 +5,14 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::reads::priority_of;
-use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, IngestionStatus, Timestamp};
+use crate::domain::{
+    BatchId, BatchStatus, IdOutcome, IngestionId, IngestionStatus, Interval, Timestamp,
+};
+use crate::queue::QueueName;
 use crate::store::codec::{decode_ids, earlier_outcomes, encode_ids, encode_outcomes};
 use crate::store::{
     AttemptEnd, BatchKey, CallbackDelivery, ClaimOutcome, ClaimRequest, ClaimedBatch, Created,
-    DueCallback, NewIngestion, StoreError,
+    DueCallback, NewIngestion, QueueChange, StoreError,
 };
 
 const YET_TO_START: i64 = 0;
@@ -53,9 +56,10 @@ pub fn create_ingestion(conn: &Connection, new: &NewIngestion) -> Result<Created
     }
 
     let batches = new.batches();
+    let queue = queue_id(conn, &new.queue)?;
     conn.prepare_cached(
-        "INSERT INTO ingestions (id, priority, created_at, open_batches, callback_url, callback_state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO ingestions (id, priority, created_at, open_batches, callback_url, callback_state, queue)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         new.id.as_bytes(),
@@ -64,6 +68,7 @@ pub fn create_ingestion(conn: &Connection, new: &NewIngestion) -> Result<Created
         batches.len() as i64,
         new.callback_url,
         new.callback_url.as_ref().map(|_| CALLBACK_PENDING),
+        queue,
     ])?;
     let seq = conn.last_insert_rowid();
     record_event(
@@ -74,20 +79,84 @@ pub fn create_ingestion(conn: &Connection, new: &NewIngestion) -> Result<Created
         new.created_at,
     )?;
     // Counted here, once per request; later changes by a trigger (0002).
-    conn.prepare_cached("UPDATE batch_counts SET n = n + ?1 WHERE priority = ?2 AND status = 0")?
-        .execute(params![batches.len() as i64, new.priority.rank()])?;
+    conn.prepare_cached(
+        "UPDATE batch_counts SET n = n + ?1 WHERE queue = ?2 AND priority = ?3 AND status = 0",
+    )?
+    .execute(params![batches.len() as i64, queue, new.priority.rank()])?;
     let mut insert = conn.prepare_cached(
-        "INSERT INTO batches (ingestion_seq, position, priority, ids) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO batches (ingestion_seq, position, priority, ids, queue)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
     for (position, ids) in batches.enumerate() {
         insert.execute(params![
             seq,
             position as i64,
             new.priority.rank(),
-            encode_ids(ids)
+            encode_ids(ids),
+            queue
         ])?;
     }
     Ok(Created::New(new.id))
+}
+
+/// The row id of a queue the store knows.
+fn queue_id(conn: &Connection, name: &QueueName) -> Result<i64, StoreError> {
+    conn.prepare_cached("SELECT id FROM queues WHERE name = ?1")?
+        .query_row([name.as_str()], |row| row.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::Corrupt(format!("the store has no queue {name}")))
+}
+
+/// Adds a row, and a zero count per priority and status, for each queue
+/// the store does not have yet.
+pub fn register_queues(conn: &Connection, names: &[QueueName]) -> Result<(), StoreError> {
+    for name in names {
+        let added = conn
+            .prepare_cached(
+                "INSERT INTO queues (id, name)
+                 SELECT (SELECT coalesce(max(id), 0) + 1 FROM queues), ?1
+                 WHERE NOT EXISTS (SELECT 1 FROM queues WHERE name = ?1)",
+            )?
+            .execute([name.as_str()])?;
+        if added > 0 {
+            conn.prepare_cached(
+                "INSERT INTO batch_counts (queue, priority, status, n)
+                 SELECT q.id, p.value, s.value, 0
+                 FROM queues q, json_each('[0, 1, 2]') AS p, json_each('[0, 1, 2, 3, 4, 5]') AS s
+                 WHERE q.name = ?1",
+            )?
+            .execute([name.as_str()])?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies an operator's change; `false` if there is no such queue.
+pub fn change_queue(
+    conn: &Connection,
+    name: &QueueName,
+    change: &QueueChange,
+) -> Result<bool, StoreError> {
+    let Some(id) = conn
+        .prepare_cached("SELECT id FROM queues WHERE name = ?1")?
+        .query_row([name.as_str()], |row| row.get::<_, i64>(0))
+        .optional()?
+    else {
+        return Ok(false);
+    };
+    if let Some(paused) = change.paused {
+        conn.prepare_cached("UPDATE queues SET paused = ?2 WHERE id = ?1")?
+            .execute(params![id, paused])?;
+    }
+    if let Some(interval) = change.interval {
+        conn.prepare_cached("UPDATE queues SET interval_us = ?2 WHERE id = ?1")?
+            .execute(params![id, interval.map(Interval::as_micros)])?;
+    }
+    if let Some(max_in_flight) = change.max_in_flight {
+        conn.prepare_cached("UPDATE queues SET max_in_flight = ?2 WHERE id = ?1")?
+            .execute(params![id, max_in_flight.map(|n| n.get() as i64)])?;
+    }
+    Ok(true)
 }
 
 /// Claims up to `request.batches` batches, one after the other in the same
@@ -111,18 +180,20 @@ enum Claim {
 }
 
 fn claim_one(conn: &Connection, request: &ClaimRequest) -> Result<Claim, StoreError> {
-    let last_slot: Option<Timestamp> = conn
-        .prepare_cached("SELECT last_slot FROM rate_limiter WHERE id = 1")?
-        .query_row([], |row| row.get(0))
-        .optional()?
-        .map(Timestamp::from_micros);
+    let (queue, runtime) = super::reads::queue_runtime(conn, &request.queue)?
+        .ok_or_else(|| StoreError::Corrupt(format!("the store has no queue {}", request.queue)))?;
+    if runtime.paused {
+        return Ok(Claim::Not(ClaimOutcome::Paused));
+    }
+    let request = &request.in_force(&runtime);
+    let last_slot = runtime.last_slot;
     if let Some(next) = request.next_allowed(last_slot) {
         return Ok(Claim::Not(ClaimOutcome::NotBefore(next)));
     }
 
     let running: i64 = conn
-        .prepare_cached("SELECT count(*) FROM batches WHERE status = 1")?
-        .query_row([], |row| row.get(0))?;
+        .prepare_cached("SELECT count(*) FROM batches WHERE queue = ?1 AND status = 1")?
+        .query_row([queue], |row| row.get(0))?;
     if running >= request.max_in_flight.get() as i64 {
         return Ok(Claim::Not(ClaimOutcome::Busy));
     }
@@ -132,11 +203,11 @@ fn claim_one(conn: &Connection, request: &ClaimRequest) -> Result<Claim, StoreEr
             "SELECT b.ingestion_seq, b.position, b.priority, b.ids, b.attempts, b.results, i.id,
                     b.status, i.started
              FROM batches b JOIN ingestions i ON i.seq = b.ingestion_seq
-             WHERE b.status IN (0, 3) AND (b.retry_at IS NULL OR b.retry_at <= ?1)
+             WHERE b.queue = ?2 AND b.status IN (0, 3) AND (b.retry_at IS NULL OR b.retry_at <= ?1)
              ORDER BY b.lane, b.priority, b.ingestion_seq, b.position
              LIMIT 1",
         )?
-        .query_row([request.now.as_micros()], |row| {
+        .query_row(params![request.now.as_micros(), queue], |row| {
             Ok((
                 row.get::<_, i64>(0)?,
                 row.get::<_, u32>(1)?,
@@ -163,8 +234,8 @@ fn claim_one(conn: &Connection, request: &ClaimRequest) -> Result<Claim, StoreEr
     )) = next
     else {
         let next_retry: Option<i64> = conn
-            .prepare_cached("SELECT min(retry_at) FROM batches WHERE status = 3")?
-            .query_row([], |row| row.get(0))?;
+            .prepare_cached("SELECT min(retry_at) FROM batches WHERE queue = ?1 AND status = 3")?
+            .query_row([queue], |row| row.get(0))?;
         return Ok(Claim::Not(match next_retry {
             Some(at) => ClaimOutcome::NotBefore(Timestamp::from_micros(at)),
             None => ClaimOutcome::Idle,
@@ -184,11 +255,8 @@ fn claim_one(conn: &Connection, request: &ClaimRequest) -> Result<Claim, StoreEr
         ingestion_seq,
         position
     ])?;
-    conn.prepare_cached(
-        "INSERT INTO rate_limiter (id, last_slot) VALUES (1, ?1)
-         ON CONFLICT (id) DO UPDATE SET last_slot = excluded.last_slot",
-    )?
-    .execute([slot.as_micros()])?;
+    conn.prepare_cached("UPDATE queues SET last_slot = ?2 WHERE id = ?1")?
+        .execute(params![queue, slot.as_micros()])?;
     // Between attempts a batch already reads `triggered`: no change to announce.
     if !was_retrying {
         record_event(conn, ingestion_seq, Some(position), TRIGGERED, request.now)?;
@@ -366,6 +434,17 @@ pub fn requeue_triggered(conn: &Connection) -> Result<u64, StoreError> {
             "UPDATE batches SET status = ?1, lane = 0, retry_at = NULL WHERE status = ?2",
         )?
         .execute(params![RETRYING, TRIGGERED])?;
+    Ok(requeued as u64)
+}
+
+/// As `requeue_triggered`, for one queue's batches only.
+pub fn requeue_queue(conn: &Connection, queue: &QueueName) -> Result<u64, StoreError> {
+    let requeued = conn
+        .prepare_cached(
+            "UPDATE batches SET status = ?1, lane = 0, retry_at = NULL
+             WHERE status = ?2 AND queue = (SELECT id FROM queues WHERE name = ?3)",
+        )?
+        .execute(params![RETRYING, TRIGGERED, queue.as_str()])?;
     Ok(requeued as u64)
 }
 
