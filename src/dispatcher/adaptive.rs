@@ -30,8 +30,11 @@ use tokio::time::Instant;
 /// rate, which takes a queue running at up to twice the hidden limit back
 /// under it in one step.
 const GROWTH: u32 = 2;
-/// The first step when the queue has no limit (`base` zero), where doubling
-/// would leave it at zero: 10 requests a second.
+/// The least a refusal widens the interval to (10 requests a second). A queue
+/// without limit (`base` zero), where doubling would leave it at zero, or
+/// with a very short interval, steps straight there; and since a second step
+/// waits for three quarters of the interval in force, refusals of many
+/// batches in flight at once cannot compound from a microsecond interval.
 const FIRST_STEP: Duration = Duration::from_millis(100);
 /// The widest the controller makes the interval, whatever the upstream says:
 /// a queue never waits more than this between starts because of refusals.
@@ -212,6 +215,11 @@ mod tests {
         assert_eq!(rate.effective(Duration::ZERO), FIRST_STEP);
         rate.throttled_at(t0 + Duration::from_secs(1), Duration::ZERO, None);
         assert_eq!(rate.effective(Duration::ZERO), 2 * FIRST_STEP);
+
+        // A very short interval steps straight to the first step too.
+        let rate = AdaptiveRate::new();
+        rate.throttled_at(t0, MS, None);
+        assert_eq!(rate.effective(MS), FIRST_STEP);
     }
 
     #[test]

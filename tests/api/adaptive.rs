@@ -118,7 +118,7 @@ const INTERVAL: Duration = Duration::from_millis(20);
 
 /// A queues file in `dir` with one queue per (name, upstream, adaptive): one
 /// batch of one id at a time, every `INTERVAL`.
-fn queues_file(dir: &Path, queues: &[(&str, &Upstream, bool)]) -> PathBuf {
+fn queues_of(dir: &Path, queues: &[(&str, &Upstream, bool)]) -> PathBuf {
     let mut text = String::new();
     for (name, upstream, adaptive) in queues {
         text.push_str(&format!(
@@ -134,9 +134,7 @@ fn queues_file(dir: &Path, queues: &[(&str, &Upstream, bool)]) -> PathBuf {
             upstream.url
         ));
     }
-    let path = dir.join("queues.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    queues_file(dir, &text)
 }
 
 async fn spawn_with_queues(file: PathBuf) -> TestApp {
@@ -165,7 +163,9 @@ async fn queue(app: &TestApp, name: &str) -> Value {
 }
 
 fn duration_of(value: &Value) -> Duration {
-    let text = value.as_str().unwrap_or_else(|| panic!("{value} is not a string"));
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("{value} is not a string"));
     if text == "0" {
         return Duration::ZERO;
     }
@@ -187,7 +187,7 @@ async fn an_adaptive_queue_slows_to_a_hidden_limit_and_a_fixed_one_does_not() {
     let adaptive = Upstream::start(hidden()).await;
     let fixed = Upstream::start(hidden()).await;
     let dir = TempDir::new().unwrap();
-    let file = queues_file(
+    let file = queues_of(
         dir.path(),
         &[("adaptive", &adaptive, true), ("fixed", &fixed, false)],
     );
@@ -236,7 +236,7 @@ async fn an_adaptive_queue_slows_to_a_hidden_limit_and_a_fixed_one_does_not() {
 async fn retry_after_slows_the_whole_queue_then_it_comes_back_to_its_interval() {
     let upstream = Upstream::start(Policy::RefuseFirstOnce).await;
     let dir = TempDir::new().unwrap();
-    let file = queues_file(dir.path(), &[("burst", &upstream, true)]);
+    let file = queues_of(dir.path(), &[("burst", &upstream, true)]);
     let app = spawn_with_queues(file).await;
     fill(&app, "burst", 300).await;
 
