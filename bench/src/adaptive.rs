@@ -122,7 +122,9 @@ impl Bench {
         let window = started.elapsed();
         let counts = upstream.counts();
         let per_second = upstream.per_second();
-        let queue = queue_answer(&mut conn).await?;
+        // On a connection of its own: the server closes idle ones (10 s), so
+        // the one that posted the ids is gone by now.
+        let queue = queue_answer(&mut Connection::open(server.addr()).await?).await?;
         server.stop()?;
 
         let effective_interval = queue
