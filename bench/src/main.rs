@@ -373,6 +373,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .collect();
     let soak = chosen.contains(&Scenario::Soak);
     let prune = chosen.contains(&Scenario::Prune);
+    let adaptive = chosen.contains(&Scenario::Adaptive);
     if soak {
         if !(settings.soak_fraction > 0.0 && settings.soak_fraction.is_finite()) {
             bail!(
@@ -428,7 +429,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
 
     println!(
-        "\n== Summary ({} in all; targets from issue 6{}{}) ==\n",
+        "\n== Summary ({} in all; targets from issue 6{}{}{}) ==\n",
         report::secs(started.elapsed()),
         if soak {
             ", the soak's from issue 7"
@@ -437,6 +438,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         },
         if prune {
             ", the prune's from issue 11"
+        } else {
+            ""
+        },
+        if adaptive {
+            ", the adaptive rate's from issue 12"
         } else {
             ""
         }

@@ -142,7 +142,7 @@ impl State {
         }
         let grown = current
             .checked_mul(GROWTH)
-            .unwrap_or(MAX_INTERVAL)
+            .map_or(MAX_INTERVAL, whole_millis)
             .max(FIRST_STEP)
             .min(MAX_INTERVAL);
         // A `base` above the cap stays in force: `effective` takes the larger.
@@ -160,7 +160,7 @@ impl State {
         }
         if self.slowed > self.backoff {
             // Past a `Retry-After`: come back quickly to the rate's back-off.
-            self.slowed = (self.slowed / 2).max(self.backoff);
+            self.slowed = whole_millis(self.slowed / 2).max(self.backoff);
             self.successes = 0;
             return;
         }
@@ -169,13 +169,19 @@ impl State {
             return;
         }
         self.successes = 0;
-        let narrowed = self.slowed * SHRINK_NUM / SHRINK_DEN;
+        let narrowed = whole_millis(self.slowed * SHRINK_NUM / SHRINK_DEN);
         self.slowed = if narrowed <= base || narrowed < MIN_SLOWED {
             Duration::ZERO
         } else {
             narrowed
         };
     }
+}
+
+/// `d` without its fraction of a millisecond. The slow-down is a rough
+/// figure, and GET /queues shows it: "173ms" rather than "173ms 127us 245ns".
+fn whole_millis(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -298,6 +304,15 @@ mod tests {
         assert_eq!(rate.effective(base), 200 * MS, "a run is not over yet");
         rate.succeeded(base);
         assert_eq!(rate.effective(base), 180 * MS);
+        for _ in 0..SUCCESS_RUN {
+            rate.succeeded(base);
+        }
+        assert_eq!(rate.effective(base), 162 * MS);
+        for _ in 0..SUCCESS_RUN {
+            rate.succeeded(base);
+        }
+        // 145.8 ms, shown to the millisecond.
+        assert_eq!(rate.effective(base), 145 * MS);
 
         let mut previous = rate.effective(base);
         for _ in 0..200 {
