@@ -7,8 +7,10 @@
 //! cargo run --release -p sluice-bench -- --quick            # every scenario, ~3 min
 //! cargo run --release -p sluice-bench -- --scenario ingest  # one scenario, full length
 //! cargo run --release -p sluice-bench -- --scenario soak    # issue 7's soak, ~12 min
+//! cargo run --release -p sluice-bench -- --scenario adaptive  # issue 12's adaptive rate, ~2 min
 //! ```
 
+mod adaptive;
 mod hostile;
 mod http;
 mod load;
@@ -183,6 +185,11 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
 
+    /// How long each of the adaptive scenario's two runs (adaptive on, then
+    /// off) lasts [default: 60s; 20s with --quick].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    adaptive_duration: Option<Duration>,
+
     /// Also write the summary as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -210,6 +217,9 @@ enum Scenario {
     /// Issue 11: POST /ingest p99 while 1,000,000 ended batches are pruned,
     /// against its p99 without pruning.
     Prune,
+    /// Issue 12: a queue at twice an upstream's hidden limit, with adaptive
+    /// rate on and off: 429 share and successes per second.
+    Adaptive,
     All,
 }
 
@@ -223,9 +233,10 @@ const ORDER: [Scenario; 6] = [
 ];
 
 /// Scenarios that run only when named, after the others.
-const ON_REQUEST: [Scenario; 5] = [
+const ON_REQUEST: [Scenario; 6] = [
     Scenario::Soak,
     Scenario::Prune,
+    Scenario::Adaptive,
     Scenario::HostileBodies,
     Scenario::BigStatus,
     Scenario::Slowloris,
@@ -312,6 +323,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     };
     memory_ids.sort_unstable();
     memory_ids.dedup();
+    let adaptive_duration = pick(args.adaptive_duration, 60, 20);
     let settings = Settings {
         connections: args.connections.max(1),
         ids_per_request: args.ids_per_request.max(1),
@@ -356,11 +368,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .chain(ON_REQUEST.iter().copied().filter(|s| {
             args.scenario.contains(s)
                 || (args.scenario.contains(&Scenario::Hostile)
-                    && !matches!(s, Scenario::Soak | Scenario::Prune))
+                    && !matches!(s, Scenario::Soak | Scenario::Prune | Scenario::Adaptive))
         }))
         .collect();
     let soak = chosen.contains(&Scenario::Soak);
     let prune = chosen.contains(&Scenario::Prune);
+    let adaptive = chosen.contains(&Scenario::Adaptive);
     if soak {
         if !(settings.soak_fraction > 0.0 && settings.soak_fraction.is_finite()) {
             bail!(
@@ -403,6 +416,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             Scenario::Rate => bench.rate().await,
             Scenario::Soak => bench.soak().await,
             Scenario::Prune => bench.prune().await,
+            Scenario::Adaptive => bench.adaptive(adaptive_duration).await,
             Scenario::HostileBodies => bench.hostile_bodies().await,
             Scenario::BigStatus => bench.big_status().await,
             Scenario::Slowloris => bench.slowloris().await,
@@ -415,7 +429,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
 
     println!(
-        "\n== Summary ({} in all; targets from issue 6{}{}) ==\n",
+        "\n== Summary ({} in all; targets from issue 6{}{}{}) ==\n",
         report::secs(started.elapsed()),
         if soak {
             ", the soak's from issue 7"
@@ -424,6 +438,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         },
         if prune {
             ", the prune's from issue 11"
+        } else {
+            ""
+        },
+        if adaptive {
+            ", the adaptive rate's from issue 12"
         } else {
             ""
         }

@@ -1,6 +1,7 @@
 //! The contract of SPEC.md, tested through real HTTP on port 0, each test with
 //! its own database.
 
+mod adaptive;
 mod callbacks;
 mod cli;
 mod cluster;
