@@ -152,6 +152,16 @@ async fn two_queues_keep_their_own_rates_and_priorities_and_never_wait_for_each_
     assert_eq!(order(&slow), [13, 11, 12], "HIGH first, inside the queue");
     assert_spacing("fast", &fast, 300_000);
     assert_spacing("slow", &slow, 1_000_000);
+    for (name, starts, interval) in [("fast", &fast, 300_000), ("slow", &slow, 1_000_000)] {
+        let gaps: Vec<i64> = starts.windows(2).map(|w| w[1].1 - w[0].1).collect();
+        let started: Vec<i64> = starts.windows(2).map(|w| w[1].2 - w[0].2).collect();
+        eprintln!(
+            "queue {name}: {} starts, slot gaps {gaps:?} µs (interval {interval} µs), \
+             minimum start spacing {} µs",
+            starts.len(),
+            started.iter().min().unwrap()
+        );
+    }
 
     // Neither waits for the other: the fast queue has started its fourth
     // batch before the slow queue's second, which a shared rate limit of
@@ -240,6 +250,16 @@ async fn a_runtime_interval_applies_from_the_next_slot_and_survives_a_restart() 
     let reset: Value = response.json().await.unwrap();
     assert_eq!(reset["interval"], "2s");
     assert_eq!(reset["max_in_flight"], 3);
+}
+
+/// Waits until every one of `ids` has completed, as the server at `address`
+/// answers; their statuses.
+async fn all_completed(client: &reqwest::Client, address: &str, ids: &[String]) -> Vec<Value> {
+    let mut done = Vec::new();
+    for id in ids {
+        done.push(wait_for_status(client, address, id, "completed", Duration::from_secs(30)).await);
+    }
+    done
 }
 
 async fn wait_for_started(app: &TestApp, id: &str, n: usize) {
@@ -552,32 +572,8 @@ async fn cluster_of_three_nodes_keeps_each_queues_rate_and_controls() {
     post(1, "/queues/fast/resume".into()).await;
     post(1, "/queues/slow/resume".into()).await;
 
-    let mut fast_done = Vec::new();
-    for id in &fast {
-        fast_done.push(
-            wait_for_status(
-                &client,
-                &nodes[0].address,
-                id,
-                "completed",
-                Duration::from_secs(30),
-            )
-            .await,
-        );
-    }
-    let mut slow_done = Vec::new();
-    for id in &slow {
-        slow_done.push(
-            wait_for_status(
-                &client,
-                &nodes[0].address,
-                id,
-                "completed",
-                Duration::from_secs(30),
-            )
-            .await,
-        );
-    }
+    let fast_done = all_completed(&client, &nodes[0].address, &fast).await;
+    let slow_done = all_completed(&client, &nodes[0].address, &slow).await;
     for (name, done, interval) in [
         ("fast", &fast_done, 300_000),
         ("slow", &slow_done, 1_000_000),
@@ -626,19 +622,7 @@ async fn cluster_of_three_nodes_keeps_each_queues_rate_and_controls() {
     for n in 0..3 {
         more.push(ingest(n, "slow", vec![200 + n as u64], "MEDIUM").await);
     }
-    let mut done = Vec::new();
-    for id in &more {
-        done.push(
-            wait_for_status(
-                &client,
-                &nodes[0].address,
-                id,
-                "completed",
-                Duration::from_secs(30),
-            )
-            .await,
-        );
-    }
+    let done = all_completed(&client, &nodes[0].address, &more).await;
     let starts = starts(&done);
     let span = starts.last().unwrap().2 - starts[0].2;
     assert!(span < 1_500_000, "three starts at 150 ms took {span} µs");
