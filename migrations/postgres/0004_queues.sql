@@ -35,6 +35,12 @@ CREATE INDEX batches_running_by_queue ON batches (queue) WHERE status = 1;
 -- runtime settings, read under that lock, replace the configured ones. A
 -- paused queue answers `paused`. The late tolerance is the interval in force's
 -- (a tenth, at most 25 ms: the rule of `Interval::late_tolerance_micros`).
+-- A retry time is written by a node, on its own clock (`sluice_finish`), so it
+-- is compared with the claiming node's clock (`local_now`) and answered as it
+-- is; before, it was compared with the database's clock, so a node whose clock
+-- was off started its retries early or late by the difference. Nodes whose
+-- clocks differ from each other still see each other's retries early or late
+-- by that difference: keep the nodes' clocks in sync (NTP).
 CREATE FUNCTION sluice_claim(
     node UUID,
     queue_ TEXT,
@@ -119,7 +125,7 @@ BEGIN
         SELECT b.ingestion_seq, b.position, b.status INTO chosen
         FROM batches b
         WHERE b.queue = v_queue.id AND b.status IN (0, 3)
-          AND (b.retry_at IS NULL OR b.retry_at <= db_now)
+          AND (b.retry_at IS NULL OR b.retry_at <= local_now)
         ORDER BY b.lane, b.priority, b.ingestion_seq, b.position
         LIMIT 1
         FOR UPDATE SKIP LOCKED;
@@ -128,7 +134,7 @@ BEGIN
                 SELECT min(b.retry_at) INTO next_retry FROM batches b
                 WHERE b.queue = v_queue.id AND b.status = 3;
                 RETURN QUERY SELECT CASE WHEN next_retry IS NULL THEN 'idle' ELSE 'not_before' END,
-                    next_retry - skew, NULL::BIGINT, NULL::INTEGER,
+                    next_retry, NULL::BIGINT, NULL::INTEGER,
                     NULL::SMALLINT, NULL::BYTEA, NULL::INTEGER, NULL::UUID, NULL::BIGINT, NULL::TEXT;
             END IF;
             EXIT;
