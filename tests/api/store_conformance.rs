@@ -71,6 +71,7 @@ on_both_stores!(
     slow_down_raises_the_spacing_but_never_lowers_it,
     a_request_ends_with_its_last_batch_and_its_status_derives_from_them,
     cancelling_ends_what_has_not_started_and_counts_once,
+    a_retry_waits_for_its_time_without_holding_back_other_work,
     queue_counts_match_the_batches,
 );
 
@@ -752,6 +753,37 @@ async fn cancelling_ends_what_has_not_started_and_counts_once(store: &dyn Store)
             .await
             .unwrap(),
         None
+    );
+}
+
+async fn a_retry_waits_for_its_time_without_holding_back_other_work(store: &dyn Store) {
+    let id = submit(store, "default", Priority::High, &[1]).await;
+    submit(store, "default", Priority::Low, &[2]).await;
+    let first = start_one(store, claim("default", NO_LIMIT)).await;
+    let retry_at = now().saturating_add_micros(micros(HOUR));
+    assert!(!finish(store, &first, AttemptEnd::RetryAt(retry_at)).await);
+    let waiting = record(store, id).await;
+    assert_eq!(statuses(&waiting), [BatchStatus::Retrying]);
+    assert_eq!(waiting.batches[0].retry_at, Some(retry_at));
+
+    // The retry is not due: the next waiting batch goes, whatever its priority.
+    let other = start_one(store, claim("default", NO_LIMIT)).await;
+    assert_eq!(ids(&other), [2]);
+    // Then nothing until the retry is due. PostgreSQL compares the retry
+    // time, written on the caller's clock, with its own, and answers less
+    // the skew it measured during the call: this bound assumes the two
+    // clocks agree, as they do for a server on this machine.
+    let request = claim("default", NO_LIMIT);
+    let asked_at = request.now;
+    let outcome = store.claim_batches(request).await.unwrap();
+    let window = now().as_micros() - asked_at.as_micros();
+    let ClaimOutcome::NotBefore(at) = outcome else {
+        panic!("expected NotBefore, got {outcome:?}");
+    };
+    let (earliest, latest) = (retry_at.as_micros() - window, retry_at.as_micros());
+    assert!(
+        (earliest - CLOCK_SLACK_US..=latest + CLOCK_SLACK_US).contains(&at.as_micros()),
+        "NotBefore {at}, the retry is due at {retry_at}"
     );
 }
 
