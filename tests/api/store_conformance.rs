@@ -75,6 +75,7 @@ on_both_stores!(
     a_request_ends_with_its_last_batch_and_its_status_derives_from_them,
     cancelling_ends_what_has_not_started_and_counts_once,
     a_retry_waits_for_its_time_without_holding_back_other_work,
+    every_change_is_announced_once_in_commit_order,
     queue_counts_match_the_batches,
 );
 
@@ -740,6 +741,24 @@ async fn cancelling_ends_what_has_not_started_and_counts_once(store: &dyn Store)
     assert_eq!(derived, IngestionStatus::Failed);
     assert_eq!(announced(store, failing).await.last(), Some(&derived));
 
+    // A batch between attempts has not started its next one: cancelled.
+    let retrying = submit(store, "default", Priority::High, &[9]).await;
+    let attempt = start_one(store, claim("default", NO_LIMIT)).await;
+    let later = now().saturating_add_micros(HOUR.as_micros());
+    assert!(!finish(store, &attempt, AttemptEnd::RetryAt(later)).await);
+    assert_eq!(
+        store.cancel_ingestion(retrying, now()).await.unwrap(),
+        Some(1)
+    );
+    let ended = record(store, retrying).await;
+    assert_eq!(statuses(&ended), [Cancelled]);
+    assert_eq!(ended.batches[0].retry_at, None);
+    assert!(ended.finished_at.is_some());
+    assert_eq!(
+        announced(store, retrying).await.last(),
+        Some(&IngestionStatus::Cancelled)
+    );
+
     // An unknown request.
     assert_eq!(
         store
@@ -779,6 +798,68 @@ async fn a_retry_waits_for_its_time_without_holding_back_other_work(store: &dyn 
         (earliest - CLOCK_SLACK_US..=latest + CLOCK_SLACK_US).contains(&at.as_micros()),
         "NotBefore {at}, the retry is due at {retry_at}"
     );
+}
+
+async fn every_change_is_announced_once_in_commit_order(store: &dyn Store) {
+    use BatchStatus::*;
+    let batch = |position, status| EventSubject::Batch { position, status };
+    let whole = |status| EventSubject::Ingestion { status };
+
+    let mixed = submit(store, "default", Priority::High, &[1, 2, 3]).await;
+    let first = start_one(store, claim("default", NO_LIMIT)).await;
+    // Between attempts and on its second start the batch reads `triggered`
+    // all along: nothing to announce.
+    assert!(!finish(store, &first, AttemptEnd::RetryAt(now())).await);
+    let again = start_one(store, claim("default", NO_LIMIT)).await;
+    assert_eq!((ids(&again), again.attempt), (vec![1], 2));
+    let second = start_one(store, claim("default", NO_LIMIT)).await;
+    assert_eq!(store.cancel_ingestion(mixed, now()).await.unwrap(), Some(1));
+    assert!(!finish(store, &again, AttemptEnd::Completed).await);
+    assert!(finish(store, &second, AttemptEnd::Failed).await);
+
+    let waiting = submit(store, "default", Priority::Low, &[4, 5]).await;
+    assert_eq!(
+        store.cancel_ingestion(waiting, now()).await.unwrap(),
+        Some(2)
+    );
+
+    let events = store.events_after(0, None, 1000).await.unwrap();
+    let of = |id| {
+        events
+            .iter()
+            .filter(|event| event.ingestion == id)
+            .map(|event| event.subject)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        of(mixed),
+        [
+            whole(IngestionStatus::YetToStart),
+            batch(0, Triggered),
+            whole(IngestionStatus::Triggered),
+            batch(1, Triggered),
+            batch(2, Cancelled),
+            batch(0, Completed),
+            batch(1, Failed),
+            whole(IngestionStatus::Failed),
+        ]
+    );
+    assert_eq!(
+        of(waiting),
+        [
+            whole(IngestionStatus::YetToStart),
+            batch(0, Cancelled),
+            batch(1, Cancelled),
+            whole(IngestionStatus::Cancelled),
+        ]
+    );
+    // In commit order, each once; a reader that resumes after an event gets
+    // exactly the ones after it.
+    assert!(events.windows(2).all(|pair| pair[0].seq < pair[1].seq));
+    assert_eq!(events.len(), 12);
+    assert_eq!(store.latest_event().await.unwrap(), events[11].seq);
+    let rest = store.events_after(events[5].seq, None, 1000).await.unwrap();
+    assert_eq!(rest, events[6..]);
 }
 
 async fn queue_counts_match_the_batches(store: &dyn Store) {
