@@ -21,12 +21,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sluice::config::Config;
 use sluice::domain::{
-    BatchSize, BatchStatus, IngestionId, IngestionStatus, Interval, ItemId, Priority, Timestamp,
+    BatchSize, BatchStatus, FailureKind, FetchFailure, IdOutcome, IngestionId, IngestionStatus,
+    Interval, ItemId, Outcome, Priority, Timestamp,
 };
 use sluice::queue::QueueName;
 use sluice::store::{
-    AttemptEnd, ClaimOutcome, ClaimRequest, ClaimedBatch, EventSubject, IngestionRecord,
-    NewIngestion, QueueChange, SharedStore, Store,
+    AttemptEnd, CallbackDelivery, CallbackState, ClaimOutcome, ClaimRequest, ClaimedBatch, Created,
+    EventSubject, IdempotencyKey, IngestionRecord, NewIngestion, QueueChange, SharedStore, Store,
 };
 use tempfile::TempDir;
 
@@ -76,6 +77,9 @@ on_both_stores!(
     cancelling_ends_what_has_not_started_and_counts_once,
     a_retry_waits_for_its_time_without_holding_back_other_work,
     every_change_is_announced_once_in_commit_order,
+    outcomes_and_pages_read_back_as_written,
+    an_idempotency_key_replays_conflicts_and_expires,
+    a_callback_is_due_when_the_request_ends_and_held_while_delivered,
     queue_counts_match_the_batches,
 );
 
@@ -120,24 +124,26 @@ async fn submit(
     priority: Priority,
     ids: &[u32],
 ) -> IngestionId {
-    let id = IngestionId::generate();
-    store
-        .create_ingestion(NewIngestion {
-            id,
-            queue: queue(queue_name),
-            priority,
-            ids: ids
-                .iter()
-                .map(|&i| ItemId::new(i.into()).unwrap())
-                .collect(),
-            batch_size: BatchSize::new(1).unwrap(),
-            created_at: now(),
-            callback_url: None,
-            idempotency: None,
-        })
-        .await
-        .unwrap();
+    let new = new_ingestion(queue_name, priority, ids);
+    let id = new.id;
+    assert_eq!(store.create_ingestion(new).await.unwrap(), Created::New(id));
     id
+}
+
+fn new_ingestion(queue_name: &str, priority: Priority, ids: &[u32]) -> NewIngestion {
+    NewIngestion {
+        id: IngestionId::generate(),
+        queue: queue(queue_name),
+        priority,
+        ids: ids
+            .iter()
+            .map(|&i| ItemId::new(i.into()).unwrap())
+            .collect(),
+        batch_size: BatchSize::new(1).unwrap(),
+        created_at: now(),
+        callback_url: None,
+        idempotency: None,
+    }
 }
 
 /// A dispatcher that has just become ready to start one batch of `queue`.
@@ -894,4 +900,232 @@ async fn queue_counts_match_the_batches(store: &dyn Store) {
     let mut waiting = store.waiting_batches().await.unwrap();
     waiting.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
     assert_eq!(waiting, [(queue("alpha"), 2), (queue("beta"), 1)]);
+}
+
+async fn outcomes_and_pages_read_back_as_written(store: &dyn Store) {
+    let id = submit(store, "default", Priority::Medium, &[1, 2, 3]).await;
+    let outcome = |item: u32, outcome: Outcome| IdOutcome {
+        id: ItemId::new(item.into()).unwrap(),
+        outcome,
+        attempts: 1,
+        at: now(),
+    };
+    // Data as an upstream may send it, a NUL character included.
+    let fetched = vec![outcome(
+        1,
+        Outcome::Ok {
+            data: serde_json::json!({"id": 1, "data": "nul \u{0} and ünïcode"}),
+        },
+    )];
+    let first = start_one(store, claim("default", NO_LIMIT)).await;
+    assert!(first.outcomes.is_empty());
+    let done = store
+        .finish_attempt(first.key, fetched.clone(), AttemptEnd::Completed, now())
+        .await
+        .unwrap();
+    assert!(!done);
+
+    // Outcomes of an attempt that will be retried come back with the batch.
+    let flaky = vec![outcome(
+        2,
+        Outcome::Retrying {
+            error: FetchFailure {
+                kind: FailureKind::Transient,
+                status: Some(503),
+                message: "busy".into(),
+            },
+        },
+    )];
+    let second = start_one(store, claim("default", NO_LIMIT)).await;
+    store
+        .finish_attempt(second.key, flaky.clone(), AttemptEnd::RetryAt(now()), now())
+        .await
+        .unwrap();
+    let retried = start_one(store, claim("default", NO_LIMIT)).await;
+    assert_eq!((ids(&retried), retried.attempt), (vec![2], 2));
+    assert_eq!(retried.outcomes, flaky);
+
+    let all = store.batch_outcomes(id, None, 10).await.unwrap().unwrap();
+    let positions: Vec<u32> = all.iter().map(|b| b.id.position).collect();
+    assert_eq!(positions, [0, 1, 2]);
+    assert_eq!(all[0].outcomes, fetched);
+    assert_eq!(all[0].status, BatchStatus::Completed);
+    assert_eq!(all[1].outcomes, flaky);
+    assert!(all[2].outcomes.is_empty());
+    let page = store.batch_outcomes(id, Some(0), 1).await.unwrap().unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].id.position, 1);
+
+    let page = store.ingestion_page(id, Some(0), 1).await.unwrap().unwrap();
+    let positions: Vec<u32> = page.batches.iter().map(|b| b.id.position).collect();
+    assert_eq!(positions, [1]);
+    assert_eq!(page.batches[0].ids, [ItemId::new(2).unwrap()]);
+    let page = store
+        .ingestion_page(id, Some(2), 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(page.batches.is_empty());
+
+    let unknown = IngestionId::generate();
+    assert!(
+        store
+            .batch_outcomes(unknown, None, 10)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .ingestion_page(unknown, None, 10)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.ingestion(unknown).await.unwrap().is_none());
+}
+
+async fn an_idempotency_key_replays_conflicts_and_expires(store: &dyn Store) {
+    let keyed = |fingerprint: u8, expires_at: Timestamp| {
+        let mut new = new_ingestion("default", Priority::Medium, &[1, 2]);
+        new.idempotency = Some(IdempotencyKey {
+            key: "order-7".into(),
+            fingerprint: [fingerprint; 32],
+            expires_at,
+        });
+        new
+    };
+    let in_an_hour = now().saturating_add_micros(HOUR.as_micros());
+
+    let original = keyed(1, in_an_hour);
+    let id = original.id;
+    assert_eq!(
+        store.create_ingestion(original).await.unwrap(),
+        Created::New(id)
+    );
+    let replay = keyed(1, in_an_hour);
+    let replay_id = replay.id;
+    assert_eq!(
+        store.create_ingestion(replay).await.unwrap(),
+        Created::Replayed(id)
+    );
+    assert!(store.ingestion(replay_id).await.unwrap().is_none());
+    let other = keyed(2, in_an_hour);
+    assert_eq!(
+        store.create_ingestion(other).await.unwrap(),
+        Created::KeyConflict
+    );
+    assert_eq!(store.recent_ingestions(10).await.unwrap().len(), 1);
+
+    // A key whose time is over is free, whatever it was used for.
+    let mut later = keyed(2, in_an_hour.saturating_add_micros(HOUR.as_micros()));
+    later.created_at = in_an_hour.saturating_add_micros(1);
+    let later_id = later.id;
+    assert_eq!(
+        store.create_ingestion(later).await.unwrap(),
+        Created::New(later_id)
+    );
+    let recent = store.recent_ingestions(10).await.unwrap();
+    let newest_first: Vec<IngestionId> = recent.iter().map(|r| r.id).collect();
+    assert_eq!(newest_first, [later_id, id]);
+    assert_eq!(recent[0].ids, 2);
+    assert_eq!(recent[0].batches, [(BatchStatus::YetToStart, 2)]);
+}
+
+async fn a_callback_is_due_when_the_request_ends_and_held_while_delivered(store: &dyn Store) {
+    let mut new = new_ingestion("default", Priority::Medium, &[1]);
+    new.callback_url = Some("http://127.0.0.1:9/done".into());
+    let id = new.id;
+    store.create_ingestion(new).await.unwrap();
+    let callback = |record: &IngestionRecord| record.callback.clone().unwrap();
+    assert_eq!(
+        callback(&record(store, id).await).state,
+        CallbackState::Pending
+    );
+    // Not due before the request ends.
+    assert_eq!(store.next_callback_due().await.unwrap(), None);
+    let far = now().saturating_add_micros(HOUR.as_micros());
+    let hold = Duration::from_secs(60);
+    assert!(
+        store
+            .claim_due_callbacks(far, hold, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let batch = start_one(store, claim("default", NO_LIMIT)).await;
+    let ended_at = now();
+    let ended = store
+        .finish_attempt(batch.key, Vec::new(), AttemptEnd::Completed, ended_at)
+        .await
+        .unwrap();
+    assert!(ended);
+    assert_eq!(store.next_callback_due().await.unwrap(), Some(ended_at));
+
+    // Taken for delivery: held, so no one else delivers it meanwhile.
+    let taken_at = ended_at.saturating_add_micros(1_000);
+    let due = store.claim_due_callbacks(taken_at, hold, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].ingestion, due[0].attempts), (id, 0));
+    assert_eq!(due[0].url, "http://127.0.0.1:9/done");
+    assert!(
+        store
+            .claim_due_callbacks(taken_at, hold, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let held_until = taken_at.saturating_add_micros(hold.as_micros() as i64);
+    assert_eq!(store.next_callback_due().await.unwrap(), Some(held_until));
+
+    // A failed delivery is due again when the policy says.
+    let retry = taken_at.saturating_add_micros(5_000_000);
+    let delivery = CallbackDelivery::RetryAt(retry, "connection refused".into());
+    store.finish_callback(id, delivery).await.unwrap();
+    let state = callback(&record(store, id).await);
+    assert_eq!(
+        (state.state, state.attempts, state.last_error.as_deref()),
+        (CallbackState::Pending, 1, Some("connection refused"))
+    );
+    assert_eq!(store.next_callback_due().await.unwrap(), Some(retry));
+    let due = store.claim_due_callbacks(retry, hold, 10).await.unwrap();
+    assert_eq!(due[0].attempts, 1);
+
+    store
+        .finish_callback(id, CallbackDelivery::GaveUp("still refused".into()))
+        .await
+        .unwrap();
+    let state = callback(&record(store, id).await);
+    assert_eq!((state.state, state.attempts), (CallbackState::GaveUp, 2));
+    assert_eq!(store.next_callback_due().await.unwrap(), None);
+    assert!(
+        store
+            .claim_due_callbacks(far, hold, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Delivered, on a second request.
+    let mut new = new_ingestion("default", Priority::Medium, &[2]);
+    new.callback_url = Some("http://127.0.0.1:9/done".into());
+    let delivered = new.id;
+    store.create_ingestion(new).await.unwrap();
+    assert_eq!(
+        store.cancel_ingestion(delivered, now()).await.unwrap(),
+        Some(1)
+    );
+    let due = store.claim_due_callbacks(far, hold, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    store
+        .finish_callback(delivered, CallbackDelivery::Delivered)
+        .await
+        .unwrap();
+    let state = callback(&record(store, delivered).await);
+    assert_eq!(
+        (state.state, state.attempts, state.last_error),
+        (CallbackState::Delivered, 1, None)
+    );
+    assert_eq!(store.next_callback_due().await.unwrap(), None);
 }
