@@ -205,7 +205,7 @@ async fn assert_not_before(
     request: ClaimRequest,
     since: Timestamp,
     wait: Interval,
-) -> Timestamp {
+) {
     let asked_at = request.now;
     let outcome = store.claim_batches(request).await.unwrap();
     let window = now().as_micros() - since.as_micros();
@@ -221,7 +221,6 @@ async fn assert_not_before(
         Timestamp::from_micros(earliest),
         Timestamp::from_micros(latest),
     );
-    at
 }
 
 async fn assert_outcome(store: &dyn Store, request: ClaimRequest, expected: &str) {
