@@ -1,7 +1,78 @@
 //! How values are laid out in the database, the same in every store.
+//!
+//! Both stores keep the same codes in their columns (a priority's rank, a
+//! status's code, times as microseconds): the decoders live here once, taking
+//! the widest integer either database hands back, so a code read wrongly in
+//! one store is read wrongly in both and shows up in the shared tests.
 
-use crate::domain::{BatchStatus, IdOutcome, IngestionId, IngestionStatus, ItemId, Timestamp};
-use crate::store::{Event, EventSubject, StoreError};
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use crate::domain::{
+    BatchStatus, IdOutcome, IngestionId, IngestionStatus, Interval, ItemId, Priority, Timestamp,
+};
+use crate::queue::QueueName;
+use crate::store::{CallbackState, Event, EventSubject, QueueRuntime, StoreError};
+
+/// A priority from its stored rank.
+pub fn priority(rank: i64) -> Result<Priority, StoreError> {
+    Priority::from_rank(rank).ok_or_else(|| StoreError::Corrupt(format!("priority rank {rank}")))
+}
+
+/// A batch status from its stored code.
+pub fn status(code: i64) -> Result<BatchStatus, StoreError> {
+    BatchStatus::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("batch status {code}")))
+}
+
+/// A callback's state from its stored code; a request whose callback state
+/// was never written has not ended, so its callback is pending.
+pub fn callback_state(code: Option<i64>) -> Result<CallbackState, StoreError> {
+    match code {
+        Some(0) | None => Ok(CallbackState::Pending),
+        Some(1) => Ok(CallbackState::Delivered),
+        Some(2) => Ok(CallbackState::GaveUp),
+        Some(other) => Err(StoreError::Corrupt(format!("callback state {other}"))),
+    }
+}
+
+/// A time column that may be empty.
+pub fn time(micros: Option<i64>) -> Option<Timestamp> {
+    micros.map(Timestamp::from_micros)
+}
+
+/// A queue's stored name; the store only ever writes valid names, so any
+/// other is corruption.
+pub fn queue_name(name: &str) -> Result<QueueName, StoreError> {
+    name.parse()
+        .map_err(|_| StoreError::Corrupt(format!("a queue named {name:?}")))
+}
+
+/// A `(priority, status, number of batches)` count row.
+pub fn batch_count(
+    rank: i64,
+    code: i64,
+    count: i64,
+) -> Result<(Priority, BatchStatus, u64), StoreError> {
+    Ok((priority(rank)?, status(code)?, count as u64))
+}
+
+/// A queue's row: `paused, interval_us, max_in_flight, last_slot`. A runtime
+/// setting that is empty (or, for the limit, not positive) leaves the
+/// configured one in force.
+pub fn queue_runtime(
+    paused: bool,
+    interval_us: Option<i64>,
+    max_in_flight: Option<i64>,
+    last_slot: Option<i64>,
+) -> QueueRuntime {
+    QueueRuntime {
+        paused,
+        interval: interval_us
+            .map(|us| Interval::from_duration(Duration::from_micros(us.max(0) as u64))),
+        max_in_flight: max_in_flight.and_then(|n| NonZeroUsize::new(n.max(0) as usize)),
+        last_slot: time(last_slot),
+    }
+}
 
 /// Ids as consecutive little-endian `u32`s: four bytes an id, no parsing.
 pub fn encode_ids(ids: &[ItemId]) -> Vec<u8> {
@@ -69,4 +140,38 @@ pub fn earlier_outcomes(json: Option<&str>, batch: crate::domain::BatchId) -> Ve
         tracing::error!(%batch, %error, "cannot read the earlier outcomes; fetching every id again");
         Vec::new()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_written_reads_back_as_itself() {
+        for s in BatchStatus::ALL {
+            assert_eq!(status(s.code()).unwrap(), s);
+        }
+        for p in Priority::ALL {
+            assert_eq!(priority(p.rank()).unwrap(), p);
+        }
+        assert!(matches!(status(6), Err(StoreError::Corrupt(_))));
+        assert!(matches!(priority(-1), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            callback_state(Some(3)),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert_eq!(callback_state(None).unwrap(), CallbackState::Pending);
+        assert_eq!(callback_state(Some(2)).unwrap(), CallbackState::GaveUp);
+    }
+
+    #[test]
+    fn empty_or_unusable_runtime_settings_leave_the_configured_ones() {
+        let runtime = queue_runtime(true, None, Some(0), None);
+        assert_eq!(runtime.interval, None);
+        assert_eq!(runtime.max_in_flight, None);
+        let runtime = queue_runtime(false, Some(2_000_000), Some(3), Some(7));
+        assert_eq!(runtime.interval, Some("2s".parse().unwrap()));
+        assert_eq!(runtime.max_in_flight, NonZeroUsize::new(3));
+        assert_eq!(runtime.last_slot, Some(Timestamp::from_micros(7)));
+    }
 }

@@ -22,6 +22,7 @@ mod rate;
 mod retention;
 mod sqlite_only;
 mod status;
+mod store_conformance;
 mod store_trouble;
 mod supervision;
 mod torture;

@@ -16,7 +16,6 @@ mod background;
 mod prune;
 
 use std::collections::HashSet;
-use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,13 +26,13 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::codec::{
-    decode_ids, decode_outcomes, earlier_outcomes, encode_ids, encode_outcomes, event,
+    self, decode_ids, decode_outcomes, earlier_outcomes, encode_ids, encode_outcomes, event,
 };
 use super::{
     AttemptEnd, BackgroundPart, BatchKey, BatchOutcomes, BatchRecord, CallbackDelivery,
-    CallbackRecord, CallbackState, ClaimOutcome, ClaimRequest, ClaimedBatch, Created, DueCallback,
-    Event, IngestionRecord, IngestionSummary, NewIngestion, Prune, QueueChange, QueueRuntime,
-    QueueState, QueueStats, Store, StoreError,
+    CallbackRecord, ClaimOutcome, ClaimRequest, ClaimedBatch, Created, DueCallback, Event,
+    IngestionRecord, IngestionSummary, NewIngestion, Prune, QueueChange, QueueState, QueueStats,
+    Store, StoreError,
 };
 use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, Interval, Priority, Timestamp};
 use crate::queue::QueueName;
@@ -253,13 +252,13 @@ impl Store for PostgresStore {
                         ingestion: id,
                         position: position as u32,
                     },
-                    status: status(row.get(1))?,
+                    status: codec::status(row.get::<i16, _>(1).into())?,
                     attempts: row.get::<i32, _>(2) as u32,
                     ids: decode_ids(row.get(3))?,
-                    retry_at: time(row.get(4)),
-                    scheduled_at: time(row.get(5)),
-                    started_at: time(row.get(6)),
-                    completed_at: time(row.get(7)),
+                    retry_at: codec::time(row.get(4)),
+                    scheduled_at: codec::time(row.get(5)),
+                    started_at: codec::time(row.get(6)),
+                    completed_at: codec::time(row.get(7)),
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -268,7 +267,7 @@ impl Store for PostgresStore {
             .map(|url| {
                 Ok::<_, StoreError>(CallbackRecord {
                     url,
-                    state: callback_state(head.get(5))?,
+                    state: codec::callback_state(head.get::<Option<i16>, _>(5).map(i64::from))?,
                     attempts: head.get::<i32, _>(6) as u32,
                     last_error: head.get(7),
                 })
@@ -276,10 +275,10 @@ impl Store for PostgresStore {
             .transpose()?;
         Ok(Some(IngestionRecord {
             id,
-            queue: queue_name(head.get(8))?,
-            priority: priority(head.get(1))?,
+            queue: codec::queue_name(head.get(8))?,
+            priority: codec::priority(head.get::<i16, _>(1).into())?,
             created_at: Timestamp::from_micros(head.get(2)),
-            finished_at: time(head.get(3)),
+            finished_at: codec::time(head.get(3)),
             callback,
             batches,
         }))
@@ -415,7 +414,7 @@ impl Store for PostgresStore {
                         ingestion: id,
                         position: row.get::<i32, _>(0) as u32,
                     },
-                    status: status(row.get(1))?,
+                    status: codec::status(row.get::<i16, _>(1).into())?,
                     ids: decode_ids(row.get(2))?,
                     outcomes: decode_outcomes(outcomes)?,
                 })
@@ -514,14 +513,19 @@ impl Store for PostgresStore {
             .map_err(unavailable)?;
             summaries.push(IngestionSummary {
                 id: IngestionId::from_bytes(head.get::<Uuid, _>(1).into_bytes()),
-                queue: queue_name(head.get(5))?,
-                priority: priority(head.get(2))?,
+                queue: codec::queue_name(head.get(5))?,
+                priority: codec::priority(head.get::<i16, _>(2).into())?,
                 created_at: Timestamp::from_micros(head.get(3)),
-                finished_at: time(head.get(4)),
+                finished_at: codec::time(head.get(4)),
                 ids: counts.iter().map(|c| c.get::<i64, _>(2) as u64).sum(),
                 batches: counts
                     .iter()
-                    .map(|c| Ok((status(c.get(0))?, c.get::<i64, _>(1) as u64)))
+                    .map(|c| {
+                        Ok((
+                            codec::status(c.get::<i16, _>(0).into())?,
+                            c.get::<i64, _>(1) as u64,
+                        ))
+                    })
                     .collect::<Result<_, StoreError>>()?,
             });
         }
@@ -537,7 +541,7 @@ impl Store for PostgresStore {
         .await
         .map_err(unavailable)?;
         rows.iter()
-            .map(|row| Ok((queue_name(row.get(0))?, row.get::<i64, _>(1) as u64)))
+            .map(|row| Ok((codec::queue_name(row.get(0))?, row.get::<i64, _>(1) as u64)))
             .collect()
     }
 
@@ -573,16 +577,12 @@ impl Store for PostgresStore {
         else {
             return Ok(None);
         };
-        let runtime = QueueRuntime {
-            paused: row.get(1),
-            interval: row
-                .get::<Option<i64>, _>(2)
-                .map(|us| Interval::from_duration(Duration::from_micros(us.max(0) as u64))),
-            max_in_flight: row
-                .get::<Option<i32>, _>(3)
-                .and_then(|n| NonZeroUsize::new(n.max(0) as usize)),
-            last_slot: time(row.get(4)),
-        };
+        let runtime = codec::queue_runtime(
+            row.get(1),
+            row.get(2),
+            row.get::<Option<i32>, _>(3).map(i64::from),
+            row.get(4),
+        );
         let counts = sqlx::query(
             "SELECT priority, status, count(*) FROM batches WHERE queue = $1
              GROUP BY priority, status",
@@ -716,7 +716,7 @@ impl Store for PostgresStore {
                 .await
                 .map_err(unavailable)?
                 .get(0);
-        Ok(time(due))
+        Ok(codec::time(due))
     }
 
     async fn stats(&self) -> Result<QueueStats, StoreError> {
@@ -768,10 +768,10 @@ impl Store for PostgresStore {
         Ok(QueueStats {
             ingestions: ingestions as u64,
             batches,
-            last_slot: time(last_slot),
+            last_slot: codec::time(last_slot),
             running,
-            oldest_ingestion_at: time(oldest_ingestion_at),
-            last_prune_at: time(last_prune_at),
+            oldest_ingestion_at: codec::time(oldest_ingestion_at),
+            last_prune_at: codec::time(last_prune_at),
         })
     }
 
@@ -856,7 +856,7 @@ fn claimed_batch(row: &sqlx::postgres::PgRow) -> Result<ClaimedBatch, StoreError
             position,
         },
         id,
-        priority: priority(row.get("priority"))?,
+        priority: codec::priority(row.get::<i16, _>("priority").into())?,
         ids: decode_ids(row.get("ids"))?,
         attempt: row.get::<i32, _>("attempts") as u32,
         slot: Timestamp::from_micros(row.get("slot")),
@@ -891,19 +891,6 @@ fn uuid(id: IngestionId) -> Uuid {
     Uuid::from_bytes(*id.as_bytes())
 }
 
-fn time(micros: Option<i64>) -> Option<Timestamp> {
-    micros.map(Timestamp::from_micros)
-}
-
-fn callback_state(code: Option<i16>) -> Result<CallbackState, StoreError> {
-    match code {
-        Some(0) | None => Ok(CallbackState::Pending),
-        Some(1) => Ok(CallbackState::Delivered),
-        Some(2) => Ok(CallbackState::GaveUp),
-        Some(other) => Err(StoreError::Corrupt(format!("callback state {other}"))),
-    }
-}
-
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
@@ -931,32 +918,17 @@ fn refused_or_unavailable(e: sqlx::Error) -> StoreError {
     }
 }
 
-fn priority(rank: i16) -> Result<Priority, StoreError> {
-    Priority::from_rank(rank.into())
-        .ok_or_else(|| StoreError::Corrupt(format!("priority rank {rank}")))
-}
-
-fn status(code: i16) -> Result<BatchStatus, StoreError> {
-    BatchStatus::from_code(code.into())
-        .ok_or_else(|| StoreError::Corrupt(format!("batch status {code}")))
-}
-
 /// `(priority, status, count)` rows.
 fn batch_counts(
     rows: &[sqlx::postgres::PgRow],
 ) -> Result<Vec<(Priority, BatchStatus, u64)>, StoreError> {
     rows.iter()
         .map(|row| {
-            Ok((
-                priority(row.get(0))?,
-                status(row.get(1))?,
-                row.get::<i64, _>(2) as u64,
-            ))
+            codec::batch_count(
+                row.get::<i16, _>(0).into(),
+                row.get::<i16, _>(1).into(),
+                row.get(2),
+            )
         })
         .collect()
-}
-
-fn queue_name(name: &str) -> Result<QueueName, StoreError> {
-    name.parse()
-        .map_err(|_| StoreError::Corrupt(format!("a queue named {name:?}")))
 }

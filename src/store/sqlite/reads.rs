@@ -2,14 +2,12 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use std::num::NonZeroUsize;
-
-use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, Interval, Priority, Timestamp};
+use crate::domain::{BatchId, BatchStatus, IngestionId, Priority, Timestamp};
 use crate::queue::QueueName;
-use crate::store::codec::{decode_ids, decode_outcomes, event};
+use crate::store::codec::{self, decode_ids, decode_outcomes, event};
 use crate::store::{
-    BatchOutcomes, BatchRecord, CallbackRecord, CallbackState, Event, IngestionRecord,
-    IngestionSummary, QueueRuntime, QueueState, QueueStats, StoreError,
+    BatchOutcomes, BatchRecord, CallbackRecord, Event, IngestionRecord, IngestionSummary,
+    QueueRuntime, QueueState, QueueStats, StoreError,
 };
 
 /// The answer of a read bounded by size: a big answer is read elsewhere.
@@ -111,15 +109,15 @@ fn ingestion_head(
     };
     let record = IngestionRecord {
         id,
-        queue: queue_name(&queue)?,
-        priority: priority_of(priority)?,
+        queue: codec::queue_name(&queue)?,
+        priority: codec::priority(priority)?,
         created_at: Timestamp::from_micros(created_at),
-        finished_at: time(finished_at),
+        finished_at: codec::time(finished_at),
         callback: url
             .map(|url| {
                 Ok::<_, StoreError>(CallbackRecord {
                     url,
-                    state: callback_state(state)?,
+                    state: codec::callback_state(state)?,
                     attempts,
                     last_error: error,
                 })
@@ -138,17 +136,17 @@ fn batch_record(row: &rusqlite::Row<'_>, id: IngestionId) -> Result<BatchRecord,
             ingestion: id,
             position: row.get(0)?,
         },
-        status: status(row.get(1)?)?,
+        status: codec::status(row.get(1)?)?,
         attempts: row.get(2)?,
         ids: decode_ids(
             row.get_ref(3)?
                 .as_blob()
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         )?,
-        retry_at: time(row.get(4)?),
-        scheduled_at: time(row.get(5)?),
-        started_at: time(row.get(6)?),
-        completed_at: time(row.get(7)?),
+        retry_at: codec::time(row.get(4)?),
+        scheduled_at: codec::time(row.get(5)?),
+        started_at: codec::time(row.get(6)?),
+        completed_at: codec::time(row.get(7)?),
     })
 }
 
@@ -177,13 +175,13 @@ pub fn batch_outcomes(
                 ingestion: id,
                 position: row.get(0)?,
             },
-            status: status(row.get(1)?)?,
+            status: codec::status(row.get(1)?)?,
             ids: decode_ids(
                 row.get_ref(2)?
                     .as_blob()
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             )?,
-            outcomes: outcomes_of(row.get_ref(3)?.as_str_or_null().ok().flatten())?,
+            outcomes: decode_outcomes(row.get_ref(3)?.as_str_or_null().ok().flatten())?,
         });
     }
     Ok(Some(page))
@@ -272,10 +270,10 @@ pub fn recent_ingestions(
         .map(|head| {
             let mut summary = IngestionSummary {
                 id: IngestionId::from_bytes(head.id),
-                queue: queue_name(&head.queue)?,
-                priority: priority_of(head.priority)?,
+                queue: codec::queue_name(&head.queue)?,
+                priority: codec::priority(head.priority)?,
                 created_at: Timestamp::from_micros(head.created_at),
-                finished_at: time(head.finished_at),
+                finished_at: codec::time(head.finished_at),
                 ids: 0,
                 batches: Vec::new(),
             };
@@ -283,7 +281,9 @@ pub fn recent_ingestions(
             while let Some(row) = rows.next()? {
                 let (n, id_count): (i64, i64) = (row.get(1)?, row.get(2)?);
                 summary.ids += id_count as u64;
-                summary.batches.push((status(row.get(0)?)?, n as u64));
+                summary
+                    .batches
+                    .push((codec::status(row.get(0)?)?, n as u64));
             }
             Ok(summary)
         })
@@ -294,7 +294,7 @@ pub fn next_callback_due(conn: &Connection) -> Result<Option<Timestamp>, StoreEr
     let due: Option<i64> = conn
         .prepare_cached("SELECT min(callback_due_at) FROM ingestions WHERE callback_state = 0")?
         .query_row([], |row| row.get(0))?;
-    Ok(time(due))
+    Ok(codec::time(due))
 }
 
 pub fn stats(conn: &Connection) -> Result<QueueStats, StoreError> {
@@ -341,10 +341,10 @@ pub fn stats(conn: &Connection) -> Result<QueueStats, StoreError> {
     Ok(QueueStats {
         ingestions: ingestions as u64,
         batches,
-        last_slot: time(last_slot),
+        last_slot: codec::time(last_slot),
         running,
-        oldest_ingestion_at: time(oldest_ingestion_at),
-        last_prune_at: time(last_prune_at),
+        oldest_ingestion_at: codec::time(oldest_ingestion_at),
+        last_prune_at: codec::time(last_prune_at),
     })
 }
 
@@ -358,12 +358,7 @@ fn batch_counts(
     let mut rows = stmt.query(params)?;
     let mut batches = Vec::new();
     while let Some(row) = rows.next()? {
-        let count: i64 = row.get(2)?;
-        batches.push((
-            priority_of(row.get(0)?)?,
-            status(row.get(1)?)?,
-            count as u64,
-        ));
+        batches.push(codec::batch_count(row.get(0)?, row.get(1)?, row.get(2)?)?);
     }
     Ok(batches)
 }
@@ -392,14 +387,7 @@ pub fn queue_runtime(
     };
     Ok(Some((
         id,
-        QueueRuntime {
-            paused,
-            interval: interval.map(|us| {
-                Interval::from_duration(std::time::Duration::from_micros(us.max(0) as u64))
-            }),
-            max_in_flight: max_in_flight.and_then(|n| NonZeroUsize::new(n.max(0) as usize)),
-            last_slot: time(last_slot),
-        },
+        codec::queue_runtime(paused, interval, max_in_flight, last_slot),
     )))
 }
 
@@ -424,14 +412,9 @@ pub fn waiting_batches(conn: &Connection) -> Result<Vec<(QueueName, u64)>, Store
     let mut waiting = Vec::new();
     while let Some(row) = rows.next()? {
         let (name, n): (String, i64) = (row.get(0)?, row.get(1)?);
-        waiting.push((queue_name(&name)?, n as u64));
+        waiting.push((codec::queue_name(&name)?, n as u64));
     }
     Ok(waiting)
-}
-
-fn queue_name(name: &str) -> Result<QueueName, StoreError> {
-    name.parse()
-        .map_err(|_| StoreError::Corrupt(format!("a queue named {name:?}")))
 }
 
 pub fn oldest_event(conn: &Connection) -> Result<Option<u64>, StoreError> {
@@ -439,30 +422,4 @@ pub fn oldest_event(conn: &Connection) -> Result<Option<u64>, StoreError> {
         .prepare_cached("SELECT min(seq) FROM events")?
         .query_row([], |row| row.get(0))?;
     Ok(seq.map(|seq| seq as u64))
-}
-
-/// The outcomes stored with a batch (a JSON array), or none yet.
-pub fn outcomes_of(json: Option<&str>) -> Result<Vec<IdOutcome>, StoreError> {
-    decode_outcomes(json)
-}
-
-pub fn priority_of(rank: i64) -> Result<Priority, StoreError> {
-    Priority::from_rank(rank).ok_or_else(|| StoreError::Corrupt(format!("priority rank {rank}")))
-}
-
-fn status(code: i64) -> Result<BatchStatus, StoreError> {
-    BatchStatus::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("batch status {code}")))
-}
-
-fn callback_state(code: Option<i64>) -> Result<CallbackState, StoreError> {
-    match code {
-        Some(0) | None => Ok(CallbackState::Pending),
-        Some(1) => Ok(CallbackState::Delivered),
-        Some(2) => Ok(CallbackState::GaveUp),
-        Some(other) => Err(StoreError::Corrupt(format!("callback state {other}"))),
-    }
-}
-
-fn time(micros: Option<i64>) -> Option<Timestamp> {
-    micros.map(Timestamp::from_micros)
 }

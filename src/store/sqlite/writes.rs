@@ -4,12 +4,11 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::reads::priority_of;
 use crate::domain::{
     BatchId, BatchStatus, IdOutcome, IngestionId, IngestionStatus, Interval, Timestamp,
 };
 use crate::queue::QueueName;
-use crate::store::codec::{decode_ids, earlier_outcomes, encode_ids, encode_outcomes};
+use crate::store::codec::{self, decode_ids, earlier_outcomes, encode_ids, encode_outcomes};
 use crate::store::{
     AttemptEnd, BatchKey, CallbackDelivery, ClaimOutcome, ClaimRequest, ClaimedBatch, Created,
     DueCallback, NewIngestion, QueueChange, StoreError,
@@ -283,7 +282,7 @@ fn claim_one(conn: &Connection, request: &ClaimRequest) -> Result<Claim, StoreEr
             position,
         },
         id,
-        priority: priority_of(priority)?,
+        priority: codec::priority(priority)?,
         ids: decode_ids(&ids)?,
         attempt: attempts + 1,
         slot,
