@@ -35,12 +35,8 @@ CREATE INDEX batches_running_by_queue ON batches (queue) WHERE status = 1;
 -- runtime settings, read under that lock, replace the configured ones. A
 -- paused queue answers `paused`. The late tolerance is the interval in force's
 -- (a tenth, at most 25 ms: the rule of `Interval::late_tolerance_micros`).
--- A retry time is written by a node, on its own clock (`sluice_finish`), so it
--- is compared with the claiming node's clock (`local_now`) and answered as it
--- is; before, it was compared with the database's clock, so a node whose clock
--- was off started its retries early or late by the difference. Nodes whose
--- clocks differ from each other still see each other's retries early or late
--- by that difference: keep the nodes' clocks in sync (NTP).
+-- Retry times are on the database's clock, as slots are: `sluice_finish`
+-- below moves the node's retry time by its skew as it is written.
 CREATE FUNCTION sluice_claim(
     node UUID,
     queue_ TEXT,
@@ -125,7 +121,7 @@ BEGIN
         SELECT b.ingestion_seq, b.position, b.status INTO chosen
         FROM batches b
         WHERE b.queue = v_queue.id AND b.status IN (0, 3)
-          AND (b.retry_at IS NULL OR b.retry_at <= local_now)
+          AND (b.retry_at IS NULL OR b.retry_at <= db_now)
         ORDER BY b.lane, b.priority, b.ingestion_seq, b.position
         LIMIT 1
         FOR UPDATE SKIP LOCKED;
@@ -134,7 +130,7 @@ BEGIN
                 SELECT min(b.retry_at) INTO next_retry FROM batches b
                 WHERE b.queue = v_queue.id AND b.status = 3;
                 RETURN QUERY SELECT CASE WHEN next_retry IS NULL THEN 'idle' ELSE 'not_before' END,
-                    next_retry, NULL::BIGINT, NULL::INTEGER,
+                    next_retry - skew, NULL::BIGINT, NULL::INTEGER,
                     NULL::SMALLINT, NULL::BYTEA, NULL::INTEGER, NULL::UUID, NULL::BIGINT, NULL::TEXT;
             END IF;
             EXIT;
@@ -192,5 +188,48 @@ BEGIN
         PERFORM pg_notify('sluice_work', '');
     END IF;
     RETURN n;
+END
+$$;
+
+-- A retry time comes from the node, on its clock, and a claim compares it with the
+-- database's: move it onto the database's clock by the node's skew as it is
+-- written (as a claim moves `ready_at`), so a retry waits as long as the node
+-- asked, whatever the node's clock says.
+CREATE OR REPLACE FUNCTION sluice_finish(
+    node UUID, seq_ BIGINT, position_ INTEGER, status_ INTEGER, retry_at_ BIGINT,
+    results_ TEXT, at BIGINT
+) RETURNS BOOLEAN
+LANGUAGE plpgsql AS $$
+DECLARE
+    cancelled BOOLEAN;
+    final     INTEGER := status_;
+    ended     BOOLEAN := FALSE;
+BEGIN
+    -- The request's row first: a cancel racing this attempt either sees the
+    -- retry (and cancels it) or is seen by it.
+    SELECT i.cancelled_at IS NOT NULL INTO cancelled FROM ingestions i WHERE i.seq = seq_
+    FOR NO KEY UPDATE;
+    IF final = 3 AND cancelled THEN
+        final := 5;
+    END IF;
+    UPDATE batches
+    SET status = final,
+        retry_at = CASE WHEN final = 3 THEN retry_at_ + (sluice_now_us() - at) END,
+        completed_at = CASE WHEN final IN (2, 4, 5) THEN at END,
+        results = results_, lease_owner = NULL, lease_expires_at = NULL
+    WHERE ingestion_seq = seq_ AND position = position_ AND status = 1 AND lease_owner = node;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_notify('sluice_work', '');
+    IF final = 3 THEN
+        RETURN FALSE;
+    END IF;
+    ended := sluice_close_batches(seq_, 1, at);
+    PERFORM sluice_event(seq_, position_, final, at);
+    IF ended THEN
+        PERFORM sluice_ended(seq_, at);
+    END IF;
+    RETURN ended;
 END
 $$;

@@ -80,8 +80,6 @@ on_both_stores!(
     outcomes_and_pages_read_back_as_written,
     an_idempotency_key_replays_conflicts_and_expires,
     a_callback_is_due_when_the_request_ends_and_held_while_delivered,
-    #[ignore = "differs: PostgreSQL compares a retry time, written on the node's clock, \
-                with its own clock, unconverted by the skew (see the case)"]
     a_retry_waits_for_its_time_on_a_node_whose_clock_is_off,
     queue_counts_match_the_batches,
 );
@@ -1165,12 +1163,10 @@ async fn a_callback_is_due_when_the_request_ends_and_held_while_delivered(store:
 /// the node asked, on the node's clock: SQLite has no other clock, and
 /// PostgreSQL converts the node's times by the skew it measures.
 ///
-/// Found different: `sluice_claim` converts `ready_at` by the skew but tests
-/// `b.retry_at <= db_now` with the retry time as the node wrote it, and
-/// answers `next_retry - skew`. A node ten minutes behind the database has its
-/// five-minute retry start at once; a node ten minutes ahead waits ten
-/// minutes longer than it asked. Storing the retry time moved by the skew
-/// (`retry_at_ + (sluice_now_us() - at)` in `sluice_finish`) makes it pass.
+/// Found different, and fixed: PostgreSQL compared the retry time, as the
+/// node wrote it, with the database's clock, so a node ten minutes behind had
+/// its five-minute retry start at once. `sluice_finish` now moves it onto the
+/// database's clock by the node's skew as it is written.
 async fn a_retry_waits_for_its_time_on_a_node_whose_clock_is_off(store: &dyn Store) {
     // A queue for each node, so each sees only its own times.
     for (queue_name, offset_minutes) in [("alpha", -10_i64), ("beta", 10)] {
