@@ -27,11 +27,12 @@ use sluice::domain::{
     BatchId, BatchStatus, Clock, IdOutcome, IngestionId, ItemId, Priority, Timestamp,
 };
 use sluice::metrics::Metrics;
+use sluice::queue::{QueueName, Queues};
 use sluice::signals::Signals;
 use sluice::store::{
     AttemptEnd, BatchKey, BatchOutcomes, BatchRecord, CallbackDelivery, ClaimOutcome, ClaimRequest,
-    Created, DueCallback, Event, IngestionRecord, IngestionSummary, NewIngestion, QueueStats,
-    Store, StoreError,
+    Created, DueCallback, Event, IngestionRecord, IngestionSummary, NewIngestion, QueueChange,
+    QueueState, QueueStats, Store, StoreError,
 };
 
 /// The one request the store knows (the README's example id), so that the
@@ -85,13 +86,11 @@ impl Harness {
                     signals: Signals::default(),
                     metrics: Arc::new(Metrics::default()),
                     clock: Clock::new(),
-                    batch_size: config.batch_size,
+                    queues: Queues::default_only(),
                     limits: ApiLimits {
                         max_body_bytes: config.max_body_bytes,
                         max_ids_per_request: max_ids,
                     },
-                    interval: config.interval,
-                    max_in_flight: config.max_in_flight.get(),
                     shutdown: CancellationToken::new(),
                     overload: Limits {
                         writes: Arc::new(Semaphore::new(config.max_concurrent_writes.max(1))),
@@ -253,6 +252,7 @@ fn known_record() -> IngestionRecord {
     let statuses = [BatchStatus::Completed, BatchStatus::YetToStart];
     IngestionRecord {
         id,
+        queue: QueueName::default_queue(),
         priority: Priority::Medium,
         created_at: at,
         finished_at: None,
@@ -348,7 +348,7 @@ impl Store for RecordingStore {
         unreachable!("{UNUSED}")
     }
 
-    async fn release_unfinished(&self, _: Timestamp) -> Result<u64, StoreError> {
+    async fn release_unfinished(&self, _: &QueueName, _: Timestamp) -> Result<u64, StoreError> {
         unreachable!("{UNUSED}")
     }
 
@@ -386,7 +386,19 @@ impl Store for RecordingStore {
         unreachable!("{UNUSED}")
     }
 
-    async fn waiting_batches(&self) -> Result<u64, StoreError> {
+    async fn waiting_batches(&self) -> Result<Vec<(QueueName, u64)>, StoreError> {
+        unreachable!("{UNUSED}")
+    }
+
+    async fn register_queues(&self, _: &[QueueName]) -> Result<(), StoreError> {
+        unreachable!("{UNUSED}")
+    }
+
+    async fn queue_state(&self, _: &QueueName) -> Result<Option<QueueState>, StoreError> {
+        unreachable!("{UNUSED}")
+    }
+
+    async fn change_queue(&self, _: &QueueName, _: QueueChange) -> Result<bool, StoreError> {
         unreachable!("{UNUSED}")
     }
 

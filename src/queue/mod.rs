@@ -107,8 +107,8 @@ impl Queues {
     }
 
     /// Only the `default` queue, on the flags' defaults and the mock: for
-    /// unit tests.
-    #[cfg(test)]
+    /// unit tests and the fuzz harness.
+    #[doc(hidden)]
     pub fn default_only() -> Self {
         let config = crate::config::Config::defaults();
         let queues = config.queue_settings().expect("the defaults are valid");
