@@ -24,7 +24,7 @@
 //! load and the freed space is reused.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -69,6 +69,12 @@ const FIRST_ERRORS: usize = 5;
 /// to two minutes of history, and the size would saw between passes.
 const RETENTION_PERIOD: &str = "10s";
 
+/// With retention, the ingestions that the `GET`s read wait in this queue,
+/// paused: a request that has not ended is never pruned, so every `GET` finds
+/// its request all soak long (an ended one would be gone a retention after it
+/// ended, and the `GET`s would measure 404s).
+const HELD_QUEUE: &str = "held";
+
 /// With retention, the database size is judged over this last part of the
 /// soak: the first minutes fill the database up to what the retention keeps.
 const SIZE_SPAN: Duration = Duration::from_secs(5 * 60);
@@ -106,17 +112,39 @@ impl Bench {
             NO_QUEUE_LIMIT,
         ];
         let retention_flag = retention.map(|r| humantime::format_duration(r).to_string());
+        let queues_file = self.log_dir.join("queues-soak.toml");
+        let queues_arg = queues_file.display().to_string();
         if let Some(retention) = &retention_flag {
+            write_held_queue(&queues_file)?;
             args.extend([
                 "--retention",
                 retention.as_str(),
                 "--retention-period",
                 RETENTION_PERIOD,
+                "--queues-file",
+                queues_arg.as_str(),
             ]);
         }
         let mut server = self.start_server(&db, "soak", &args)?;
         let sizer = SizeProbe::of(&db)?;
-        let paths = self.status_paths(&server).await?;
+        let mut stats = StatsReader::new(server.addr());
+        let paths = if retention.is_some() {
+            let paths = create_held_ingestions(
+                server.addr(),
+                settings.status_ingestions,
+                settings.ids_per_request,
+            )
+            .await?;
+            // Nothing else is queued yet: every batch waiting is held.
+            stats.held = stats.read().await?.0.waiting;
+            println!(
+                "  {} batches held; the queue figures below leave them out",
+                thousands(stats.held)
+            );
+            paths
+        } else {
+            self.status_paths(&server).await?
+        };
         let workload = Workload::Mixed {
             bodies: self.ingest_bodies(21),
             paths,
@@ -157,7 +185,6 @@ impl Bench {
         };
         let rate = plan.post_rate + plan.get_rate;
 
-        let mut stats = StatsReader::new(server.addr());
         drain(&mut server, &mut stats).await?;
         match sizer.read().await {
             Ok(size) => println!(
@@ -470,7 +497,7 @@ impl Row {
 
     fn print_header() {
         println!(
-            "  {:>5} {:>7} | {:>8} {:>7} {:>8} | {:>8} {:>7} {:>8} | {:>7} {:>6} {:>6} | {:>9} {:>6} | {:>7} {:>6} | {:>8} {:>6} {:>6}",
+            "  {:>5} {:>7} | {:>8} {:>7} {:>8} | {:>8} {:>7} {:>8} | {:>7} {:>6} {:>6} | {:>9} {:>6} | {:>7} {:>6} | {:>8} {:>6} {:>9}",
             "time",
             "req/s",
             "POST p50",
@@ -488,18 +515,17 @@ impl Row {
             "errors",
             "DB MB",
             "WAL MB",
-            "oldest"
+            "pruned"
         );
     }
 
     fn print(&self) {
         let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1e3);
-        let (queued, stats, oldest) = match self.queue {
+        let (queued, stats, pruned) = match self.queue {
             Probe::Read(q, took) => (
                 thousands(q.waiting),
                 ms(took),
-                q.oldest
-                    .map_or("-".to_string(), |age| format!("{:.0}s", age.as_secs_f64())),
+                q.pruned.map_or("?".to_string(), thousands),
             ),
             Probe::Failed => ("?".to_string(), "?".to_string(), "?".to_string()),
             Probe::Skipped => ("-".to_string(), "-".to_string(), "-".to_string()),
@@ -511,7 +537,7 @@ impl Row {
             None => ("?".to_string(), "?".to_string()),
         };
         println!(
-            "  {:>5} {:>7} | {:>8} {:>7} {:>8} | {:>8} {:>7} {:>8} | {:>7.1} {:>6.2} {:>6.2} | {:>9} {:>6} | {:>7} {:>6} | {:>8} {:>6} {:>6}",
+            "  {:>5} {:>7} | {:>8} {:>7} {:>8} | {:>8} {:>7} {:>8} | {:>7.1} {:>6.2} {:>6.2} | {:>9} {:>6} | {:>7} {:>6} | {:>8} {:>6} {:>9}",
             clock(self.end),
             thousands((self.ok() as f64 / self.length.as_secs_f64()) as u64),
             ms(p(&self.post, 0.5)),
@@ -529,7 +555,7 @@ impl Row {
             self.errors,
             size,
             wal,
-            oldest
+            pruned
         );
     }
 }
@@ -1104,16 +1130,18 @@ impl Probe {
 struct Queue {
     waiting: u64,
     processing: u64,
-    /// How long ago, by the server's clock, the oldest request still kept
-    /// arrived: with retention, about the retention plus a pruning period,
-    /// unless unended work holds older requests.
-    oldest: Option<Duration>,
+    /// Requests pruned so far (`sluice_pruned_total{kind="ingestions"}`);
+    /// `None` if `GET /metrics` could not be read.
+    pruned: Option<u64>,
 }
 
 /// Reads `GET /stats` over a connection of its own, reopened after a failure.
 struct StatsReader {
     addr: SocketAddr,
     connection: Option<Connection>,
+    /// Batches of the held queue (with retention), left out of the counts:
+    /// they wait all soak long by design.
+    held: u64,
 }
 
 impl StatsReader {
@@ -1121,6 +1149,7 @@ impl StatsReader {
         Self {
             addr,
             connection: None,
+            held: 0,
         }
     }
 
@@ -1128,9 +1157,19 @@ impl StatsReader {
     /// priority and status, so its time grows with the database: worth
     /// watching in a soak).
     async fn read(&mut self) -> anyhow::Result<(Queue, Duration)> {
-        let result = with_deadline("GET /stats", REQUEST_TIMEOUT, self.try_read()).await;
+        // The server closes a connection idle for its keep-alive timeout
+        // (10 s), shorter than a row: a kept connection found closed is
+        // opened again once, on a new connection.
+        let reused = self.connection.is_some();
+        let mut result = with_deadline("GET /stats", REQUEST_TIMEOUT, self.try_read()).await;
         if result.is_err() {
             self.connection = None;
+            if reused {
+                result = with_deadline("GET /stats", REQUEST_TIMEOUT, self.try_read()).await;
+                if result.is_err() {
+                    self.connection = None;
+                }
+            }
         }
         result
     }
@@ -1160,24 +1199,92 @@ impl StatsReader {
                 .filter_map(|by_status| by_status.get(status)?.as_u64())
                 .sum()
         };
-        let time = |field: &str| {
-            stats
-                .get(field)
-                .and_then(serde_json::Value::as_str)
-                .and_then(|text| humantime::parse_rfc3339(text).ok())
+        // After the timed `GET /stats`, so that its time is its own.
+        let pruned = match conn.request(Method::GET, "/metrics", None).await {
+            Ok((StatusCode::OK, body)) => {
+                pruned_of(&String::from_utf8_lossy(&body), "ingestions").or(Some(0))
+            }
+            _ => None,
         };
-        let oldest = time("now")
-            .zip(time("oldest_ingestion_at"))
-            .map(|(now, oldest)| now.duration_since(oldest).unwrap_or_default());
         Ok((
             Queue {
-                waiting: count("yet_to_start") + count("retrying"),
+                waiting: (count("yet_to_start") + count("retrying")).saturating_sub(self.held),
                 processing: count("triggered"),
-                oldest,
+                pruned,
             },
             took,
         ))
     }
+}
+
+/// A `sluice_pruned_total{kind}` counter in a `GET /metrics` answer; `None`
+/// before the first prune, when the counter is not there yet.
+fn pruned_of(metrics: &str, kind: &str) -> Option<u64> {
+    let key = format!("sluice_pruned_total{{kind=\"{kind}\"}}");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&key))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// Writes the queues file of a soak with retention: the queue the `GET`s'
+/// ingestions wait in.
+fn write_held_queue(path: &Path) -> anyhow::Result<()> {
+    // At one start an hour even before the pause: nothing of it ends in a
+    // soak.
+    let text = format!("[queues.{HELD_QUEUE}]\ninterval = \"1h\"\n");
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Pauses the held queue, then creates `count` ingestions of `ids_each` ids
+/// in it, over 16 connections; their `GET /status` paths.
+async fn create_held_ingestions(
+    addr: SocketAddr,
+    count: usize,
+    ids_each: usize,
+) -> anyhow::Result<Arc<Vec<String>>> {
+    let mut conn = Connection::open(addr).await?;
+    let (status, body) = conn
+        .request(Method::POST, &format!("/queues/{HELD_QUEUE}/pause"), None)
+        .await?;
+    ensure!(
+        status == StatusCode::OK,
+        "POST /queues/{HELD_QUEUE}/pause answered {status}: {}",
+        String::from_utf8_lossy(&body[..body.len().min(300)])
+    );
+    let started = Instant::now();
+    let connections = 16.min(count.max(1));
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let share: Vec<usize> = (c..count).step_by(connections).collect();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Connection::open(addr).await?;
+            let mut paths = Vec::with_capacity(share.len());
+            for k in share {
+                let ids: Vec<usize> = (0..ids_each).map(|i| 1 + k * ids_each + i).collect();
+                let priority = ["HIGH", "MEDIUM", "LOW"][k % 3];
+                let body = serde_json::json!({
+                    "ids": ids,
+                    "priority": priority,
+                    "queue": HELD_QUEUE,
+                });
+                let id = conn.ingest(serde_json::to_vec(&body)?.into()).await?;
+                paths.push(format!("/status/{id}"));
+            }
+            anyhow::Ok(paths)
+        }));
+    }
+    let mut paths = Vec::with_capacity(count);
+    for task in tasks {
+        paths.extend(task.await.context("a creating connection panicked")??);
+    }
+    println!(
+        "  created {} ingestions of {ids_each} ids to read in the paused queue {HELD_QUEUE}, in {}",
+        thousands(count as u64),
+        secs(started.elapsed())
+    );
+    Ok(Arc::new(paths))
 }
 
 #[cfg(test)]
@@ -1205,6 +1312,14 @@ mod tests {
         last.record(3_200).unwrap();
         assert!(!p99_flat(&first, &last));
         assert!(!p99_flat(&first, &new_histogram()));
+    }
+
+    #[test]
+    fn pruned_counter_reads() {
+        let text = "# TYPE sluice_pruned_total counter\nsluice_pruned_total{kind=\"ingestions\"} 7\nsluice_pruned_total{kind=\"batches\"} 21\n";
+        assert_eq!(pruned_of(text, "ingestions"), Some(7));
+        assert_eq!(pruned_of(text, "batches"), Some(21));
+        assert_eq!(pruned_of(text, "events"), None);
     }
 
     #[test]
