@@ -95,9 +95,13 @@ impl Bench {
             "the soak mixes two routes over its connections: --connections must be at least 2"
         );
         println!(
-            "\n== Soak (issue 7): peak of POST /ingest + GET /status/{{id}} over {connections} connections, then {:.0}% of it, paced, for {} ==",
+            "\n== Soak (issue 7): peak of POST /ingest + GET /status/{{id}} over {connections} connections, then {:.0}% of it, paced, for {}{} ==",
             settings.soak_fraction * 100.0,
-            humantime::format_duration(settings.soak_duration)
+            humantime::format_duration(settings.soak_duration),
+            retention.map_or(String::new(), |r| format!(
+                ", with retention {} (issue 11)",
+                humantime::format_duration(r)
+            ))
         );
         let db = self.database.create("soak")?;
         let in_flight = settings.dispatch_in_flight.to_string();
