@@ -157,6 +157,13 @@ struct Args {
     #[arg(long, value_parser = humantime::parse_duration)]
     soak_report_every: Option<Duration>,
 
+    /// Start the soak's server with `--retention` of this (e.g. `1m`) and a
+    /// pruning pass every 10 s, and judge the database size over the last 5
+    /// minutes (flat within ±10%) [default: none, the server's own 7d, so the
+    /// soak prunes nothing].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    soak_retention: Option<Duration>,
+
     /// Do not read GET /stats (the queue depth) at each soak row, only after
     /// the load: it counts every batch, so it slows as the database grows, and
     /// on SQLite the reads that queue behind it on its reader connection wait
@@ -414,7 +421,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             Scenario::Big => bench.big().await,
             Scenario::Dispatch => bench.dispatch().await,
             Scenario::Rate => bench.rate().await,
-            Scenario::Soak => bench.soak().await,
+            Scenario::Soak => bench.soak(args.soak_retention).await,
             Scenario::Prune => bench.prune().await,
             Scenario::Adaptive => bench.adaptive(adaptive_duration).await,
             Scenario::HostileBodies => bench.hostile_bodies().await,

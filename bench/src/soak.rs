@@ -15,8 +15,17 @@
 //! `POST`, so the peak is mostly `GET`s, and half of the total as half `POST`s
 //! would ask for more `POST`s than the service took at its peak, an overload
 //! rather than a soak.
+//!
+//! With `--soak-retention` the server prunes what ended longer ago than that
+//! (a pass every [`RETENTION_PERIOD`]), and each row shows the database's size
+//! on disk: the SQLite file and its WAL, or PostgreSQL's
+//! `pg_database_size`. At the end the sizes over the last [`SIZE_SPAN`] must
+//! stay within [`SIZE_TOLERANCE`] of their mean: pruning keeps pace with the
+//! load and the freed space is reused.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -28,7 +37,7 @@ use crate::http::{Connection, with_deadline};
 use crate::load::{self, LoadSpec, Requests, Workload, new_histogram, thousands};
 use crate::report::{mib, secs};
 use crate::scenarios::Bench;
-use crate::server::{Server, cpu_time_of, machine_busy_time};
+use crate::server::{Database, Server, cpu_time_of, machine_busy_time};
 
 /// `--max-queued-ids` of the soak's server: far past any queue the soak can
 /// build, so that no `POST` is refused for it (429s are still counted apart).
@@ -55,9 +64,30 @@ const RULE: &str = "flat = last-window RSS ≤ 1.2 × first-window RSS + 8 MB, a
 /// Error messages kept to print, of the whole soak.
 const FIRST_ERRORS: usize = 5;
 
+/// `--retention-period` of the soak's server with `--soak-retention`: the
+/// service's default (a pass a minute) would let a 1-minute retention keep up
+/// to two minutes of history, and the size would saw between passes.
+const RETENTION_PERIOD: &str = "10s";
+
+/// With retention, the ingestions that the `GET`s read wait in this queue,
+/// paused: a request that has not ended is never pruned, so every `GET` finds
+/// its request all soak long (an ended one would be gone a retention after it
+/// ended, and the `GET`s would measure 404s).
+const HELD_QUEUE: &str = "held";
+
+/// With retention, the database size is judged over this last part of the
+/// soak: the first minutes fill the database up to what the retention keeps.
+const SIZE_SPAN: Duration = Duration::from_secs(5 * 60);
+
+/// "Flat" for the database size: every size at a row's end over
+/// [`SIZE_SPAN`] within this fraction of their mean.
+const SIZE_TOLERANCE: f64 = 0.10;
+
 impl Bench {
     /// The soak: peak, then a paced load at a fraction of it for a long time.
-    pub async fn soak(&mut self) -> anyhow::Result<()> {
+    /// With `retention`, the server prunes what ended longer ago than that,
+    /// and the database size must stay flat over the last [`SIZE_SPAN`].
+    pub async fn soak(&mut self, retention: Option<Duration>) -> anyhow::Result<()> {
         let settings = self.settings.clone();
         let connections = settings.connections;
         ensure!(
@@ -65,27 +95,60 @@ impl Bench {
             "the soak mixes two routes over its connections: --connections must be at least 2"
         );
         println!(
-            "\n== Soak (issue 7): peak of POST /ingest + GET /status/{{id}} over {connections} connections, then {:.0}% of it, paced, for {} ==",
+            "\n== Soak (issue 7): peak of POST /ingest + GET /status/{{id}} over {connections} connections, then {:.0}% of it, paced, for {}{} ==",
             settings.soak_fraction * 100.0,
-            humantime::format_duration(settings.soak_duration)
+            humantime::format_duration(settings.soak_duration),
+            retention.map_or(String::new(), |r| format!(
+                ", with retention {} (issue 11)",
+                humantime::format_duration(r)
+            ))
         );
         let db = self.database.create("soak")?;
         let in_flight = settings.dispatch_in_flight.to_string();
-        let mut server = self.start_server(
-            &db,
-            "soak",
-            &[
-                "--interval",
-                "0",
-                "--mock-latency",
-                "0ms",
-                "--max-in-flight",
-                &in_flight,
-                "--max-queued-ids",
-                NO_QUEUE_LIMIT,
-            ],
-        )?;
-        let paths = self.status_paths(&server).await?;
+        let mut args = vec![
+            "--interval",
+            "0",
+            "--mock-latency",
+            "0ms",
+            "--max-in-flight",
+            &in_flight,
+            "--max-queued-ids",
+            NO_QUEUE_LIMIT,
+        ];
+        let retention_flag = retention.map(|r| humantime::format_duration(r).to_string());
+        let queues_file = self.log_dir.join("queues-soak.toml");
+        let queues_arg = queues_file.display().to_string();
+        if let Some(retention) = &retention_flag {
+            write_held_queue(&queues_file)?;
+            args.extend([
+                "--retention",
+                retention.as_str(),
+                "--retention-period",
+                RETENTION_PERIOD,
+                "--queues-file",
+                queues_arg.as_str(),
+            ]);
+        }
+        let mut server = self.start_server(&db, "soak", &args)?;
+        let sizer = SizeProbe::of(&db)?;
+        let mut stats = StatsReader::new(server.addr());
+        let paths = if retention.is_some() {
+            let paths = create_held_ingestions(
+                server.addr(),
+                settings.status_ingestions,
+                settings.ids_per_request,
+            )
+            .await?;
+            // Nothing else is queued yet: every batch waiting is held.
+            stats.held = stats.read().await?.0.waiting;
+            println!(
+                "  {} batches held; the queue figures below leave them out",
+                thousands(stats.held)
+            );
+            paths
+        } else {
+            self.status_paths(&server).await?
+        };
         let workload = Workload::Mixed {
             bodies: self.ingest_bodies(21),
             paths,
@@ -126,8 +189,15 @@ impl Bench {
         };
         let rate = plan.post_rate + plan.get_rate;
 
-        let mut stats = StatsReader::new(server.addr());
         drain(&mut server, &mut stats).await?;
+        match sizer.read().await {
+            Ok(size) => println!(
+                "  database at the soak's start: {} ({})",
+                mib(size.counted()),
+                size.describe()
+            ),
+            Err(error) => eprintln!("  (reading the database size failed: {error:#})"),
+        }
 
         println!(
             "  -- soak: open loop, {:.0}% of each route's peak for {}: {} POST/s ({} connections, each every {}) + {} GET/s ({} connections, each every {}) = {} req/s",
@@ -145,16 +215,22 @@ impl Bench {
             "     latency from each request's scheduled send time (a connection that falls behind sends at once, and the wait counts); times in ms"
         );
         self.settle().await;
-        let soak = paced_run(&mut server, &mut stats, &workload, &plan).await?;
+        let soak = paced_run(&mut server, &mut stats, &sizer, &workload, &plan).await?;
         let hwm = server.memory()?.peak;
         server.stop()?;
 
-        soak.print_totals(rate, hwm);
-        self.add_soak_rows(&peak, &plan, &soak);
+        soak.print_totals(rate, hwm, retention);
+        self.add_soak_rows(&peak, &plan, &soak, retention);
         Ok(())
     }
 
-    fn add_soak_rows(&mut self, peak: &load::LoadResult, plan: &Plan, soak: &SoakResult) {
+    fn add_soak_rows(
+        &mut self,
+        peak: &load::LoadResult,
+        plan: &Plan,
+        soak: &SoakResult,
+        retention: Option<Duration>,
+    ) {
         let rate = plan.post_rate + plan.get_rate;
         let per_route = peak
             .routes
@@ -235,6 +311,37 @@ impl Bench {
             "",
             None,
         );
+        let size = |row: &Row| row.size.map_or("?".to_string(), |s| mib(s.counted()));
+        self.summary.add(
+            "soak: database size, first vs last window",
+            format!("{} → {}", size(first), size(last)),
+            "",
+            None,
+        );
+        if let Some(retention) = retention {
+            let span = SizeSpan::of(&soak.rows, soak.duration);
+            self.summary.add(
+                format!(
+                    "soak: database size over the last {} (retention {})",
+                    humantime::format_duration(SIZE_SPAN),
+                    humantime::format_duration(retention)
+                ),
+                span.as_ref().map_or_else(
+                    || "no sizes read".to_string(),
+                    |s| {
+                        format!(
+                            "{} – {}, {:+.1}% / {:+.1}% of the mean",
+                            mib(s.min),
+                            mib(s.max),
+                            s.below() * 100.0,
+                            s.above() * 100.0
+                        )
+                    },
+                ),
+                "flat (±10% of the mean)",
+                Some(span.is_some_and(|s| s.flat())),
+            );
+        }
     }
 }
 
@@ -382,6 +489,9 @@ struct Row {
     other_cores: f64,
     /// From `GET /stats` at the window's end.
     queue: Probe,
+    /// The database on disk at the window's end; `None` if it could not be
+    /// read.
+    size: Option<DbSize>,
 }
 
 impl Row {
@@ -391,7 +501,7 @@ impl Row {
 
     fn print_header() {
         println!(
-            "  {:>5} {:>7} | {:>8} {:>7} {:>8} | {:>8} {:>7} {:>8} | {:>7} {:>6} {:>6} | {:>9} {:>6} | {:>7} {:>6}",
+            "  {:>5} {:>7} | {:>8} {:>7} {:>8} | {:>8} {:>7} {:>8} | {:>7} {:>6} {:>6} | {:>9} {:>6} | {:>7} {:>6} | {:>8} {:>6} {:>9}",
             "time",
             "req/s",
             "POST p50",
@@ -406,19 +516,32 @@ impl Row {
             "queued",
             "/stats",
             "lag p99",
-            "errors"
+            "errors",
+            "DB MB",
+            "WAL MB",
+            "pruned"
         );
     }
 
     fn print(&self) {
         let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1e3);
-        let (queued, stats) = match self.queue {
-            Probe::Read(q, took) => (thousands(q.waiting), ms(took)),
-            Probe::Failed => ("?".to_string(), "?".to_string()),
-            Probe::Skipped => ("-".to_string(), "-".to_string()),
+        let (queued, stats, pruned) = match self.queue {
+            Probe::Read(q, took) => (
+                thousands(q.waiting),
+                ms(took),
+                q.pruned.map_or("?".to_string(), thousands),
+            ),
+            Probe::Failed => ("?".to_string(), "?".to_string(), "?".to_string()),
+            Probe::Skipped => ("-".to_string(), "-".to_string(), "-".to_string()),
+        };
+        let megabytes = |bytes: u64| format!("{:.1}", bytes as f64 / (1024.0 * 1024.0));
+        let (size, wal) = match self.size {
+            Some(size @ DbSize::Sqlite { wal, .. }) => (megabytes(size.counted()), megabytes(wal)),
+            Some(size @ DbSize::Postgres(_)) => (megabytes(size.counted()), "-".to_string()),
+            None => ("?".to_string(), "?".to_string()),
         };
         println!(
-            "  {:>5} {:>7} | {:>8} {:>7} {:>8} | {:>8} {:>7} {:>8} | {:>7.1} {:>6.2} {:>6.2} | {:>9} {:>6} | {:>7} {:>6}",
+            "  {:>5} {:>7} | {:>8} {:>7} {:>8} | {:>8} {:>7} {:>8} | {:>7.1} {:>6.2} {:>6.2} | {:>9} {:>6} | {:>7} {:>6} | {:>8} {:>6} {:>9}",
             clock(self.end),
             thousands((self.ok() as f64 / self.length.as_secs_f64()) as u64),
             ms(p(&self.post, 0.5)),
@@ -433,7 +556,10 @@ impl Row {
             queued,
             stats,
             ms(p(&self.lag, 0.99)),
-            self.errors
+            self.errors,
+            size,
+            wal,
+            pruned
         );
     }
 }
@@ -457,7 +583,7 @@ impl SoakResult {
         self.rows.iter().map(|r| r.throttled).sum()
     }
 
-    fn print_totals(&self, rate: f64, hwm: u64) {
+    fn print_totals(&self, rate: f64, hwm: u64, retention: Option<Duration>) {
         let mut post = new_histogram();
         let mut get = new_histogram();
         let mut lag = new_histogram();
@@ -567,11 +693,218 @@ impl SoakResult {
                 _ => None,
             })
             .max();
+        self.print_sizes(retention);
         if let Some(slowest) = slowest.filter(|t| *t >= Duration::from_millis(50)) {
             println!(
                 "    note: GET /stats took up to {}. It counts every batch, so it slows as the database grows, and on SQLite it holds one of the server's reader connections meanwhile: reads sent to that connection wait behind it, so the window after a slow GET /stats shows it in its GET latency. --soak-skip-stats leaves it out",
                 load::ms(slowest)
             );
+        }
+    }
+}
+
+impl SoakResult {
+    /// The database size, first against last window; with retention, the
+    /// verdict over the last [`SIZE_SPAN`].
+    fn print_sizes(&self, retention: Option<Duration>) {
+        let (Some(first), Some(last)) = (self.rows.first(), self.rows.last()) else {
+            return;
+        };
+        let size = |row: &Row| row.size.map_or("?".to_string(), |s| mib(s.counted()));
+        println!(
+            "    database      {} → {} ({})",
+            size(first),
+            size(last),
+            last.size.map_or("not read".to_string(), |s| s.describe())
+        );
+        let Some(retention) = retention else {
+            return;
+        };
+        match SizeSpan::of(&self.rows, self.duration) {
+            Some(span) => println!(
+                "    database size over the last {} ({} sizes, {}–{}; retention {}): min {}, max {}, mean {}, {:+.1}% / {:+.1}% of the mean: flat (±{:.0}%) {}",
+                humantime::format_duration(SIZE_SPAN),
+                span.samples,
+                clock(span.from),
+                clock(self.duration),
+                humantime::format_duration(retention),
+                mib(span.min),
+                mib(span.max),
+                mib(span.mean as u64),
+                span.below() * 100.0,
+                span.above() * 100.0,
+                SIZE_TOLERANCE * 100.0,
+                if span.flat() { "met" } else { "MISSED" }
+            ),
+            None => println!(
+                "    database size over the last {}: no size was read: flat MISSED",
+                humantime::format_duration(SIZE_SPAN)
+            ),
+        }
+    }
+}
+
+/// The database sizes at the ends of the rows of the soak's last
+/// [`SIZE_SPAN`] (the row that ends where the span starts included: its size
+/// is the span's first).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SizeSpan {
+    /// Where the span starts, from the start of the paced run.
+    from: Duration,
+    samples: usize,
+    min: u64,
+    max: u64,
+    mean: f64,
+}
+
+impl SizeSpan {
+    /// `None` if no row of the span has a size. A row whose size could not
+    /// be read is left out, not counted as zero.
+    fn of(rows: &[Row], duration: Duration) -> Option<Self> {
+        let from = duration.saturating_sub(SIZE_SPAN);
+        let sizes: Vec<u64> = rows
+            .iter()
+            .filter(|r| r.end >= from)
+            .filter_map(|r| r.size.map(|s| s.counted()))
+            .collect();
+        Self::from_sizes(from, &sizes)
+    }
+
+    fn from_sizes(from: Duration, sizes: &[u64]) -> Option<Self> {
+        let min = *sizes.iter().min()?;
+        let max = *sizes.iter().max()?;
+        let mean = sizes.iter().sum::<u64>() as f64 / sizes.len() as f64;
+        Some(Self {
+            from,
+            samples: sizes.len(),
+            min,
+            max,
+            mean,
+        })
+    }
+
+    /// The smallest size against the mean, as a fraction (≤ 0).
+    fn below(&self) -> f64 {
+        self.min as f64 / self.mean.max(1.0) - 1.0
+    }
+
+    /// The largest size against the mean, as a fraction (≥ 0).
+    fn above(&self) -> f64 {
+        self.max as f64 / self.mean.max(1.0) - 1.0
+    }
+
+    fn flat(&self) -> bool {
+        self.below() >= -SIZE_TOLERANCE && self.above() <= SIZE_TOLERANCE
+    }
+}
+
+/// How big the soak's database is on disk.
+#[derive(Debug, Clone, Copy)]
+enum DbSize {
+    /// The SQLite file, its write-ahead log and the log's shared-memory index.
+    Sqlite { main: u64, wal: u64, shm: u64 },
+    /// `pg_database_size`: every table, index and TOAST table of the
+    /// database, dead rows not yet vacuumed included (not the cluster's WAL).
+    Postgres(u64),
+}
+
+impl DbSize {
+    /// The size that is judged: the SQLite file with its WAL (what a disk
+    /// holds for it; the WAL grows between checkpoints), or PostgreSQL's.
+    /// SQLite's `-shm` is left out: a few pages of index into the WAL, rebuilt
+    /// from it, not data.
+    fn counted(&self) -> u64 {
+        match *self {
+            Self::Sqlite { main, wal, .. } => main + wal,
+            Self::Postgres(bytes) => bytes,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match *self {
+            Self::Sqlite { main, wal, shm } => format!(
+                "SQLite file {} + -wal {}; -shm {} KB, not counted",
+                mib(main),
+                mib(wal),
+                shm / 1024
+            ),
+            Self::Postgres(_) => "pg_database_size(current_database())".to_string(),
+        }
+    }
+}
+
+/// Where to read the soak's database size from.
+#[derive(Debug, Clone)]
+enum SizeProbe {
+    /// The SQLite file; its `-wal` and `-shm` sit beside it.
+    Sqlite(PathBuf),
+    /// The database's URL, for `psql`.
+    Postgres(String),
+}
+
+impl SizeProbe {
+    fn of(db: &Database) -> anyhow::Result<Self> {
+        let url = db.url();
+        if let Some(rest) = url.strip_prefix("sqlite://") {
+            let path = rest.split('?').next().unwrap_or(rest);
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        ensure!(
+            url.starts_with("postgres://") || url.starts_with("postgresql://"),
+            "cannot tell the size of the database at {url}"
+        );
+        Ok(Self::Postgres(url.to_string()))
+    }
+
+    /// Reads the size off this tool's runtime thread: `psql` takes tens of
+    /// milliseconds, which would hold up the paced connections' sends.
+    async fn read(&self) -> anyhow::Result<DbSize> {
+        let probe = self.clone();
+        tokio::task::spawn_blocking(move || probe.read_blocking())
+            .await
+            .context("the database size reader panicked")?
+    }
+
+    fn read_blocking(&self) -> anyhow::Result<DbSize> {
+        match self {
+            Self::Sqlite(path) => {
+                // The WAL and its index exist only while a connection is open
+                // (and the WAL can be truncated to nothing): absent is 0.
+                let len = |suffix: &str| {
+                    let mut name = path.clone().into_os_string();
+                    name.push(suffix);
+                    std::fs::metadata(&name).map_or(0, |m| m.len())
+                };
+                let main = std::fs::metadata(path)
+                    .with_context(|| format!("reading the size of {}", path.display()))?
+                    .len();
+                Ok(DbSize::Sqlite {
+                    main,
+                    wal: len("-wal"),
+                    shm: len("-shm"),
+                })
+            }
+            Self::Postgres(url) => {
+                let out = Command::new("psql")
+                    .args([
+                        url.as_str(),
+                        "-Atqc",
+                        "SELECT pg_database_size(current_database())",
+                    ])
+                    .output()
+                    .context("running psql (install postgresql-client)")?;
+                ensure!(
+                    out.status.success(),
+                    "psql pg_database_size failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                let text = String::from_utf8_lossy(&out.stdout);
+                let bytes = text
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("psql answered {text:?} for pg_database_size"))?;
+                Ok(DbSize::Postgres(bytes))
+            }
         }
     }
 }
@@ -603,6 +936,7 @@ fn clock(d: Duration) -> String {
 async fn paced_run(
     server: &mut Server,
     stats: &mut StatsReader,
+    sizer: &SizeProbe,
     workload: &Workload,
     plan: &Plan,
 ) -> anyhow::Result<SoakResult> {
@@ -663,6 +997,13 @@ async fn paced_run(
         } else {
             Probe::Skipped
         };
+        let size = match sizer.read().await {
+            Ok(size) => Some(size),
+            Err(error) => {
+                eprintln!("  (reading the database size failed: {error:#})");
+                None
+            }
+        };
         let length = end - window_start;
         let cores = |d: Duration| d.as_secs_f64() / length.as_secs_f64();
         let server_cpu = now.0.saturating_sub(before.0);
@@ -685,6 +1026,7 @@ async fn paced_run(
                     .saturating_sub(client_cpu),
             ),
             queue,
+            size,
         };
         row.print();
         rows.push(row);
@@ -792,12 +1134,18 @@ impl Probe {
 struct Queue {
     waiting: u64,
     processing: u64,
+    /// Requests pruned so far (`sluice_pruned_total{kind="ingestions"}`);
+    /// `None` if `GET /metrics` could not be read.
+    pruned: Option<u64>,
 }
 
 /// Reads `GET /stats` over a connection of its own, reopened after a failure.
 struct StatsReader {
     addr: SocketAddr,
     connection: Option<Connection>,
+    /// Batches of the held queue (with retention), left out of the counts:
+    /// they wait all soak long by design.
+    held: u64,
 }
 
 impl StatsReader {
@@ -805,6 +1153,7 @@ impl StatsReader {
         Self {
             addr,
             connection: None,
+            held: 0,
         }
     }
 
@@ -812,9 +1161,19 @@ impl StatsReader {
     /// priority and status, so its time grows with the database: worth
     /// watching in a soak).
     async fn read(&mut self) -> anyhow::Result<(Queue, Duration)> {
-        let result = with_deadline("GET /stats", REQUEST_TIMEOUT, self.try_read()).await;
+        // The server closes a connection idle for its keep-alive timeout
+        // (10 s), shorter than a row: a kept connection found closed is
+        // opened again once, on a new connection.
+        let reused = self.connection.is_some();
+        let mut result = with_deadline("GET /stats", REQUEST_TIMEOUT, self.try_read()).await;
         if result.is_err() {
             self.connection = None;
+            if reused {
+                result = with_deadline("GET /stats", REQUEST_TIMEOUT, self.try_read()).await;
+                if result.is_err() {
+                    self.connection = None;
+                }
+            }
         }
         result
     }
@@ -844,14 +1203,92 @@ impl StatsReader {
                 .filter_map(|by_status| by_status.get(status)?.as_u64())
                 .sum()
         };
+        // After the timed `GET /stats`, so that its time is its own.
+        let pruned = match conn.request(Method::GET, "/metrics", None).await {
+            Ok((StatusCode::OK, body)) => {
+                pruned_of(&String::from_utf8_lossy(&body), "ingestions").or(Some(0))
+            }
+            _ => None,
+        };
         Ok((
             Queue {
-                waiting: count("yet_to_start") + count("retrying"),
+                waiting: (count("yet_to_start") + count("retrying")).saturating_sub(self.held),
                 processing: count("triggered"),
+                pruned,
             },
             took,
         ))
     }
+}
+
+/// A `sluice_pruned_total{kind}` counter in a `GET /metrics` answer; `None`
+/// before the first prune, when the counter is not there yet.
+fn pruned_of(metrics: &str, kind: &str) -> Option<u64> {
+    let key = format!("sluice_pruned_total{{kind=\"{kind}\"}}");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&key))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// Writes the queues file of a soak with retention: the queue the `GET`s'
+/// ingestions wait in.
+fn write_held_queue(path: &Path) -> anyhow::Result<()> {
+    // At one start an hour even before the pause: nothing of it ends in a
+    // soak.
+    let text = format!("[queues.{HELD_QUEUE}]\ninterval = \"1h\"\n");
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Pauses the held queue, then creates `count` ingestions of `ids_each` ids
+/// in it, over 16 connections; their `GET /status` paths.
+async fn create_held_ingestions(
+    addr: SocketAddr,
+    count: usize,
+    ids_each: usize,
+) -> anyhow::Result<Arc<Vec<String>>> {
+    let mut conn = Connection::open(addr).await?;
+    let (status, body) = conn
+        .request(Method::POST, &format!("/queues/{HELD_QUEUE}/pause"), None)
+        .await?;
+    ensure!(
+        status == StatusCode::OK,
+        "POST /queues/{HELD_QUEUE}/pause answered {status}: {}",
+        String::from_utf8_lossy(&body[..body.len().min(300)])
+    );
+    let started = Instant::now();
+    let connections = 16.min(count.max(1));
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let share: Vec<usize> = (c..count).step_by(connections).collect();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Connection::open(addr).await?;
+            let mut paths = Vec::with_capacity(share.len());
+            for k in share {
+                let ids: Vec<usize> = (0..ids_each).map(|i| 1 + k * ids_each + i).collect();
+                let priority = ["HIGH", "MEDIUM", "LOW"][k % 3];
+                let body = serde_json::json!({
+                    "ids": ids,
+                    "priority": priority,
+                    "queue": HELD_QUEUE,
+                });
+                let id = conn.ingest(serde_json::to_vec(&body)?.into()).await?;
+                paths.push(format!("/status/{id}"));
+            }
+            anyhow::Ok(paths)
+        }));
+    }
+    let mut paths = Vec::with_capacity(count);
+    for task in tasks {
+        paths.extend(task.await.context("a creating connection panicked")??);
+    }
+    println!(
+        "  created {} ingestions of {ids_each} ids to read in the paused queue {HELD_QUEUE}, in {}",
+        thousands(count as u64),
+        secs(started.elapsed())
+    );
+    Ok(Arc::new(paths))
 }
 
 #[cfg(test)]
@@ -879,5 +1316,69 @@ mod tests {
         last.record(3_200).unwrap();
         assert!(!p99_flat(&first, &last));
         assert!(!p99_flat(&first, &new_histogram()));
+    }
+
+    #[test]
+    fn pruned_counter_reads() {
+        let text = "# TYPE sluice_pruned_total counter\nsluice_pruned_total{kind=\"ingestions\"} 7\nsluice_pruned_total{kind=\"batches\"} 21\n";
+        assert_eq!(pruned_of(text, "ingestions"), Some(7));
+        assert_eq!(pruned_of(text, "batches"), Some(21));
+        assert_eq!(pruned_of(text, "events"), None);
+    }
+
+    #[test]
+    fn database_size_is_flat_within_ten_percent_of_the_mean() {
+        let from = Duration::from_secs(300);
+        let flat = SizeSpan::from_sizes(from, &[100, 95, 105, 108, 92]).unwrap();
+        assert_eq!((flat.min, flat.max, flat.samples), (92, 108, 5));
+        assert!(flat.flat());
+        // A database that keeps growing: 100 → 150 is ±20% of its mean.
+        let growing = SizeSpan::from_sizes(from, &[100, 110, 120, 130, 140, 150]).unwrap();
+        assert!(!growing.flat());
+        assert!(growing.above() > SIZE_TOLERANCE);
+        // One dip below 90% of the mean is enough to miss.
+        let dip = SizeSpan::from_sizes(from, &[100, 100, 100, 100, 80]).unwrap();
+        assert!(dip.above() < SIZE_TOLERANCE && !dip.flat());
+        assert!(SizeSpan::from_sizes(from, &[]).is_none());
+    }
+
+    #[test]
+    fn the_size_span_takes_the_rows_of_the_last_five_minutes() {
+        let row = |minute: u64, size: Option<u64>| Row {
+            end: Duration::from_secs(minute * 60),
+            length: Duration::from_secs(60),
+            post: new_histogram(),
+            get: new_histogram(),
+            lag: new_histogram(),
+            errors: 0,
+            throttled: 0,
+            rss: 0,
+            server_cores: 0.0,
+            client_cores: 0.0,
+            other_cores: 0.0,
+            queue: Probe::Skipped,
+            size: size.map(|s| DbSize::Sqlite {
+                main: s,
+                wal: 1,
+                shm: 7,
+            }),
+        };
+        // Minutes 1–4 grow; from minute 5 on it holds, but minute 8 failed
+        // to read.
+        let rows: Vec<Row> = (1..=10)
+            .map(|m| {
+                let size = if m == 8 { None } else { Some(m.min(5) * 1000) };
+                row(m, size)
+            })
+            .collect();
+        let span = SizeSpan::of(&rows, Duration::from_secs(600)).unwrap();
+        assert_eq!(span.from, Duration::from_secs(300));
+        // 5, 6, 7, 9, 10: the WAL counts, the -shm does not.
+        assert_eq!((span.samples, span.min, span.max), (5, 5001, 5001));
+        assert!(span.flat());
+        // A soak shorter than the span is judged whole.
+        let short = SizeSpan::of(&rows[..2], Duration::from_secs(120)).unwrap();
+        assert_eq!((short.from, short.samples), (Duration::ZERO, 2));
+        assert!(!short.flat());
     }
 }
