@@ -107,9 +107,17 @@ impl PostgresStore {
     }
 }
 
-/// Puts back in the queue every batch whose lease has run out.
+/// Puts back in the queue every batch whose lease has run out; wakes every
+/// node if there were any.
 async fn requeue_expired(pool: &PgPool) -> Result<u64, StoreError> {
-    requeue(pool, None).await
+    // `sluice_requeue(NULL)`: every node's batches whose lease ran out. A
+    // node's own batches are handed back per queue (`sluice_release`).
+    let n: i32 = sqlx::query("SELECT sluice_requeue(NULL)")
+        .fetch_one(pool)
+        .await
+        .map_err(unavailable)?
+        .get(0);
+    Ok(n as u64)
 }
 
 #[async_trait]
@@ -862,18 +870,6 @@ fn claimed_batch(row: &sqlx::postgres::PgRow) -> Result<ClaimedBatch, StoreError
         slot: Timestamp::from_micros(row.get("slot")),
         outcomes,
     })
-}
-
-/// Puts running batches back in the queue: those of `owner`, or with `None`
-/// every batch whose lease has run out. Wakes every node if there were any.
-async fn requeue(pool: &PgPool, owner: Option<Uuid>) -> Result<u64, StoreError> {
-    let n: i32 = sqlx::query("SELECT sluice_requeue($1)")
-        .bind(owner)
-        .fetch_one(pool)
-        .await
-        .map_err(unavailable)?
-        .get(0);
-    Ok(n as u64)
 }
 
 async fn notify<'e>(
