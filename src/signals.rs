@@ -76,6 +76,15 @@ impl Signals {
     }
 }
 
+/// What woke a dispatcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wakeup {
+    /// New work or a free processing slot.
+    Work,
+    /// An operator changed a queue.
+    QueueChanged,
+}
+
 /// One dispatcher's wake-ups: each resolves for a signal sent since the last
 /// [`Wakeups::seen`], so none sent between a look at the store and the wait
 /// that follows it is missed.
@@ -91,11 +100,11 @@ impl Wakeups {
         self.queues.mark_unchanged();
     }
 
-    /// New work, a free slot, or a change to a queue.
-    pub async fn work(&mut self) {
+    /// New work, a free slot, or a change to a queue: which.
+    pub async fn work(&mut self) -> Wakeup {
         tokio::select! {
-            _ = self.work.changed() => {}
-            _ = self.queues.changed() => {}
+            _ = self.work.changed() => Wakeup::Work,
+            _ = self.queues.changed() => Wakeup::QueueChanged,
         }
     }
 

@@ -121,7 +121,7 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
             .queue_state(&queue.name)
             .await?
             .unwrap_or_default();
-        let interval = state.runtime.interval.unwrap_or(queue.settings.interval);
+        let interval = queue.interval_in_force(&state.runtime);
         gauges.push(QueueGauges {
             name: queue.name.clone(),
             effective_interval: queue.effective_interval(interval).as_duration(),
@@ -247,12 +247,8 @@ pub async fn stats(State(app): State<AppState>) -> Result<Json<Stats>, ApiError>
         .await?
         .unwrap_or_default()
         .runtime;
-    let interval =
-        default.effective_interval(runtime.interval.unwrap_or(default.settings.interval));
-    let max_in_flight = runtime
-        .max_in_flight
-        .unwrap_or(default.settings.max_in_flight)
-        .get();
+    let interval = default.effective_interval(default.interval_in_force(&runtime));
+    let max_in_flight = default.max_in_flight_in_force(&runtime).get();
     Ok(Json(Stats {
         queue,
         ingestions: stats.ingestions,

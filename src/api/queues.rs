@@ -90,7 +90,7 @@ impl QueueView {
     fn of(queue: &Queue, state: QueueState) -> Self {
         let settings = &queue.settings;
         let runtime = state.runtime;
-        let interval = runtime.interval.unwrap_or(settings.interval);
+        let interval = queue.interval_in_force(&runtime);
         let effective = queue.effective_interval(interval);
         let mut batches: BTreeMap<&'static str, BTreeMap<&'static str, u64>> = Priority::ALL
             .iter()
@@ -113,10 +113,7 @@ impl QueueView {
             name: queue.name.to_string(),
             paused: runtime.paused,
             interval: interval.to_string(),
-            max_in_flight: runtime
-                .max_in_flight
-                .unwrap_or(settings.max_in_flight)
-                .get(),
+            max_in_flight: queue.max_in_flight_in_force(&runtime).get(),
             effective_interval: effective.to_string(),
             batch_size: settings.batch_size.get(),
             upstream: settings

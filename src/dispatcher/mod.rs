@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{Clock, Interval};
 use crate::metrics::{Metrics, QueueLabels};
 use crate::queue::Queue;
-use crate::signals::{Signals, Wakeups};
+use crate::signals::{Signals, Wakeup, Wakeups};
 use crate::store::{ClaimOutcome, ClaimRequest, ClaimedBatch, SharedStore, StoreError};
 
 /// How long to wait before asking a failing store again.
@@ -173,7 +173,7 @@ impl Dispatcher {
             return configured;
         }
         match self.store.queue_state(&self.queue.name).await {
-            Ok(Some(state)) => state.runtime.interval.unwrap_or(configured),
+            Ok(Some(state)) => self.queue.interval_in_force(&state.runtime),
             Ok(None) => configured,
             Err(error) => {
                 tracing::warn!(%error, queue = %self.queue.name, "cannot read the queue's settings");
@@ -255,26 +255,20 @@ impl Dispatcher {
                 fault();
             }
             wakeups.seen();
-            let slow_down = self
-                .queue
-                .adaptive
-                .as_ref()
-                .map_or(Interval::default(), |adaptive| {
-                    // Zero unless the upstream pushed back: a queue not slowed
-                    // keeps the store's interval in force, whatever it is.
-                    let effective = adaptive.effective(interval.as_duration());
-                    Interval::from_duration(effective).max(*interval)
-                });
+            // Zero unless the upstream pushed back: a queue not slowed keeps
+            // the store's interval in force, whatever it is.
+            let effective = self.queue.effective_interval(*interval);
+            let slow_down = if effective > *interval {
+                effective
+            } else {
+                Interval::default()
+            };
             let request = ClaimRequest {
                 queue: self.queue.name.clone(),
                 ready_since,
                 now: self.clock.now(),
                 interval: settings.interval,
-                slow_down: if slow_down > *interval {
-                    slow_down
-                } else {
-                    Interval::default()
-                },
+                slow_down,
                 max_in_flight: settings.max_in_flight,
                 batches,
             };
@@ -311,9 +305,10 @@ impl Dispatcher {
                     tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => return None,
-                        _ = wakeups.work() => {}
+                        wakeup = wakeups.work() => if wakeup == Wakeup::QueueChanged {
+                            *interval = self.interval_in_force(shutdown).await;
+                        }
                     }
-                    *interval = self.interval_in_force(shutdown).await;
                     // Work or a processing slot appeared just now: this is when
                     // the dispatcher became ready to start.
                     ready_since = Some(self.clock.now());

@@ -21,6 +21,7 @@ pub use name::{QueueName, QueueNameError};
 use crate::dispatcher::RetryPolicy;
 use crate::dispatcher::adaptive::AdaptiveRate;
 use crate::domain::{BatchSize, Interval};
+use crate::store::QueueRuntime;
 use crate::upstream::{HttpUpstreamSettings, SharedFetcher};
 
 /// A queue's settings as the flags and the queues file give them. The
@@ -71,6 +72,17 @@ impl Queue {
             fetcher,
             adaptive,
         }
+    }
+
+    /// The interval in force, given what the store keeps of the queue: the
+    /// one set at runtime, if any, else the configured one.
+    pub fn interval_in_force(&self, runtime: &QueueRuntime) -> Interval {
+        runtime.interval.unwrap_or(self.settings.interval)
+    }
+
+    /// The in-flight limit in force, as [`Queue::interval_in_force`].
+    pub fn max_in_flight_in_force(&self, runtime: &QueueRuntime) -> NonZeroUsize {
+        runtime.max_in_flight.unwrap_or(self.settings.max_in_flight)
     }
 
     /// The spacing to keep between starts with `interval` in force: more
