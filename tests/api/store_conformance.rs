@@ -786,7 +786,8 @@ async fn a_retry_waits_for_its_time_without_holding_back_other_work(store: &dyn 
     let waiting = record(store, id).await;
     assert_eq!(statuses(&waiting), [BatchStatus::Retrying]);
     // As asked, or moved onto the database's clock by the skew of the call.
-    let kept = waiting.batches[0].retry_at.unwrap().as_micros() - retry_at.as_micros();
+    let stored = waiting.batches[0].retry_at.unwrap();
+    let kept = stored.as_micros() - retry_at.as_micros();
     assert!(
         (-CLOCK_SLACK_US..=window + CLOCK_SLACK_US).contains(&kept),
         "retry kept {kept} µs off the time asked"
@@ -795,10 +796,11 @@ async fn a_retry_waits_for_its_time_without_holding_back_other_work(store: &dyn 
     // The retry is not due: the next waiting batch goes, whatever its priority.
     let other = start_one(store, claim("default", NO_LIMIT)).await;
     assert_eq!(ids(&other), [2]);
-    // Then nothing until the retry is due. PostgreSQL compares the retry
-    // time, written on the caller's clock, with its own, and answers less
-    // the skew it measured during the call: this bound assumes the two
-    // clocks agree, as they do for a server on this machine.
+    // Then nothing until the retry is due. PostgreSQL keeps the retry time
+    // on its own clock (as stored above, already moved by the first call's
+    // skew) and answers it less the skew it measures during this call: the
+    // bound is taken from the time stored, not the time asked, and assumes
+    // the two clocks agree, as they do for a server on this machine.
     let request = claim("default", NO_LIMIT);
     let asked_at = request.now;
     let outcome = store.claim_batches(request).await.unwrap();
@@ -806,10 +808,10 @@ async fn a_retry_waits_for_its_time_without_holding_back_other_work(store: &dyn 
     let ClaimOutcome::NotBefore(at) = outcome else {
         panic!("expected NotBefore, got {outcome:?}");
     };
-    let (earliest, latest) = (retry_at.as_micros() - window, retry_at.as_micros());
+    let (earliest, latest) = (stored.as_micros() - window, stored.as_micros());
     assert!(
         (earliest - CLOCK_SLACK_US..=latest + CLOCK_SLACK_US).contains(&at.as_micros()),
-        "NotBefore {at}, the retry is due at {retry_at}"
+        "NotBefore {at}, the retry is due at {stored} (asked for {retry_at})"
     );
 }
 
