@@ -36,7 +36,7 @@ use hyper::{Method, StatusCode};
 use crate::http::{Connection, with_deadline};
 use crate::load::{self, LoadSpec, Requests, Workload, new_histogram, thousands};
 use crate::report::{mib, secs};
-use crate::scenarios::Bench;
+use crate::scenarios::{BATCH_SIZE, Bench};
 use crate::server::{Database, Server, cpu_time_of, machine_busy_time};
 
 /// `--max-queued-ids` of the soak's server: far past any queue the soak can
@@ -51,9 +51,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// figures worse, and so "flat" easier to meet).
 const DRAIN_LIMIT: Duration = Duration::from_secs(300);
 
-/// The soak server's batch size (SPEC.md's default), which turns the
-/// dispatcher's batches per second into requests per second.
-const SOAK_BATCH_SIZE: usize = 3;
+
 
 /// The rule for "flat": the last window's RSS at most 1.2 × the first's + 8 MB,
 /// and each route's last-window p99 at most 2 × the first's + 1 ms. The slack
@@ -109,12 +107,9 @@ impl Bench {
         );
         let db = self.database.create("soak")?;
         let in_flight = settings.dispatch_in_flight.to_string();
-        let batch_size = SOAK_BATCH_SIZE.to_string();
         let mut args = vec![
             "--interval",
             "0",
-            "--batch-size",
-            &batch_size,
             "--mock-latency",
             "0ms",
             "--max-in-flight",
@@ -192,7 +187,7 @@ impl Bench {
         // overload, not a soak.
         let dispatch_peak = drain(&mut server, &mut stats).await?;
         let http_post_rate = route_rate(load::INGEST)?;
-        let batches_per_post = settings.ids_per_request.div_ceil(SOAK_BATCH_SIZE) as f64;
+        let batches_per_post = settings.ids_per_request.div_ceil(BATCH_SIZE) as f64;
         let post_rate = match dispatch_peak {
             Some(batches_per_second) => {
                 let sustained = batches_per_second / batches_per_post * settings.soak_fraction;
