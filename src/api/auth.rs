@@ -413,18 +413,19 @@ pub async fn require_key(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match presented.and_then(|key| keys.key_of(key)) {
-        Some(key) if key.role < needed.role => ApiError::forbidden(format!(
-            "this key's role is {}; this needs {}",
-            key.role.as_str(),
-            needed.role.as_str()
-        ))
-        .into_response(),
+        // A tenant's key is told first what no other role would change.
         Some(Key {
             tenant: Some(_), ..
         }) if needed.operator => {
             ApiError::forbidden("this endpoint needs an operator key (a key without a tenant)")
                 .into_response()
         }
+        Some(key) if key.role < needed.role => ApiError::forbidden(format!(
+            "this key's role is {}; this needs {}",
+            key.role.as_str(),
+            needed.role.as_str()
+        ))
+        .into_response(),
         Some(Key { role, tenant }) => {
             request.extensions_mut().insert(Caller {
                 role: Some(role),
