@@ -45,7 +45,12 @@ async fn call(app: &TestApp, method: Method, path: &str, key: &str) -> reqwest::
         .unwrap()
 }
 
-async fn submit(app: &TestApp, key: &str, ids: &[u64], idempotency: Option<&str>) -> (String, bool) {
+async fn submit(
+    app: &TestApp,
+    key: &str,
+    ids: &[u64],
+    idempotency: Option<&str>,
+) -> (String, bool) {
     let mut request = app
         .client
         .post(format!("{}/ingest", app.address))
@@ -120,7 +125,10 @@ async fn assert_unknown(response: reqwest::Response, what: &str) {
         "{what}"
     );
     let body = json_of(response).await;
-    assert_eq!(body["type"], "urn:sluice:problem:not-found", "{what}: {body}");
+    assert_eq!(
+        body["type"], "urn:sluice:problem:not-found",
+        "{what}: {body}"
+    );
 }
 
 #[tokio::test]
@@ -144,7 +152,10 @@ async fn a_tenant_cannot_see_or_cancel_another_tenants_request() {
                 (Method::GET, format!("/status/{id}")),
                 (Method::GET, format!("/status?ingestion_id={id}")),
                 (Method::GET, format!("/ingestions/{id}/results")),
-                (Method::GET, format!("/ingestions/{id}/results?format=ndjson")),
+                (
+                    Method::GET,
+                    format!("/ingestions/{id}/results?format=ndjson"),
+                ),
                 (Method::GET, format!("/status/{id}/events")),
             ] {
                 let response = call(&app, method.clone(), &path, key).await;
@@ -152,8 +163,10 @@ async fn a_tenant_cannot_see_or_cancel_another_tenants_request() {
             }
         }
     }
-    let theirs_answer = json_of(call(&app, Method::GET, &format!("/status/{globex}"), ACME).await).await;
-    let never_answer = json_of(call(&app, Method::GET, &format!("/status/{never}"), ACME).await).await;
+    let theirs_answer =
+        json_of(call(&app, Method::GET, &format!("/status/{globex}"), ACME).await).await;
+    let never_answer =
+        json_of(call(&app, Method::GET, &format!("/status/{never}"), ACME).await).await;
     assert_eq!(
         theirs_answer["title"], never_answer["title"],
         "another tenant's request is answered as an unknown one"
@@ -166,12 +179,19 @@ async fn a_tenant_cannot_see_or_cancel_another_tenants_request() {
     ] {
         assert_unknown(call(&app, method, &path, GLOBEX).await, "cancel").await;
     }
-    let untouched = json_of(call(&app, Method::GET, &format!("/status/{acme}"), OPERATOR).await).await;
+    let untouched =
+        json_of(call(&app, Method::GET, &format!("/status/{acme}"), OPERATOR).await).await;
     assert_eq!(untouched["status"], "yet_to_start", "{untouched}");
     assert_eq!(untouched["batch_counts"]["cancelled"], 0, "{untouched}");
 
     // Its own it cancels.
-    let response = call(&app, Method::DELETE, &format!("/ingestions/{acme}"), ACME_ADMIN).await;
+    let response = call(
+        &app,
+        Method::DELETE,
+        &format!("/ingestions/{acme}"),
+        ACME_ADMIN,
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert_eq!(json_of(response).await["status"], "cancelled");
 
@@ -180,7 +200,13 @@ async fn a_tenant_cannot_see_or_cancel_another_tenants_request() {
         let response = call(&app, Method::GET, &format!("/status/{id}"), OPERATOR).await;
         assert_eq!(response.status(), 200);
         assert_eq!(json_of(response).await["tenant"], tenant);
-        let response = call(&app, Method::GET, &format!("/ingestions/{id}/results"), OPERATOR).await;
+        let response = call(
+            &app,
+            Method::GET,
+            &format!("/ingestions/{id}/results"),
+            OPERATOR,
+        )
+        .await;
         assert_eq!(response.status(), 200);
     }
 }
@@ -199,7 +225,11 @@ async fn lists_and_the_event_stream_hold_only_the_tenants_own() {
 
     let mut expected = acme.clone();
     expected.reverse();
-    assert_eq!(listed(&app, ACME).await, expected, "newest first, only acme's");
+    assert_eq!(
+        listed(&app, ACME).await,
+        expected,
+        "newest first, only acme's"
+    );
     assert_eq!(listed(&app, ACME_ADMIN).await, expected);
     let mut expected = globex.clone();
     expected.reverse();
@@ -320,8 +350,7 @@ async fn operator_endpoints_need_a_key_without_a_tenant() {
             );
             let body = json_of(response).await;
             assert_eq!(
-                body["detail"],
-                "this endpoint needs an operator key (a key without a tenant)",
+                body["detail"], "this endpoint needs an operator key (a key without a tenant)",
                 "{method} {path}: {body}"
             );
         }
@@ -337,6 +366,10 @@ async fn operator_endpoints_need_a_key_without_a_tenant() {
     assert_eq!(response.status(), 200);
     // What is not an operator's stays open to a tenant.
     for path in ["/ingestions", "/readyz", "/openapi.json", "/healthz"] {
-        assert_eq!(call(&app, Method::GET, path, ACME).await.status(), 200, "{path}");
+        assert_eq!(
+            call(&app, Method::GET, path, ACME).await.status(),
+            200,
+            "{path}"
+        );
     }
 }
