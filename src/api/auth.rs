@@ -33,33 +33,7 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::ApiError;
-// Until the domain's TenantName lands: the same rule, kept here.
-pub use self::local_tenant::TenantName;
-
-mod local_tenant {
-    /// A tenant's name: 1 to 64 characters of `A-Z`, `a-z`, `0-9`, `.`, `_`, `-`.
-    #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-    pub struct TenantName(String);
-
-    impl TenantName {
-        pub fn parse(text: &str) -> Result<Self, String> {
-            let valid = !text.is_empty()
-                && text.len() <= 64
-                && text
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-            if valid {
-                Ok(Self(text.to_owned()))
-            } else {
-                Err("a tenant is 1 to 64 characters of A-Z, a-z, 0-9, `.`, `_` and `-`".into())
-            }
-        }
-
-        pub fn as_str(&self) -> &str {
-            &self.0
-        }
-    }
-}
+use crate::domain::TenantName;
 
 /// Shorter keys are refused: they could be guessed.
 const MIN_KEY_LEN: usize = 16;
