@@ -293,11 +293,7 @@ fn events(
             let page = match &cursor.of {
                 Of::All => store.events_after(cursor.after, None, PAGE).await,
                 Of::Ingestion(id) => store.events_after(cursor.after, Some(*id), PAGE).await,
-                Of::Tenant(tenant) => {
-                    store
-                        .tenant_events_after(cursor.after, tenant, PAGE)
-                        .await
-                }
+                Of::Tenant(tenant) => store.tenant_events_after(cursor.after, tenant, PAGE).await,
             };
             match page {
                 Ok(mut page) if !page.is_empty() => {

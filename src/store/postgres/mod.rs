@@ -481,6 +481,37 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn tenant_events_after(
+        &self,
+        after: u64,
+        tenant: &TenantName,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT e.seq, i.id, e.position, e.status, e.at FROM events e
+             JOIN ingestions i ON i.seq = e.ingestion_seq
+             WHERE i.tenant = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3",
+        )
+        .bind(tenant.as_str())
+        .bind(after as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                let position: Option<i32> = row.get(2);
+                event(
+                    row.get(0),
+                    IngestionId::from_bytes(row.get::<Uuid, _>(1).into_bytes()),
+                    position.map(|p| p as u32),
+                    row.get::<i16, _>(3).into(),
+                    row.get(4),
+                )
+            })
+            .collect()
+    }
+
     async fn latest_event(&self) -> Result<u64, StoreError> {
         let seq: Option<i64> = sqlx::query("SELECT max(seq) FROM events")
             .fetch_one(&self.pool)

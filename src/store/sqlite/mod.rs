@@ -207,6 +207,27 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn tenant_events_after(
+        &self,
+        after: u64,
+        tenant: &TenantName,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let tenant = tenant.clone();
+        self.read(move |conn| reads::tenant_events_after(conn, after, &tenant, limit))
+            .await
+    }
+
+    async fn tenant_ingestions(
+        &self,
+        tenant: &TenantName,
+        limit: usize,
+    ) -> Result<Vec<IngestionSummary>, StoreError> {
+        let tenant = tenant.clone();
+        self.read(move |conn| reads::tenant_ingestions(conn, &tenant, limit))
+            .await
+    }
+
     async fn latest_event(&self) -> Result<u64, StoreError> {
         self.read(reads::latest_event).await
     }

@@ -224,6 +224,32 @@ pub fn events_after(
     Ok(events)
 }
 
+/// Up to `limit` events after `after` of `tenant`'s requests.
+pub fn tenant_events_after(
+    conn: &Connection,
+    after: u64,
+    tenant: &TenantName,
+    limit: usize,
+) -> Result<Vec<Event>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT e.seq, i.id, e.position, e.status, e.at FROM events e
+         JOIN ingestions i ON i.seq = e.ingestion_seq
+         WHERE i.tenant = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3",
+    )?;
+    let mut rows = stmt.query(params![tenant.as_str(), after as i64, limit as i64])?;
+    let mut events = Vec::new();
+    while let Some(row) = rows.next()? {
+        events.push(event(
+            row.get(0)?,
+            IngestionId::from_bytes(row.get(1)?),
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+        )?);
+    }
+    Ok(events)
+}
+
 pub fn latest_event(conn: &Connection) -> Result<u64, StoreError> {
     let seq: Option<i64> = conn
         .prepare_cached("SELECT max(seq) FROM events")?
