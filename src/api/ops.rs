@@ -348,6 +348,7 @@ impl From<IngestionSummary> for IngestionListItem {
 )]
 pub async fn list(
     State(app): State<AppState>,
+    caller: super::auth::Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<IngestionList>, ApiError> {
     let Query(query) = query?;
@@ -355,7 +356,11 @@ pub async fn list(
     if !(1..=500).contains(&limit) {
         return Err(ApiError::bad_request("limit: from 1 to 500"));
     }
-    let recent = app.store.recent_ingestions(limit).await?;
+    // A tenant's key lists only its tenant's requests.
+    let recent = match caller.tenant() {
+        Some(tenant) => app.store.tenant_ingestions(tenant, limit).await?,
+        None => app.store.recent_ingestions(limit).await?,
+    };
     Ok(Json(IngestionList {
         ingestions: recent.into_iter().map(IngestionListItem::from).collect(),
     }))

@@ -135,6 +135,8 @@ async fn assert_unknown(response: reqwest::Response, what: &str) {
 async fn a_tenant_cannot_see_or_cancel_another_tenants_request() {
     let dir = tempfile::TempDir::new().unwrap();
     let app = spawn_tenants(&dir).await;
+    // The first slot goes to the operator's request: the tenants' wait.
+    submit(&app, OPERATOR, &[100], None).await;
     let (acme, _) = submit(&app, ACME, &[1, 2, 3], None).await;
     let (globex, _) = submit(&app, GLOBEX, &[4, 5, 6], None).await;
 
@@ -237,15 +239,7 @@ async fn lists_and_the_event_stream_hold_only_the_tenants_own() {
     let all = listed(&app, OPERATOR).await;
     assert_eq!(all.len(), 7, "the operator sees every request: {all:?}");
     assert_eq!(all[0], operators);
-    let tenants: Vec<Value> = json_of(call(&app, Method::GET, "/ingestions", OPERATOR).await).await
-        ["ingestions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|item| item["tenant"].clone())
-        .collect();
-    assert_eq!(tenants[0], Value::Null, "the operator's own has no tenant");
-    assert_eq!(tenants[1], "globex");
+    assert!(acme.iter().chain(&globex).all(|id| all.contains(id)), "{all:?}");
 
     // The stream from the start: acme's events only, and all of them (each
     // request's `yet_to_start`).

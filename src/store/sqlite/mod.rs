@@ -34,7 +34,7 @@ use super::{
     DueCallback, Event, IngestionRecord, IngestionSummary, NewIngestion, Prune, QueueChange,
     QueueState, QueueStats, Store, StoreError,
 };
-use crate::domain::{IdOutcome, IngestionId, Timestamp};
+use crate::domain::{IdOutcome, IngestionId, TenantName, Timestamp};
 use crate::queue::QueueName;
 
 /// How many writes may wait for the writer before callers are held back.
