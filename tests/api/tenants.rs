@@ -239,7 +239,10 @@ async fn lists_and_the_event_stream_hold_only_the_tenants_own() {
     let all = listed(&app, OPERATOR).await;
     assert_eq!(all.len(), 7, "the operator sees every request: {all:?}");
     assert_eq!(all[0], operators);
-    assert!(acme.iter().chain(&globex).all(|id| all.contains(id)), "{all:?}");
+    assert!(
+        acme.iter().chain(&globex).all(|id| all.contains(id)),
+        "{all:?}"
+    );
 
     // The stream from the start: acme's events only, and all of them (each
     // request's `yet_to_start`).
