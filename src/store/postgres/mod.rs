@@ -875,9 +875,7 @@ impl Store for PostgresStore {
     }
 
     fn pruning(&self) -> Option<Arc<dyn Prune>> {
-        Some(Arc::new(prune::PostgresPrune {
-            pool: self.pool.clone(),
-        }))
+        Some(Arc::new(prune::PostgresPrune::new(self.pool.clone())))
     }
 
     fn background(&self, signals: Signals, shutdown: CancellationToken) -> Vec<BackgroundPart> {
