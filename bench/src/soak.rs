@@ -51,8 +51,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// figures worse, and so "flat" easier to meet).
 const DRAIN_LIMIT: Duration = Duration::from_secs(300);
 
-
-
 /// The rule for "flat": the last window's RSS at most 1.2 × the first's + 8 MB,
 /// and each route's last-window p99 at most 2 × the first's + 1 ms. The slack
 /// covers what is not growth: allocator and page-cache warm-up, and the noise

@@ -297,6 +297,12 @@ pub struct IngestionListItem {
     /// The queue the request runs in.
     #[schema(value_type = String, example = "default")]
     pub queue: crate::queue::QueueName,
+    /// The tenant of the key that submitted it; null for a key without one.
+    #[schema(value_type = Option<String>, required = true, example = "acme")]
+    pub tenant: Option<crate::domain::TenantName>,
+    /// The group the request named; null if none.
+    #[schema(value_type = Option<String>, required = true, example = "customer-42")]
+    pub group: Option<crate::domain::GroupName>,
     pub created_at: Timestamp,
     /// When the last batch ended, once all have.
     #[schema(required = true)]
@@ -320,6 +326,8 @@ impl From<IngestionSummary> for IngestionListItem {
             status,
             priority: summary.priority,
             queue: summary.queue,
+            tenant: summary.tenant,
+            group: summary.group,
             created_at: summary.created_at,
             completed_at: summary.finished_at.filter(|_| status.is_final()),
             ids: summary.ids,

@@ -309,6 +309,8 @@ pub enum EventSubject {
 pub struct IngestionSummary {
     pub id: IngestionId,
     pub queue: QueueName,
+    pub tenant: Option<TenantName>,
+    pub group: Option<GroupName>,
     pub priority: Priority,
     pub created_at: Timestamp,
     pub finished_at: Option<Timestamp>,

@@ -239,6 +239,20 @@ async fn lists_and_the_event_stream_hold_only_the_tenants_own() {
     let all = listed(&app, OPERATOR).await;
     assert_eq!(all.len(), 7, "the operator sees every request: {all:?}");
     assert_eq!(all[0], operators);
+    // Each item names its tenant (null for a key without one).
+    let items = json_of(call(&app, Method::GET, "/ingestions?limit=500", OPERATOR).await).await;
+    let tenant_of = |id: &str| {
+        items["ingestions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|item| item["ingestion_id"] == id)
+            .map(|item| item["tenant"].clone())
+            .unwrap()
+    };
+    assert_eq!(tenant_of(&acme[0]), "acme");
+    assert_eq!(tenant_of(&globex[0]), "globex");
+    assert_eq!(tenant_of(&operators), Value::Null);
     assert!(
         acme.iter().chain(&globex).all(|id| all.contains(id)),
         "{all:?}"

@@ -89,12 +89,12 @@ impl PostgresStore {
         // Two statements rather than `$2 IS NULL OR …`, so that each has its index.
         let heads = sqlx::query(match tenant {
             None => {
-                "SELECT i.seq, i.id, i.priority, i.created_at, i.finished_at, q.name
+                "SELECT i.seq, i.id, i.priority, i.created_at, i.finished_at, q.name, i.tenant, i.grp
                  FROM ingestions i JOIN queues q ON q.id = i.queue
                  WHERE $2::text IS NULL ORDER BY i.seq DESC LIMIT $1"
             }
             Some(_) => {
-                "SELECT i.seq, i.id, i.priority, i.created_at, i.finished_at, q.name
+                "SELECT i.seq, i.id, i.priority, i.created_at, i.finished_at, q.name, i.tenant, i.grp
                  FROM ingestions i JOIN queues q ON q.id = i.queue
                  WHERE i.tenant = $2 ORDER BY i.seq DESC LIMIT $1"
             }
@@ -117,6 +117,8 @@ impl PostgresStore {
             summaries.push(IngestionSummary {
                 id: IngestionId::from_bytes(head.get::<Uuid, _>(1).into_bytes()),
                 queue: codec::queue_name(head.get(5))?,
+                tenant: codec::optional_name(head.get(6), "tenant")?,
+                group: codec::optional_name(head.get(7), "group")?,
                 priority: codec::priority(head.get::<i16, _>(2).into())?,
                 created_at: Timestamp::from_micros(head.get(3)),
                 finished_at: codec::time(head.get(4)),

@@ -299,12 +299,12 @@ fn recent_of(
     // Two statements rather than `?2 IS NULL OR …`, so that each has its index.
     let mut stmt = conn.prepare_cached(match tenant {
         None => {
-            "SELECT i.seq, i.id, i.priority, i.created_at, i.finished_at, q.name
+            "SELECT i.seq, i.id, i.priority, i.created_at, i.finished_at, q.name, i.tenant, i.grp
              FROM ingestions i JOIN queues q ON q.id = i.queue
              WHERE ?2 IS NULL ORDER BY i.seq DESC LIMIT ?1"
         }
         Some(_) => {
-            "SELECT i.seq, i.id, i.priority, i.created_at, i.finished_at, q.name
+            "SELECT i.seq, i.id, i.priority, i.created_at, i.finished_at, q.name, i.tenant, i.grp
              FROM ingestions i JOIN queues q ON q.id = i.queue
              WHERE i.tenant = ?2 ORDER BY i.seq DESC LIMIT ?1"
         }
@@ -317,6 +317,8 @@ fn recent_of(
         created_at: i64,
         finished_at: Option<i64>,
         queue: String,
+        tenant: String,
+        group: String,
     }
     let heads: Vec<Head> = stmt
         .query_map(
@@ -329,6 +331,8 @@ fn recent_of(
                     created_at: row.get(3)?,
                     finished_at: row.get(4)?,
                     queue: row.get(5)?,
+                    tenant: row.get(6)?,
+                    group: row.get(7)?,
                 })
             },
         )?
@@ -343,6 +347,8 @@ fn recent_of(
             let mut summary = IngestionSummary {
                 id: IngestionId::from_bytes(head.id),
                 queue: codec::queue_name(&head.queue)?,
+                tenant: codec::optional_name(&head.tenant, "tenant")?,
+                group: codec::optional_name(&head.group, "group")?,
                 priority: codec::priority(head.priority)?,
                 created_at: Timestamp::from_micros(head.created_at),
                 finished_at: codec::time(head.finished_at),
