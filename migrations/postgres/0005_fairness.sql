@@ -173,8 +173,11 @@ BEGIN
         RETURN;
     END IF;
     WHILE heals < 64 LOOP
-        SELECT t.tenant, f.id, f.waiting INTO v_turn
-        FROM (SELECT x.tenant FROM fair_tenants x
+        SELECT t.tenant, t.pass, t.group_clock, f.id, f.waiting, f.pass AS flow_pass,
+               coalesce((SELECT c.clock FROM fair_clocks c
+                         WHERE c.queue = queue_ AND c.priority = v_first.priority), 0) AS clock
+        INTO v_turn
+        FROM (SELECT x.tenant, x.pass, x.group_clock FROM fair_tenants x
               WHERE x.queue = queue_ AND x.priority = v_first.priority AND x.waiting > 0
               ORDER BY x.pass, x.tenant LIMIT 1) t
         JOIN fair_flows f ON f.id = (
@@ -183,6 +186,20 @@ BEGIN
               AND y.waiting > 0
             ORDER BY y.pass, y.id LIMIT 1);
         EXIT WHEN NOT FOUND;
+        heals := heals + 1;
+        -- Every tenant with work waiting is at or past the clock (the pass of
+        -- the lowest served); one behind it read the clock before claims that
+        -- committed meanwhile moved it (a new request does not wait for
+        -- claims): it joins at the clock now. Its groups likewise.
+        IF v_turn.pass < v_turn.clock THEN
+            UPDATE fair_tenants x SET pass = v_turn.clock
+            WHERE x.queue = queue_ AND x.priority = v_first.priority AND x.tenant = v_turn.tenant;
+            CONTINUE;
+        END IF;
+        IF v_turn.flow_pass < v_turn.group_clock THEN
+            UPDATE fair_flows y SET pass = v_turn.group_clock WHERE y.id = v_turn.id;
+            CONTINUE;
+        END IF;
         SELECT b.ingestion_seq, b.position INTO v_old FROM batches b
         WHERE b.flow = v_turn.id AND b.status = 0 AND b.lane = 1
         ORDER BY b.ingestion_seq, b.position LIMIT 1;
@@ -194,7 +211,6 @@ BEGIN
         UPDATE fair_tenants x SET waiting = GREATEST(x.waiting - v_turn.waiting, 0)
         WHERE x.queue = queue_ AND x.priority = v_first.priority AND x.tenant = v_turn.tenant;
         UPDATE fair_flows y SET waiting = 0 WHERE y.id = v_turn.id;
-        heals := heals + 1;
     END LOOP;
     RETURN QUERY SELECT v_first.ingestion_seq, v_first.position;
 END

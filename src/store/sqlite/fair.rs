@@ -143,10 +143,11 @@ pub fn next_batch(
         return Ok(retry);
     }
     for _ in 0..HEALS {
-        let Some((tenant, flow, counted)) = conn
+        let Some(turn) = conn
             .prepare_cached(
-                "SELECT t.tenant, f.id, f.waiting
-                 FROM (SELECT tenant FROM fair_tenants
+                "SELECT t.tenant, t.pass, t.group_clock, f.id, f.waiting, f.pass,
+                        coalesce((SELECT clock FROM fair_clocks WHERE queue = ?1 AND priority = ?2), 0)
+                 FROM (SELECT tenant, pass, group_clock FROM fair_tenants
                        WHERE queue = ?1 AND priority = ?2 AND waiting > 0
                        ORDER BY pass, tenant LIMIT 1) t
                  JOIN fair_flows f ON f.id = (
@@ -155,16 +156,43 @@ pub fn next_batch(
                      ORDER BY pass, id LIMIT 1)",
             )?
             .query_row(params![queue, native.rank()], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, i64>(2)?,
-                ))
+                Ok(Turn {
+                    tenant: row.get(0)?,
+                    pass: row.get(1)?,
+                    group_clock: row.get(2)?,
+                    flow: row.get(3)?,
+                    counted: row.get(4)?,
+                    flow_pass: row.get(5)?,
+                    clock: row.get(6)?,
+                })
             })
             .optional()?
         else {
             break;
         };
+        let Turn {
+            tenant,
+            flow,
+            counted,
+            ..
+        } = &turn;
+        // Every tenant with work waiting is at or past the clock (the clock is
+        // the pass of the lowest served); one behind it joined with a clock
+        // read before claims moved it (on PostgreSQL a new request reads it
+        // without waiting for them): it joins at the clock now. Its groups
+        // likewise.
+        if turn.pass < turn.clock {
+            conn.prepare_cached(
+                "UPDATE fair_tenants SET pass = ?4 WHERE queue = ?1 AND priority = ?2 AND tenant = ?3",
+            )?
+            .execute(params![queue, native.rank(), tenant, turn.clock])?;
+            continue;
+        }
+        if turn.flow_pass < turn.group_clock {
+            conn.prepare_cached("UPDATE fair_flows SET pass = ?2 WHERE id = ?1")?
+                .execute(params![flow, turn.group_clock])?;
+            continue;
+        }
         let batch = conn
             .prepare_cached(
                 "SELECT ingestion_seq, position FROM batches
@@ -243,6 +271,19 @@ fn aged(
         }
     }
     Ok(best.map(|(_, _, key)| key))
+}
+
+/// The tenant whose turn it is, and its group whose turn it is.
+struct Turn {
+    tenant: String,
+    pass: i64,
+    group_clock: i64,
+    flow: i64,
+    /// The flow's count of fresh batches.
+    counted: i64,
+    flow_pass: i64,
+    /// The priority's clock: the pass of the tenant served last.
+    clock: i64,
 }
 
 fn key(row: &rusqlite::Row<'_>) -> rusqlite::Result<Key> {
