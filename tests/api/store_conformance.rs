@@ -1219,6 +1219,9 @@ on_both_stores!(
     priorities_come_before_tenant_turns,
     aging_lifts_a_batch_that_waited_and_only_with_aging_set,
     a_tenant_back_from_idle_gets_no_banked_turns,
+    cancelled_work_gives_up_its_turns,
+    a_claim_of_several_takes_them_in_turn,
+    a_due_retry_goes_first_in_its_priority,
 );
 
 /// Generous enough that a fairness case is never refused for being busy.
@@ -1758,4 +1761,145 @@ async fn a_tenant_back_from_idle_gets_no_banked_turns(store: &dyn Store) {
     eprintln!("fairness idle b back (store): {first}|{sequence}");
     assert_eq!(sequence.matches('B').count(), 10, "{sequence}");
     assert_alternates(&sequence);
+}
+
+async fn cancelled_work_gives_up_its_turns(store: &dyn Store) {
+    let a = submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("a"),
+        None,
+        &lane_ids('A', 10),
+    )
+    .await;
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("b"),
+        None,
+        &lane_ids('B', 10),
+    )
+    .await;
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("c"),
+        None,
+        &lane_ids('C', 10),
+    )
+    .await;
+    let first = lanes(&claim_ids(store, 3, || fair_claim("default")).await);
+    assert_eq!(first.len(), 3);
+    for letter in ['A', 'B', 'C'] {
+        assert!(first.contains(letter), "{first}");
+    }
+    assert_eq!(store.cancel_ingestion(a, now()).await.unwrap(), Some(9));
+    // a's turns go to the others; nothing of a's starts, and the queue is
+    // never idle while b and c wait.
+    let order = claim_ids(store, 18, || fair_claim("default")).await;
+    let sequence = lanes(&order);
+    eprintln!("fairness a cancelled (store): {first}|{sequence}");
+    assert!(!sequence.contains('A'), "{sequence}");
+    assert_alternates(&sequence);
+    assert_outcome(store, fair_claim("default"), "idle").await;
+    // a comes back with new work, and has turns again.
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("a"),
+        None,
+        &[11, 12],
+    )
+    .await;
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("b"),
+        None,
+        &[1011, 1012],
+    )
+    .await;
+    // (b keeps the turn it paid for before it went idle, so a, joining
+    // where the turns are, may take two in a row: "AABB".)
+    let back = lanes(&claim_ids(store, 4, || fair_claim("default")).await);
+    eprintln!("fairness a and b back (store): {back}");
+    assert_eq!(back.matches('A').count(), 2, "{back}");
+    assert_outcome(store, fair_claim("default"), "idle").await;
+}
+
+async fn a_claim_of_several_takes_them_in_turn(store: &dyn Store) {
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("a"),
+        None,
+        &lane_ids('A', 10),
+    )
+    .await;
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("b"),
+        None,
+        &lane_ids('B', 10),
+    )
+    .await;
+    let mut sequence = String::new();
+    for _ in 0..3 {
+        let mut request = fair_claim("default");
+        request.batches = NonZeroUsize::new(4).unwrap();
+        let started = start(store, request).await;
+        assert_eq!(started.len(), 4, "no interval: four in one claim");
+        sequence.extend(started.iter().map(|b| lane(ids(b)[0])));
+    }
+    eprintln!("fairness claims of 4 (store): {sequence}");
+    assert_alternates(&sequence);
+}
+
+async fn a_due_retry_goes_first_in_its_priority(store: &dyn Store) {
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("a"),
+        None,
+        &lane_ids('A', 10),
+    )
+    .await;
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("b"),
+        None,
+        &lane_ids('B', 10),
+    )
+    .await;
+    let failed = start_one(store, fair_claim("default")).await;
+    let retried = ids(&failed)[0];
+    let end = AttemptEnd::RetryAt(now());
+    assert!(
+        !store
+            .finish_attempt(failed.key, Vec::new(), end, now())
+            .await
+            .unwrap()
+    );
+    // Due now: it goes before the other tenant's turn ...
+    let again = start_one(store, fair_claim("default")).await;
+    assert_eq!((ids(&again)[0], again.attempt), (retried, 2));
+    // ... and the turns go on.
+    let sequence = lanes(&claim_ids(store, 6, || fair_claim("default")).await);
+    eprintln!(
+        "fairness after a retry of {} (store): {sequence}",
+        lane(retried)
+    );
+    assert_alternates(&sequence);
+    assert_eq!(sequence.matches('A').count(), 3, "{sequence}");
 }
