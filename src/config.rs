@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,7 +16,7 @@ use crate::callbacks::signing::SigningKey;
 use crate::dispatcher::RetryPolicy;
 use crate::domain::{BatchSize, Interval};
 use crate::queue::file::QueueEntry;
-use crate::queue::{QueueName, QueueSettings};
+use crate::queue::{DispatchOrder, QueueName, QueueSettings};
 use crate::store::postgres::LeaseSettings;
 use crate::upstream::HttpUpstreamSettings;
 
@@ -300,6 +301,11 @@ impl Config {
                 cap: retry.cap,
             },
             adaptive: entry.adaptive.unwrap_or(false),
+            order: DispatchOrder {
+                fairness: entry.fairness.unwrap_or_default(),
+                weights: Arc::new(entry.tenant_weights.clone().unwrap_or_default()),
+                aging: entry.aging.filter(|aging| !aging.is_zero()),
+            },
         })
     }
 

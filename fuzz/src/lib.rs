@@ -253,6 +253,8 @@ fn known_record() -> IngestionRecord {
     IngestionRecord {
         id,
         queue: QueueName::default_queue(),
+        tenant: None,
+        group: None,
         priority: Priority::Medium,
         created_at: at,
         finished_at: None,

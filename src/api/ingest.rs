@@ -20,7 +20,7 @@ use super::error::{
     BadRequest, Forbidden, Internal, PayloadTooLarge, QueueFull, RequestTimeout, Unauthorized,
     Unavailable, UnsupportedMediaType, ValidationFailed,
 };
-use crate::domain::{CallbackUrl, CallbackUrlError, IngestionId, ItemId, Priority};
+use crate::domain::{CallbackUrl, CallbackUrlError, GroupName, IngestionId, ItemId, Priority};
 use crate::queue::{Queue, Queues};
 use crate::store::{Created, IdempotencyKey, NewIngestion};
 
@@ -62,6 +62,11 @@ pub struct IngestRequest {
     /// left out. An unknown queue answers 422.
     #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "default")]
     queue: Option<String>,
+    /// Whom inside the tenant the request is for: 1 to 128 characters, no
+    /// control characters. In a queue with `fairness = "tenant"` a tenant's
+    /// groups take turns, as tenants do.
+    #[schema(min_length = 1, max_length = 128, example = "customer-42")]
+    group: Option<String>,
 }
 
 /// The headers `POST /ingest` reads, for the API document only.
@@ -153,6 +158,8 @@ pub async fn ingest(
         created_at,
         callback_url: request.callback_url.map(CallbackUrl::into_string),
         idempotency,
+        tenant: None,
+        group: request.group,
     };
     let (priority, id_count, batches) = (new.priority, new.ids.len(), new.batches().len());
     match app.store.create_ingestion(new).await? {
@@ -203,6 +210,7 @@ pub struct ValidIngest {
     pub ids: Vec<ItemId>,
     pub priority: Priority,
     pub callback_url: Option<CallbackUrl>,
+    pub group: Option<GroupName>,
 }
 
 impl ValidIngest {
@@ -223,6 +231,10 @@ impl ValidIngest {
             hasher.update(b"queue:");
             hasher.update(self.queue.name.as_str().as_bytes());
         }
+        if let Some(group) = &self.group {
+            hasher.update(b"group:");
+            hasher.update(group.as_str().as_bytes());
+        }
         hasher.finalize().into()
     }
 }
@@ -238,6 +250,8 @@ pub struct IngestBody {
     callback_url: Option<Result<Option<CallbackUrl>, CallbackUrlError>>,
     /// `None` when left out or `null`; `Err` when not a string.
     queue: Option<Result<String, ()>>,
+    /// `None` when left out or `null`; `Err` when not a group name.
+    group: Option<Result<GroupName, ()>>,
 }
 
 impl IngestBody {
@@ -333,12 +347,25 @@ impl IngestBody {
             }
         };
 
+        let group = match self.group {
+            None => None,
+            Some(Ok(group)) => Some(group),
+            Some(Err(())) => {
+                errors.push(FieldError::new(
+                    "group",
+                    crate::domain::NameError::Group.to_string(),
+                ));
+                None
+            }
+        };
+
         match (ids, priority, queue) {
             (Some(ids), Some(priority), Some(queue)) if errors.is_empty() => Ok(ValidIngest {
                 queue: Arc::clone(queue),
                 ids,
                 priority,
                 callback_url,
+                group,
             }),
             _ => Err(ApiError::validation(errors)),
         }
@@ -387,6 +414,16 @@ impl<'de> Deserialize<'de> for IngestBody {
                             body.queue = match map.next_value::<StringField>()? {
                                 StringField::Null => None,
                                 StringField::Str(s) => Some(Ok(s.into_owned())),
+                                StringField::Other => Some(Err(())),
+                            };
+                        }
+                        "group" if body.group.is_some() => {
+                            return Err(de::Error::duplicate_field("group"));
+                        }
+                        "group" => {
+                            body.group = match map.next_value::<StringField>()? {
+                                StringField::Null => None,
+                                StringField::Str(s) => Some(GroupName::parse(&s).map_err(|_| ())),
                                 StringField::Other => Some(Err(())),
                             };
                         }

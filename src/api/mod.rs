@@ -39,7 +39,7 @@ use crate::signals::Signals;
 use crate::store::SharedStore;
 
 pub use ingest::IngestResponse;
-pub use status::{StatusResponse, StatusSummary};
+pub use status::{Ranking, StatusResponse, StatusSummary};
 
 /// Limits on what one request may carry.
 #[derive(Debug, Clone, Copy)]

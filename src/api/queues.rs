@@ -20,7 +20,7 @@ use super::error::{
 };
 use super::path::PathParam;
 use crate::domain::{Interval, Priority, Timestamp};
-use crate::queue::Queue;
+use crate::queue::{Fairness, Queue};
 use crate::redact::redacted_url;
 use crate::store::{QueueChange, QueueState};
 
@@ -59,6 +59,17 @@ pub struct QueueView {
     /// Whether the queue slows down by itself when its upstream answers 429
     /// or 503.
     pub adaptive: bool,
+    /// `fifo` (SPEC.md's order inside a priority) or `tenant` (tenants take
+    /// turns, and inside each tenant its groups).
+    pub fairness: Fairness,
+    /// With `fairness = "tenant"`: the tenants given more turns than one;
+    /// any other weighs 1.
+    #[schema(value_type = Object, example = json!({"acme": 3}))]
+    pub tenant_weights: BTreeMap<String, u32>,
+    /// A batch that has waited k × this ranks k levels higher; null: no
+    /// aging.
+    #[schema(required = true, example = "30s")]
+    pub aging: Option<String>,
     /// The settings the configuration gives (flags, queues file): what
     /// `PATCH` with `null` returns to.
     pub configured: ConfiguredSettings,
@@ -123,6 +134,14 @@ impl QueueView {
             max_attempts: settings.retry.max_attempts,
             retry_base: Interval::from_duration(settings.retry.base).to_string(),
             adaptive: settings.adaptive,
+            fairness: settings.order.fairness,
+            tenant_weights: settings
+                .order
+                .weights
+                .iter()
+                .map(|(tenant, weight)| (tenant.to_string(), weight.get()))
+                .collect(),
+            aging: settings.order.aging.map(|aging| aging.to_string()),
             configured: ConfiguredSettings {
                 interval: settings.interval.to_string(),
                 max_in_flight: settings.max_in_flight.get(),

@@ -22,9 +22,10 @@ use super::error::{
 use super::openapi::string_enum;
 use super::path::PathParam;
 use crate::domain::{
-    BatchId, BatchStatus, IngestionId, IngestionStatus, ItemId, Priority, Timestamp,
+    BatchId, BatchStatus, GroupName, IngestionId, IngestionStatus, ItemId, Priority, TenantName,
+    Timestamp,
 };
-use crate::queue::QueueName;
+use crate::queue::{DispatchOrder, QueueName};
 use crate::store::{BatchRecord, CallbackRecord, CallbackState, IngestionRecord};
 
 /// A request's state without its batches: what callbacks and cancels answer.
@@ -36,6 +37,12 @@ pub struct StatusSummary {
     /// The queue the request runs in.
     #[schema(value_type = String, example = "default")]
     pub queue: QueueName,
+    /// The tenant of the key that submitted it; null for a key without one.
+    #[schema(value_type = Option<String>, required = true, example = "acme")]
+    pub tenant: Option<TenantName>,
+    /// The group the request named; null if none.
+    #[schema(value_type = Option<String>, required = true, example = "customer-42")]
+    pub group: Option<GroupName>,
     pub created_at: Timestamp,
     /// When the last batch ended, once all have.
     #[schema(required = true)]
@@ -88,6 +95,39 @@ pub struct BatchView {
     /// When the batch ended: completed, failed or cancelled.
     #[schema(required = true)]
     pub completed_at: Option<Timestamp>,
+    /// While the batch waits (`yet_to_start`, or between attempts): the
+    /// priority it is ranked with now. In a queue with `aging`, a batch that
+    /// has waited k × aging ranks k levels above its request's priority,
+    /// never beyond HIGH. Null once it has started or ended.
+    #[schema(required = true)]
+    pub effective_priority: Option<Priority>,
+}
+
+/// How a request's waiting batches rank now: its priority, raised by aging.
+#[derive(Debug, Clone, Copy)]
+pub struct Ranking {
+    effective: Priority,
+}
+
+impl Ranking {
+    /// The ranking of `record`'s waiting batches at `now` under `order`
+    /// (`None`: its queue is no longer configured, so nothing ages).
+    pub fn of(record: &IngestionRecord, order: Option<&DispatchOrder>, now: Timestamp) -> Self {
+        let waited = now.since(record.created_at);
+        Self {
+            effective: order.map_or(record.priority, |order| {
+                order.effective_priority(record.priority, waited)
+            }),
+        }
+    }
+
+    fn of_batch(self, batch: &BatchRecord) -> Option<Priority> {
+        matches!(
+            batch.status,
+            BatchStatus::YetToStart | BatchStatus::Retrying
+        )
+        .then_some(self.effective)
+    }
 }
 
 /// Where the completion callback stands.
@@ -131,6 +171,8 @@ impl StatusSummary {
             status,
             priority: record.priority,
             queue: record.queue.clone(),
+            tenant: record.tenant.clone(),
+            group: record.group.clone(),
             created_at: record.created_at,
             completed_at: record.finished_at.filter(|_| status.is_final()),
             batch_counts: counts,
@@ -138,19 +180,24 @@ impl StatusSummary {
     }
 }
 
-impl From<IngestionRecord> for StatusResponse {
-    fn from(record: IngestionRecord) -> Self {
+impl StatusResponse {
+    pub fn of(record: IngestionRecord, ranking: Ranking) -> Self {
         Self {
             summary: StatusSummary::of(&record),
             callback: record.callback.map(CallbackView::from),
-            batches: record.batches.into_iter().map(BatchView::from).collect(),
+            batches: record
+                .batches
+                .into_iter()
+                .map(|batch| BatchView::of(batch, ranking))
+                .collect(),
         }
     }
 }
 
-impl From<BatchRecord> for BatchView {
-    fn from(b: BatchRecord) -> Self {
+impl BatchView {
+    fn of(b: BatchRecord, ranking: Ranking) -> Self {
         Self {
+            effective_priority: ranking.of_batch(&b),
             batch_id: b.id,
             ids: b.ids,
             status: b.status,
@@ -371,7 +418,8 @@ async fn lookup(app: &AppState, raw_id: &str) -> Result<Response, ApiError> {
         .await?
         .ok_or_else(|| unknown_ingestion(raw_id))?;
     if first.batches.len() < FIRST_PAGE {
-        return Ok(Json(StatusResponse::from(first)).into_response());
+        let ranking = ranking(app, &first);
+        return Ok(Json(StatusResponse::of(first, ranking)).into_response());
     }
     streamed(app.clone(), first).await
 }
@@ -383,6 +431,7 @@ async fn lookup(app: &AppState, raw_id: &str) -> Result<Response, ApiError> {
 /// while the counts and the overall status are those of the first pass.
 async fn streamed(app: AppState, first: IngestionRecord) -> Result<Response, ApiError> {
     let id = first.id;
+    let ranking = ranking(&app, &first);
     let mut counts = BatchCounts::default();
     let mut seen: Vec<BatchStatus> = Vec::new();
     let mut page = first.batches;
@@ -415,6 +464,8 @@ async fn streamed(app: AppState, first: IngestionRecord) -> Result<Response, Api
             status,
             priority: first.priority,
             queue: first.queue.clone(),
+            tenant: first.tenant.clone(),
+            group: first.group.clone(),
             created_at: first.created_at,
             completed_at: first.finished_at.filter(|_| status.is_final()),
             batch_counts: counts,
@@ -444,7 +495,7 @@ async fn streamed(app: AppState, first: IngestionRecord) -> Result<Response, Api
                 chunk.push(b',');
             }
             // Our types always serialize.
-            let _ = serde_json::to_writer(&mut chunk, &BatchView::from(batch));
+            let _ = serde_json::to_writer(&mut chunk, &BatchView::of(batch, ranking));
         }
         let next = match (full, last) {
             (true, Some(last)) => Some((app, Some(last))),
@@ -461,6 +512,16 @@ async fn streamed(app: AppState, first: IngestionRecord) -> Result<Response, Api
         Body::from_stream(body),
     )
         .into_response())
+}
+
+/// How `record`'s waiting batches rank now, under its queue's order.
+fn ranking(app: &AppState, record: &IngestionRecord) -> Ranking {
+    let queue = app.queues.get(record.queue.as_str());
+    Ranking::of(
+        record,
+        queue.as_ref().map(|q| &q.settings.order),
+        app.clock.now(),
+    )
 }
 
 /// Everything of a status answer before its batches.

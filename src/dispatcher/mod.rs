@@ -271,6 +271,7 @@ impl Dispatcher {
                 slow_down,
                 max_in_flight: settings.max_in_flight,
                 batches,
+                order: settings.order.clone(),
             };
             let wait = match self.store.claim_batches(request).await {
                 Ok(ClaimOutcome::Started(batches)) => return Some(batches),

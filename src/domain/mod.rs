@@ -7,6 +7,7 @@ mod outcome;
 mod priority;
 mod settings;
 mod status;
+mod tenant;
 mod time;
 
 pub use callback_url::{CallbackUrl, CallbackUrlError};
@@ -15,4 +16,5 @@ pub use outcome::{FailureKind, FetchFailure, IdOutcome, Outcome};
 pub use priority::{Priority, PriorityError};
 pub use settings::{BatchSize, Interval, SettingError};
 pub use status::{BatchStatus, IngestionStatus};
+pub use tenant::{GroupName, NameError, TenantName, name_from_store, stored_name};
 pub use time::{Clock, Timestamp};

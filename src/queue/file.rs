@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -13,7 +13,8 @@ use anyhow::Context;
 use serde::{Deserialize, Deserializer};
 
 use super::QueueName;
-use crate::domain::{BatchSize, Interval};
+use super::order::{Fairness, MAX_WEIGHT};
+use crate::domain::{BatchSize, Interval, TenantName};
 
 /// What a file says about one queue; `None` where it says nothing, so the
 /// flags' value applies.
@@ -37,6 +38,12 @@ pub struct QueueEntry {
     #[serde(default, deserialize_with = "parsed")]
     pub retry_base: Option<Interval>,
     pub adaptive: Option<bool>,
+    #[serde(default, deserialize_with = "parsed")]
+    pub fairness: Option<Fairness>,
+    #[serde(default, deserialize_with = "weights")]
+    pub tenant_weights: Option<BTreeMap<TenantName, NonZeroU32>>,
+    #[serde(default, deserialize_with = "parsed")]
+    pub aging: Option<Interval>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +93,24 @@ fn max_attempts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error
     }
 }
 
+/// `[queues.NAME.tenant_weights]`: tenant names, each with a weight from 1
+/// to [`MAX_WEIGHT`].
+fn weights<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<TenantName, NonZeroU32>>, D::Error> {
+    let weights = BTreeMap::<TenantName, u32>::deserialize(d)?;
+    weights
+        .into_iter()
+        .map(|(tenant, weight)| match NonZeroU32::new(weight) {
+            Some(w) if weight <= MAX_WEIGHT => Ok((tenant, w)),
+            _ => Err(serde::de::Error::custom(format!(
+                "tenant {tenant}'s weight must be from 1 to {MAX_WEIGHT}, not {weight}"
+            ))),
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +129,12 @@ mod tests {
 
             [queues.bulk]
             interval = "0"
+            fairness = "tenant"
+            aging = "30s"
+
+            [queues.bulk.tenant_weights]
+            acme = 3
+            "Big.Co" = 1
             "#,
         )
         .unwrap();
@@ -117,6 +148,12 @@ mod tests {
         let bulk = &queues["bulk"];
         assert!(bulk.interval.unwrap().is_zero());
         assert_eq!(bulk.max_in_flight, None);
+        assert_eq!(bulk.fairness, Some(Fairness::Tenant));
+        assert_eq!(bulk.aging, Some("30s".parse().unwrap()));
+        let weights = bulk.tenant_weights.as_ref().unwrap();
+        assert_eq!(weights[&TenantName::parse("acme").unwrap()].get(), 3);
+        assert_eq!(weights.len(), 2);
+        assert_eq!(enrich.fairness, None);
         assert!(parse("").unwrap().is_empty());
     }
 
@@ -133,6 +170,17 @@ mod tests {
             ("[queues.a]\n\nbatch_size = 0\n", "line 3", "batch size"),
             ("[queues.a]\ninterval = \"soon\"\n", "line 2", "soon"),
             ("[queues.a]\nmax_attempts = 0\n", "line 2", "at least 1"),
+            ("[queues.a]\nfairness = \"round-robin\"\n", "line 2", "fifo"),
+            (
+                "[queues.a.tenant_weights]\nacme = 0\n",
+                "line 1",
+                "from 1 to 1000",
+            ),
+            (
+                "[queues.a.tenant_weights]\n\"a b\" = 2\n",
+                "line 2",
+                "tenant",
+            ),
             // A name that is not one.
             ("[queues.Big]\n", "line 1", "queue name"),
             // Not TOML at all.

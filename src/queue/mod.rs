@@ -10,6 +10,7 @@
 
 pub mod file;
 mod name;
+mod order;
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use name::{QueueName, QueueNameError};
+pub use order::{DispatchOrder, Fairness, MAX_WEIGHT, TURN};
 
 use crate::dispatcher::RetryPolicy;
 use crate::dispatcher::adaptive::AdaptiveRate;
@@ -42,6 +44,8 @@ pub struct QueueSettings {
     /// Whether the queue slows down by itself when its upstream answers 429
     /// or 503.
     pub adaptive: bool,
+    /// Fair turns and aging inside the queue's priorities.
+    pub order: DispatchOrder,
 }
 
 /// A configured queue, with what processes its batches.

@@ -47,6 +47,15 @@ pub fn queue_name(name: &str) -> Result<QueueName, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("a queue named {name:?}")))
 }
 
+/// An optional tenant or group name as stored (`''` for none).
+pub fn optional_name<T: std::str::FromStr>(
+    text: &str,
+    what: &str,
+) -> Result<Option<T>, StoreError> {
+    crate::domain::name_from_store(text)
+        .map_err(|_| StoreError::Corrupt(format!("a {what} named {text:?}")))
+}
+
 /// A `(priority, status, number of batches)` count row.
 pub fn batch_count(
     rank: i64,

@@ -21,10 +21,10 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{
-    BatchId, BatchSize, BatchStatus, IdOutcome, IngestionId, IngestionStatus, Interval, ItemId,
-    Priority, Timestamp,
+    BatchId, BatchSize, BatchStatus, GroupName, IdOutcome, IngestionId, IngestionStatus, Interval,
+    ItemId, Priority, TenantName, Timestamp,
 };
-use crate::queue::QueueName;
+use crate::queue::{DispatchOrder, QueueName};
 use crate::signals::Signals;
 
 /// The one store handle that the API and the dispatcher share.
@@ -61,6 +61,10 @@ pub struct NewIngestion {
     /// Where to POST the final status once the request has ended.
     pub callback_url: Option<String>,
     pub idempotency: Option<IdempotencyKey>,
+    /// The tenant of the key that submitted it; `None` for a key without one.
+    pub tenant: Option<TenantName>,
+    /// Whom inside its tenant the request is for, as the request named it.
+    pub group: Option<GroupName>,
 }
 
 impl NewIngestion {
@@ -97,6 +101,8 @@ pub enum Created {
 pub struct IngestionRecord {
     pub id: IngestionId,
     pub queue: QueueName,
+    pub tenant: Option<TenantName>,
+    pub group: Option<GroupName>,
     pub priority: Priority,
     pub created_at: Timestamp,
     /// When the last batch ended.
@@ -182,6 +188,8 @@ pub struct ClaimRequest {
     /// what makes an unthrottled dispatcher cost one commit per group rather
     /// than one per batch.
     pub batches: NonZeroUsize,
+    /// The queue's order inside a priority: fair turns and aging.
+    pub order: DispatchOrder,
 }
 
 impl ClaimRequest {

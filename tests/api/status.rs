@@ -474,7 +474,9 @@ async fn expected_answer(app: &TestApp, id: &str) -> Vec<u8> {
         .await
         .unwrap()
         .unwrap();
-    serde_json::to_vec(&sluice::api::StatusResponse::from(record)).unwrap()
+    // The default queue has no aging: a waiting batch ranks with its priority.
+    let ranking = sluice::api::Ranking::of(&record, None, sluice::domain::Clock::new().now());
+    serde_json::to_vec(&sluice::api::StatusResponse::of(record, ranking)).unwrap()
 }
 
 #[tokio::test]

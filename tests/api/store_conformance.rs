@@ -145,6 +145,8 @@ fn new_ingestion(queue_name: &str, priority: Priority, ids: &[u32]) -> NewIngest
         created_at: now(),
         callback_url: None,
         idempotency: None,
+        tenant: None,
+        group: None,
     }
 }
 
@@ -159,6 +161,7 @@ fn claim(queue_name: &str, interval: Interval) -> ClaimRequest {
         slow_down: NO_LIMIT,
         max_in_flight: NonZeroUsize::new(100).unwrap(),
         batches: NonZeroUsize::MIN,
+        order: Default::default(),
     }
 }
 

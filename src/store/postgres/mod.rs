@@ -34,8 +34,10 @@ use super::{
     IngestionRecord, IngestionSummary, NewIngestion, Prune, QueueChange, QueueState, QueueStats,
     Store, StoreError,
 };
-use crate::domain::{BatchId, BatchStatus, IdOutcome, IngestionId, Interval, Priority, Timestamp};
-use crate::queue::QueueName;
+use crate::domain::{
+    BatchId, BatchStatus, IdOutcome, IngestionId, Interval, Priority, Timestamp, stored_name,
+};
+use crate::queue::{Fairness, QueueName, TURN};
 use crate::signals::Signals;
 
 /// The channel on which nodes tell each other that a claim may now succeed
@@ -165,11 +167,29 @@ impl Store for PostgresStore {
         }
 
         let batches: Vec<Vec<u8>> = new.batches().map(encode_ids).collect();
-        let (seq, queue): (i64, i32) = sqlx::query(
+        let (tenant, group) = (
+            stored_name(new.tenant.as_ref()),
+            stored_name(new.group.as_ref()),
+        );
+        // The turns' rows before the request's own: see 0005's locking rules.
+        let (queue, flow): (i32, i64) = sqlx::query(
+            "SELECT q.id, sluice_join_flow(q.id, $2, $3, $4, $5) FROM queues q WHERE q.name = $1",
+        )
+        .bind(new.queue.as_str())
+        .bind(new.priority.rank() as i16)
+        .bind(tenant)
+        .bind(group)
+        .bind(batches.len() as i64)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .map(|row| (row.get(0), row.get(1)))
+        .ok_or_else(|| StoreError::Corrupt(format!("the store has no queue {}", new.queue)))?;
+        let seq: i64 = sqlx::query(
             "INSERT INTO ingestions (id, priority, created_at, open_batches, callback_url,
-                                     callback_state, queue)
-             SELECT $1, $2, $3, $4, $5, $6, q.id FROM queues q WHERE q.name = $7
-             RETURNING seq, queue",
+                                     callback_state, queue, tenant, grp)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             RETURNING seq",
         )
         .bind(uuid(new.id))
         .bind(new.priority.rank() as i16)
@@ -177,18 +197,19 @@ impl Store for PostgresStore {
         .bind(batches.len() as i32)
         .bind(&new.callback_url)
         .bind(new.callback_url.as_ref().map(|_| 0i16))
-        .bind(new.queue.as_str())
-        .fetch_optional(&mut *tx)
+        .bind(queue)
+        .bind(tenant)
+        .bind(group)
+        .fetch_one(&mut *tx)
         .await
         .map_err(unavailable)?
-        .map(|row| (row.get(0), row.get(1)))
-        .ok_or_else(|| StoreError::Corrupt(format!("the store has no queue {}", new.queue)))?;
+        .get(0);
 
         for (chunk_index, chunk) in batches.chunks(INSERT_CHUNK).enumerate() {
             let first = (chunk_index * INSERT_CHUNK) as i32;
             sqlx::query(
-                "INSERT INTO batches (ingestion_seq, position, priority, ids, queue)
-                 SELECT $1, $2 + ord - 1, $3, ids, $5
+                "INSERT INTO batches (ingestion_seq, position, priority, ids, queue, flow)
+                 SELECT $1, $2 + ord - 1, $3, ids, $5, $6
                  FROM unnest($4::bytea[]) WITH ORDINALITY AS t (ids, ord)",
             )
             .bind(seq)
@@ -196,6 +217,7 @@ impl Store for PostgresStore {
             .bind(new.priority.rank() as i16)
             .bind(chunk)
             .bind(queue)
+            .bind(flow)
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
@@ -231,7 +253,8 @@ impl Store for PostgresStore {
             .map_err(unavailable)?;
         let Some(head) = sqlx::query(
             "SELECT i.seq, i.priority, i.created_at, i.finished_at, i.callback_url,
-                    i.callback_state, i.callback_attempts, i.callback_error, q.name
+                    i.callback_state, i.callback_attempts, i.callback_error, q.name,
+                    i.tenant, i.grp
              FROM ingestions i JOIN queues q ON q.id = i.queue WHERE i.id = $1",
         )
         .bind(uuid(id))
@@ -284,6 +307,8 @@ impl Store for PostgresStore {
         Ok(Some(IngestionRecord {
             id,
             queue: codec::queue_name(head.get(8))?,
+            tenant: codec::optional_name(head.get(9), "tenant")?,
+            group: codec::optional_name(head.get(10), "group")?,
             priority: codec::priority(head.get::<i16, _>(1).into())?,
             created_at: Timestamp::from_micros(head.get(2)),
             finished_at: codec::time(head.get(3)),
@@ -293,7 +318,10 @@ impl Store for PostgresStore {
     }
 
     async fn claim_batches(&self, request: ClaimRequest) -> Result<ClaimOutcome, StoreError> {
-        let rows = sqlx::query("SELECT * FROM sluice_claim($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+        let (weight_tenants, weight_strides) = request.order.strides();
+        let rows = sqlx::query(
+            "SELECT * FROM sluice_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
             .bind(self.node)
             .bind(request.queue.as_str())
             .bind(request.ready_since.map(Timestamp::as_micros))
@@ -303,6 +331,11 @@ impl Store for PostgresStore {
             .bind(i32::try_from(request.max_in_flight.get()).unwrap_or(i32::MAX))
             .bind(micros(self.leases.lease))
             .bind(i32::try_from(request.batches.get()).unwrap_or(i32::MAX))
+            .bind(request.order.fairness == Fairness::Tenant)
+            .bind(request.order.aging_micros())
+            .bind(TURN)
+            .bind(weight_tenants)
+            .bind(weight_strides)
             .fetch_all(&self.pool)
             .await
             .map_err(unavailable)?;

@@ -10,6 +10,7 @@
 //! Reads go to a small pool of read-only connections, which WAL lets run beside
 //! the writer.
 
+mod fair;
 mod prune;
 mod reads;
 mod schema;

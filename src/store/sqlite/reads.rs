@@ -86,7 +86,8 @@ fn ingestion_head(
     let head = conn
         .prepare_cached(
             "SELECT i.seq, i.priority, i.created_at, i.finished_at, i.callback_url,
-                    i.callback_state, i.callback_attempts, i.callback_error, q.name
+                    i.callback_state, i.callback_attempts, i.callback_error, q.name,
+                    i.tenant, i.grp
              FROM ingestions i JOIN queues q ON q.id = i.queue WHERE i.id = ?1",
         )?
         .query_row([id.as_bytes()], |row| {
@@ -100,16 +101,32 @@ fn ingestion_head(
                 row.get::<_, u32>(6)?,
                 row.get::<_, Option<String>>(7)?,
                 row.get::<_, String>(8)?,
+                row.get::<_, String>(9)?,
+                row.get::<_, String>(10)?,
             ))
         })
         .optional()?;
-    let Some((seq, priority, created_at, finished_at, url, state, attempts, error, queue)) = head
+    let Some((
+        seq,
+        priority,
+        created_at,
+        finished_at,
+        url,
+        state,
+        attempts,
+        error,
+        queue,
+        tenant,
+        group,
+    )) = head
     else {
         return Ok(None);
     };
     let record = IngestionRecord {
         id,
         queue: codec::queue_name(&queue)?,
+        tenant: codec::optional_name(&tenant, "tenant")?,
+        group: codec::optional_name(&group, "group")?,
         priority: codec::priority(priority)?,
         created_at: Timestamp::from_micros(created_at),
         finished_at: codec::time(finished_at),

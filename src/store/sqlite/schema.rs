@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0003_interrupted_first.sql"),
     include_str!("../../../migrations/sqlite/0004_retention.sql"),
     include_str!("../../../migrations/sqlite/0005_queues.sql"),
+    include_str!("../../../migrations/sqlite/0006_fairness.sql"),
 ];
 
 /// Waiting for a lock beats failing at once: the only other holder is a

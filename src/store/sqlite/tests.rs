@@ -23,6 +23,8 @@ fn request(priority: Priority, ids: &[u64], created: i64) -> NewIngestion {
         created_at: at(created),
         callback_url: None,
         idempotency: None,
+        tenant: None,
+        group: None,
     }
 }
 
@@ -35,6 +37,7 @@ fn claim(now: i64, interval_secs: u64, max_in_flight: usize) -> ClaimRequest {
         interval: Interval::from_duration(std::time::Duration::from_secs(interval_secs)),
         max_in_flight: NonZeroUsize::new(max_in_flight).unwrap(),
         batches: NonZeroUsize::MIN,
+        order: Default::default(),
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::domain::{
-    BatchId, BatchStatus, IdOutcome, IngestionId, IngestionStatus, Interval, Timestamp,
+    BatchId, BatchStatus, IdOutcome, IngestionId, IngestionStatus, Interval, Timestamp, stored_name,
 };
 use crate::queue::QueueName;
 use crate::store::codec::{self, decode_ids, earlier_outcomes, encode_ids, encode_outcomes};
@@ -56,9 +56,22 @@ pub fn create_ingestion(conn: &Connection, new: &NewIngestion) -> Result<Created
 
     let batches = new.batches();
     let queue = queue_id(conn, &new.queue)?;
+    let (tenant, group) = (
+        stored_name(new.tenant.as_ref()),
+        stored_name(new.group.as_ref()),
+    );
+    let flow = super::fair::join_flow(
+        conn,
+        queue,
+        new.priority,
+        tenant,
+        group,
+        batches.len() as i64,
+    )?;
     conn.prepare_cached(
-        "INSERT INTO ingestions (id, priority, created_at, open_batches, callback_url, callback_state, queue)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO ingestions (id, priority, created_at, open_batches, callback_url, callback_state, queue,
+                                 tenant, grp)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         new.id.as_bytes(),
@@ -68,6 +81,8 @@ pub fn create_ingestion(conn: &Connection, new: &NewIngestion) -> Result<Created
         new.callback_url,
         new.callback_url.as_ref().map(|_| CALLBACK_PENDING),
         queue,
+        tenant,
+        group,
     ])?;
     let seq = conn.last_insert_rowid();
     record_event(
@@ -83,8 +98,8 @@ pub fn create_ingestion(conn: &Connection, new: &NewIngestion) -> Result<Created
     )?
     .execute(params![batches.len() as i64, queue, new.priority.rank()])?;
     let mut insert = conn.prepare_cached(
-        "INSERT INTO batches (ingestion_seq, position, priority, ids, queue)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO batches (ingestion_seq, position, priority, ids, queue, flow)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     for (position, ids) in batches.enumerate() {
         insert.execute(params![
@@ -92,7 +107,8 @@ pub fn create_ingestion(conn: &Connection, new: &NewIngestion) -> Result<Created
             position as i64,
             new.priority.rank(),
             encode_ids(ids),
-            queue
+            queue,
+            flow
         ])?;
     }
     Ok(Created::New(new.id))
@@ -195,29 +211,32 @@ fn claim_one(conn: &Connection, request: &ClaimRequest) -> Result<Claim, StoreEr
         return Ok(Claim::Not(ClaimOutcome::Busy));
     }
 
-    let next = conn
-        .prepare_cached(
-            "SELECT b.ingestion_seq, b.position, b.priority, b.ids, b.attempts, b.results, i.id,
-                    b.status, i.started
-             FROM batches b JOIN ingestions i ON i.seq = b.ingestion_seq
-             WHERE b.queue = ?2 AND b.status IN (0, 3) AND (b.retry_at IS NULL OR b.retry_at <= ?1)
-             ORDER BY b.lane, b.priority, b.ingestion_seq, b.position
-             LIMIT 1",
-        )?
-        .query_row(params![request.now.as_micros(), queue], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, u32>(1)?,
-                row.get::<_, i64>(2)?,
-                row.get::<_, Vec<u8>>(3)?,
-                row.get::<_, u32>(4)?,
-                row.get::<_, Option<String>>(5)?,
-                row.get::<_, [u8; 16]>(6)?,
-                row.get::<_, i64>(7)? == RETRYING,
-                row.get::<_, bool>(8)?,
-            ))
-        })
-        .optional()?;
+    let next = match super::fair::next_batch(conn, queue, request.now, &request.order)? {
+        None => None,
+        Some((seq, position)) => Some(
+            conn.prepare_cached(
+                "SELECT b.ingestion_seq, b.position, b.priority, b.ids, b.attempts, b.results, i.id,
+                        b.status, i.started, b.lane, b.flow
+                 FROM batches b JOIN ingestions i ON i.seq = b.ingestion_seq
+                 WHERE b.ingestion_seq = ?1 AND b.position = ?2",
+            )?
+            .query_row(params![seq, position], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, u32>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, Vec<u8>>(3)?,
+                    row.get::<_, u32>(4)?,
+                    row.get::<_, Option<String>>(5)?,
+                    row.get::<_, [u8; 16]>(6)?,
+                    row.get::<_, i64>(7)?,
+                    row.get::<_, bool>(8)?,
+                    row.get::<_, i64>(9)? == 1,
+                    row.get::<_, i64>(10)?,
+                ))
+            })?,
+        ),
+    };
     let Some((
         ingestion_seq,
         position,
@@ -226,8 +245,10 @@ fn claim_one(conn: &Connection, request: &ClaimRequest) -> Result<Claim, StoreEr
         attempts,
         results,
         ingestion_id,
-        was_retrying,
+        status,
         ingestion_started,
+        in_fresh_lane,
+        flow,
     )) = next
     else {
         let next_retry: Option<i64> = conn
@@ -239,6 +260,10 @@ fn claim_one(conn: &Connection, request: &ClaimRequest) -> Result<Claim, StoreEr
         }));
     };
 
+    let was_retrying = status == RETRYING;
+    if status == YET_TO_START && in_fresh_lane {
+        super::fair::take_turn(conn, flow, &request.order)?;
+    }
     let slot = request.slot_after(last_slot);
     conn.prepare_cached(
         "UPDATE batches
