@@ -78,10 +78,11 @@ impl ClaimFigures {
 
     fn describe(&self) -> String {
         format!(
-            "p50 {} / p99 {} / mean {}",
+            "p50 {} / p99 {} / mean {} ({} claims)",
             micros_ms(self.p50),
             micros_ms(self.p99),
-            micros_ms(self.mean.round() as i64)
+            micros_ms(self.mean.round() as i64),
+            thousands(self.claims as u64)
         )
     }
 }
@@ -128,7 +129,7 @@ impl Bench {
                     .with_context(|| format!("opening {store_name}"))?;
                 let run = measure(&store, tenants, claims).await?;
                 println!(
-                    "  {store_name}, {} tenants × {} batches (seeded in {}): tenant {}; fifo {}",
+                    "  {store_name}, {} tenant(s) × {} batches (seeded in {}): tenant {}; fifo {}",
                     thousands(tenants as u64),
                     run.batches_per_tenant,
                     secs(run.seeded_in),

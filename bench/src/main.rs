@@ -436,7 +436,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
     }
 
-    print_header(&binary, &database, &args, &settings);
+    print_header(
+        needs_server.then_some(&*binary),
+        &database,
+        &args,
+        &settings,
+    );
     let mut bench = Bench {
         binary,
         database,
@@ -556,7 +561,7 @@ fn newest_mtime(path: &Path) -> Option<SystemTime> {
     }
 }
 
-fn print_header(binary: &Path, database: &DatabaseSpec, args: &Args, settings: &Settings) {
+fn print_header(binary: Option<&Path>, database: &DatabaseSpec, args: &Args, settings: &Settings) {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -575,7 +580,10 @@ fn print_header(binary: &Path, database: &DatabaseSpec, args: &Args, settings: &
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("sluice-bench{}", if args.quick { " --quick" } else { "" });
     println!("  machine:  {cores} cores, {model}, {memory} RAM");
-    println!("  server:   {}", binary.display());
+    match binary {
+        Some(binary) => println!("  server:   {}", binary.display()),
+        None => println!("  server:   none (the claim scenario drives the store itself)"),
+    }
     println!("  database: {}", database.describe());
     println!(
         "  load:     {} connections, {} thread(s) of load generator on the same machine, {} warm-up",
