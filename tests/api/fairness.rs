@@ -420,8 +420,13 @@ async fn groups_inside_one_tenant_take_turns() {
     assert_alternating_within(&window, '2', 10);
 }
 
-/// Submits HIGH requests of two batches every interval (twice what the queue
-/// starts) until stopped; their submissions.
+/// Batches in each request of a [`Flood`].
+const FLOOD_BATCHES: u64 = 10;
+
+/// Submits HIGH requests of ten batches, one after another an interval apart,
+/// until stopped; their submissions. Even if a submission took several
+/// intervals on a loaded machine, that is more HIGH work than the queue starts
+/// (one batch an interval): HIGH work always waits.
 struct Flood {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<Vec<Submitted>>,
@@ -435,10 +440,9 @@ impl Flood {
             let mut sent = Vec::new();
             let mut next: u64 = 10_000;
             while !flag.load(Ordering::Relaxed) {
-                sent.push(
-                    submit_to(&client, &address, KEY_B, &[next, next + 1], "HIGH", None).await,
-                );
-                next += 2;
+                let ids: Vec<u64> = (next..next + FLOOD_BATCHES).collect();
+                sent.push(submit_to(&client, &address, KEY_B, &ids, "HIGH", None).await);
+                next += FLOOD_BATCHES;
                 tokio::time::sleep(Duration::from_millis(INTERVAL_MS as u64)).await;
             }
             sent

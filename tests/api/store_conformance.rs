@@ -1225,6 +1225,8 @@ on_both_stores!(
     cancelled_work_gives_up_its_turns,
     a_claim_of_several_takes_them_in_turn,
     a_due_retry_goes_first_in_its_priority,
+    turns_hold_when_each_batch_completes_before_the_next_claim,
+    a_tenant_that_arrives_during_claims_joins_at_the_current_turn,
 );
 
 /// Generous enough that a fairness case is never refused for being busy.
@@ -1905,4 +1907,93 @@ async fn a_due_retry_goes_first_in_its_priority(store: &dyn Store) {
     );
     assert_alternates(&sequence);
     assert_eq!(sequence.matches('A').count(), 3, "{sequence}");
+}
+
+/// As the dispatcher runs a queue with one batch in flight: each claim's batch
+/// completes before the next claim.
+async fn turns_hold_when_each_batch_completes_before_the_next_claim(store: &dyn Store) {
+    let run = |n: usize| async move {
+        let mut order = Vec::new();
+        for _ in 0..n {
+            let batch = start_one(store, fair_claim("default")).await;
+            order.push(ids(&batch)[0]);
+            finish(store, &batch, AttemptEnd::Completed).await;
+        }
+        order
+    };
+    let medium = Priority::Medium;
+    submit_as(
+        store,
+        "default",
+        medium,
+        Some("a"),
+        None,
+        &lane_ids('A', 100),
+    )
+    .await;
+    let mut before = lanes(&run(3).await);
+    // b comes while one of a's is processing.
+    let processing = start_one(store, fair_claim("default")).await;
+    before.push(lane(ids(&processing)[0]));
+    submit_as(
+        store,
+        "default",
+        medium,
+        Some("b"),
+        None,
+        &lane_ids('B', 10),
+    )
+    .await;
+    finish(store, &processing, AttemptEnd::Completed).await;
+    let sequence = lanes(&run(20).await);
+    eprintln!("fairness A100 then B10, each completed (store): {before}|{sequence}");
+    assert_eq!(sequence.matches('B').count(), 10, "{sequence}");
+    assert_alternates(&sequence);
+}
+
+/// b's request is stored while claims go on (as on a busy node, or another
+/// node): it joins where the turns are when it commits, not where they were
+/// when its transaction began.
+async fn a_tenant_that_arrives_during_claims_joins_at_the_current_turn(store: &dyn Store) {
+    let medium = Priority::Medium;
+    submit_as(
+        store,
+        "default",
+        medium,
+        Some("a"),
+        None,
+        &lane_ids('A', 400),
+    )
+    .await;
+    let claims = async {
+        let mut order = Vec::new();
+        for _ in 0..60 {
+            let batch = start_one(store, fair_claim("default")).await;
+            order.push(ids(&batch)[0]);
+            finish(store, &batch, AttemptEnd::Completed).await;
+        }
+        order
+    };
+    let arrival = async {
+        // A few claims in, while they go on.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        submit_as(
+            store,
+            "default",
+            medium,
+            Some("b"),
+            None,
+            &lane_ids('B', 10),
+        )
+        .await;
+    };
+    let (order, ()) = tokio::join!(claims, arrival);
+    let sequence = lanes(&order);
+    let first_b = sequence.find('B').expect("b started");
+    eprintln!(
+        "fairness b arrives during claims (store): {}|{}",
+        &sequence[..first_b],
+        &sequence[first_b..]
+    );
+    assert_alternates(&sequence[first_b..first_b + 19]);
 }
