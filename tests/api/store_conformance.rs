@@ -1227,6 +1227,7 @@ on_both_stores!(
     a_due_retry_goes_first_in_its_priority,
     turns_hold_when_each_batch_completes_before_the_next_claim,
     a_tenant_that_arrives_during_claims_joins_at_the_current_turn,
+    a_group_back_from_idle_gets_no_banked_turns,
 );
 
 /// Generous enough that a fairness case is never refused for being busy.
@@ -1996,4 +1997,35 @@ async fn a_tenant_that_arrives_during_claims_joins_at_the_current_turn(store: &d
         &sequence[first_b..]
     );
     assert_alternates(&sequence[first_b..first_b + 19]);
+}
+
+async fn a_group_back_from_idle_gets_no_banked_turns(store: &dyn Store) {
+    // One tenant, t: its groups g1 (A) and g2 (B) share its turns.
+    let medium = Priority::Medium;
+    submit_as(
+        store,
+        "default",
+        medium,
+        Some("t"),
+        Some("g1"),
+        &lane_ids('A', 100),
+    )
+    .await;
+    submit_as(
+        store,
+        "default",
+        medium,
+        Some("t"),
+        Some("g2"),
+        &[1001, 1002],
+    )
+    .await;
+    let first = lanes(&claim_ids(store, 12, || fair_claim("default")).await);
+    assert_eq!(first.matches('B').count(), 2, "{first}");
+    let again: Vec<u32> = (1003..=1012).collect();
+    submit_as(store, "default", medium, Some("t"), Some("g2"), &again).await;
+    let sequence = lanes(&claim_ids(store, 20, || fair_claim("default")).await);
+    eprintln!("fairness idle group g2 back (store): {first}|{sequence}");
+    assert_eq!(sequence.matches('B').count(), 10, "{sequence}");
+    assert_alternates(&sequence);
 }
