@@ -138,7 +138,7 @@ impl Bench {
                 );
                 self.summary.add(
                     format!(
-                        "claim, {store_name}, {} tenants waiting, fairness tenant",
+                        "claim, {store_name}, {} tenant(s) waiting, fairness tenant",
                         thousands(tenants as u64)
                     ),
                     run.fair.describe(),
@@ -147,7 +147,7 @@ impl Bench {
                 );
                 self.summary.add(
                     format!(
-                        "claim, {store_name}, {} tenants waiting, fifo",
+                        "claim, {store_name}, {} tenant(s) waiting, fifo",
                         thousands(tenants as u64)
                     ),
                     run.fifo.describe(),
