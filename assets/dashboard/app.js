@@ -8,6 +8,14 @@
 //
 // Every string from the server reaches the page through textContent or an
 // attribute, never as markup.
+//
+// With API keys (--api-keys-file), the page asks for one when a read answers
+// 401 and keeps it for this tab only (sessionStorage); every call sends it, and
+// so does the event stream, read with fetch since EventSource cannot send a
+// header. With a tenant's key, /stats and /queues answer 403: the operator
+// panels (queue depth, the queues, what is processing) are left out, and the
+// page shows the tenant's own requests and activity, which is all the API
+// gives such a key.
 "use strict";
 
 (() => {
@@ -137,10 +145,66 @@
     }
   }
 
+  // ---------------------------------------------------------- the API key
+
+  const KEY_STORE = "sluice-api-key";
+  function apiKey() {
+    try {
+      return sessionStorage.getItem(KEY_STORE) || "";
+    } catch {
+      return "";
+    }
+  }
+
+  /** The headers of a call: `extra`, and the key when there is one. */
+  function withKey(extra = {}) {
+    const key = apiKey();
+    return key ? { ...extra, Authorization: `Bearer ${key}` } : extra;
+  }
+
+  function askForKey() {
+    const form = $("key-form");
+    if (!form.hidden) return;
+    form.hidden = false;
+    $("key-input").focus();
+  }
+
+  function useKey(event) {
+    event.preventDefault();
+    const key = $("key-input").value.trim();
+    if (!key) return;
+    try {
+      sessionStorage.setItem(KEY_STORE, key);
+    } catch {
+      /* private mode: the key holds until the page is left */
+    }
+    // Start afresh with the key: every panel, and the stream.
+    location.reload();
+  }
+
+  /** A tenant's key: the operator panels are not for it. */
+  function leaveOutOperatorPanels() {
+    if (state.tenantView) return;
+    state.tenantView = true;
+    state.stats = null;
+    state.queues = null;
+    document.querySelector(".layout").classList.add("tenant-view");
+    $("operator-note").hidden = false;
+    for (const el of [document.querySelector(".card.queue"), document.querySelector(".card.now"),
+      document.querySelector(".facts"), $("queues-card")]) {
+      el.hidden = true;
+    }
+  }
+
+  /** Whether an answer is the 403 of an operator endpoint to a tenant's key. */
+  const needsOperator = (error) =>
+    error instanceof ApiError && error.status === 403 &&
+    /operator key/.test((error.problem && error.problem.detail) || "");
+
   async function api(path, options = {}) {
     let response;
     try {
-      response = await fetch(path, { cache: "no-store", ...options });
+      response = await fetch(path, { cache: "no-store", ...options, headers: withKey(options.headers) });
     } catch (error) {
       markReachable(false);
       throw new ApiError(0, null, "Sluice does not answer (is it running?)");
@@ -149,6 +213,7 @@
     const type = response.headers.get("content-type") || "";
     const body = type.includes("json") ? await response.json().catch(() => null) : null;
     if (!response.ok) {
+      if (response.status === 401) askForKey();
       throw new ApiError(response.status, body, `${response.status} ${response.statusText}`.trim());
     }
     return body;
@@ -189,22 +254,25 @@
     queues: null, // the named queues; null until known, or on a server without them
     queuesMissing: false, // the server answered that it has no /queues
     sseOpened: false, // the event stream has opened once
+    tenantView: false, // a tenant's key: no operator panels
   };
 
   // ------------------------------------------------------------ /stats
 
   let statsToken = 0;
   async function loadStats() {
+    if (state.tenantView) return;
     const token = ++statsToken;
     const sentAt = Date.now();
     try {
       const stats = await api("/stats");
-      if (token !== statsToken) return;
+      if (token !== statsToken || state.tenantView) return;
       sampleClock(stats.now, sentAt, Date.now());
       state.stats = stats;
       renderStats();
     } catch (error) {
-      /* shown by the connection badge */
+      if (needsOperator(error)) leaveOutOperatorPanels();
+      /* anything else is shown by the connection badge */
     }
   }
 
@@ -437,6 +505,7 @@
    * read). Once the server has said it has no /queues, only `force` asks.
    */
   function loadQueues(force = false) {
+    if (state.tenantView) return Promise.resolve();
     if (!force && (state.queuesMissing || queuesLoading)) return queuesLoading;
     const loading = fetchQueues().finally(() => {
       if (queuesLoading === loading) queuesLoading = null;
@@ -455,6 +524,10 @@
       state.queuesMissing = false;
     } catch (error) {
       if (token !== queuesToken) return;
+      if (needsOperator(error)) {
+        leaveOutOperatorPanels();
+        return;
+      }
       // A server from before named queues: no panel at all. Other failures
       // keep what is shown; the connection badge tells of them.
       if (error.status !== 404 && error.status !== 405) return;
@@ -534,7 +607,7 @@
   function renderQueues() {
     const queues = state.queues;
     const card = $("queues-card");
-    const shown = Array.isArray(queues);
+    const shown = Array.isArray(queues) && !state.tenantView;
     card.hidden = !shown;
     document.querySelector(".layout").classList.toggle("with-queues", shown);
     if (!shown) return;
@@ -1471,28 +1544,92 @@
     if (data.ingestion_id === state.selected) refreshDetail();
   }
 
+  function streamOpened() {
+    // Sequence numbers belong to the server's store: start afresh with it.
+    state.lastEventId = 0;
+    // A server that came back may be a newer one, with queues.
+    if (state.sseOpened) state.queuesMissing = false;
+    state.sseOpened = true;
+    setSse("live");
+    // Whatever changed while we were not listening.
+    refreshNow();
+  }
+
+  /**
+   * The event stream with the key, read with fetch: what EventSource does,
+   * with an Authorization header. Resumes after the last event it read.
+   */
+  let streamedId = null;
+  async function connectWithKey() {
+    let response;
+    try {
+      const headers = withKey({ Accept: "text/event-stream" });
+      if (streamedId !== null) headers["Last-Event-ID"] = streamedId;
+      response = await fetch("/events", { cache: "no-store", headers });
+    } catch {
+      setSse("reconnecting");
+      setTimeout(connectWithKey, 3000);
+      return;
+    }
+    if (!response.ok || !response.body) {
+      if (response.status === 401) askForKey();
+      setSse("polling");
+      setTimeout(connectWithKey, 10000);
+      return;
+    }
+    streamOpened();
+    const handlers = { batch: onBatch, ingestion: onIngestion };
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value.replace(/\r\n?/g, "\n");
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const event = { type: "message", data: "", lastEventId: "" };
+          for (const line of block.split("\n")) {
+            const colon = line.indexOf(":");
+            if (colon === 0) continue; // a comment: the keep-alive
+            const field = colon < 0 ? line : line.slice(0, colon);
+            const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+            if (field === "event") event.type = value;
+            else if (field === "data") event.data += (event.data ? "\n" : "") + value;
+            else if (field === "id") event.lastEventId = value;
+          }
+          if (event.lastEventId) streamedId = event.lastEventId;
+          const handler = handlers[event.type];
+          if (handler && event.data) handler(event);
+        }
+      }
+    } catch {
+      /* the connection broke: reconnect below */
+    }
+    setSse("reconnecting");
+    setTimeout(connectWithKey, 1000);
+  }
+
   let source = null;
   function connect() {
+    if (apiKey()) {
+      connectWithKey();
+      return;
+    }
     if (!window.EventSource) {
       setSse("polling");
       return;
     }
     source = new EventSource("/events");
-    source.addEventListener("open", () => {
-      // Sequence numbers belong to the server's store: start afresh with it.
-      state.lastEventId = 0;
-      // A server that came back may be a newer one, with queues.
-      if (state.sseOpened) state.queuesMissing = false;
-      state.sseOpened = true;
-      setSse("live");
-      // Whatever changed while we were not listening.
-      refreshNow();
-    });
+    source.addEventListener("open", streamOpened);
     source.addEventListener("batch", onBatch);
     source.addEventListener("ingestion", onIngestion);
     source.addEventListener("error", () => {
       if (source.readyState === EventSource.CLOSED) {
-        // The browser gave up (an error answer): start over in a while.
+        // The browser gave up (an error answer, a 401 among them): start over
+        // in a while, with a key if one was given meanwhile.
         source.close();
         setSse("polling");
         setTimeout(connect, 10000);
@@ -1553,6 +1690,7 @@
     new ResizeObserver(resizeChart).observe(chart.canvas);
 
     $("submit-form").addEventListener("submit", submit);
+    $("key-form").addEventListener("submit", useKey);
     $("ids-input").addEventListener("input", updateIdsCount);
     $("ids-input").addEventListener("keydown", (event) => {
       if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("submit-form").requestSubmit();

@@ -36,7 +36,7 @@ use hyper::{Method, StatusCode};
 use crate::http::{Connection, with_deadline};
 use crate::load::{self, LoadSpec, Requests, Workload, new_histogram, thousands};
 use crate::report::{mib, secs};
-use crate::scenarios::Bench;
+use crate::scenarios::{BATCH_SIZE, Bench};
 use crate::server::{Database, Server, cpu_time_of, machine_busy_time};
 
 /// `--max-queued-ids` of the soak's server: far past any queue the soak can
@@ -50,6 +50,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// soak's first window does not start on a backlog (which would make its
 /// figures worse, and so "flat" easier to meet).
 const DRAIN_LIMIT: Duration = Duration::from_secs(300);
+
+
 
 /// The rule for "flat": the last window's RSS at most 1.2 × the first's + 8 MB,
 /// and each route's last-window p99 at most 2 × the first's + 1 ms. The slack
@@ -179,8 +181,32 @@ impl Bench {
             );
             Ok(route.per_second(peak.window) * settings.soak_fraction)
         };
+        // What the dispatcher keeps up with, measured as it drains what the
+        // peak run queued, caps the POST rate: more than that and the backlog
+        // grows all soak long, so nothing ends and nothing can be pruned — an
+        // overload, not a soak.
+        let dispatch_peak = drain(&mut server, &mut stats).await?;
+        let http_post_rate = route_rate(load::INGEST)?;
+        let batches_per_post = settings.ids_per_request.div_ceil(BATCH_SIZE) as f64;
+        let post_rate = match dispatch_peak {
+            Some(batches_per_second) => {
+                let sustained = batches_per_second / batches_per_post * settings.soak_fraction;
+                if sustained < http_post_rate {
+                    println!(
+                        "  POST paced at {:.0}% of the dispatcher's peak ({} batches/s, {} batches a request): {} POST/s instead of {} (that fraction of the HTTP peak)",
+                        settings.soak_fraction * 100.0,
+                        thousands(batches_per_second as u64),
+                        batches_per_post,
+                        thousands(sustained as u64),
+                        thousands(http_post_rate as u64),
+                    );
+                }
+                sustained.min(http_post_rate)
+            }
+            None => http_post_rate,
+        };
         let plan = Plan {
-            post_rate: route_rate(load::INGEST)?,
+            post_rate,
             get_rate: route_rate(load::STATUS)?,
             connections,
             duration: settings.soak_duration,
@@ -189,7 +215,6 @@ impl Bench {
         };
         let rate = plan.post_rate + plan.get_rate;
 
-        drain(&mut server, &mut stats).await?;
         match sizer.read().await {
             Ok(size) => println!(
                 "  database at the soak's start: {} ({})",
@@ -345,8 +370,10 @@ impl Bench {
     }
 }
 
-/// Waits for the dispatcher to process what the peak run queued.
-async fn drain(server: &mut Server, stats: &mut StatsReader) -> anyhow::Result<()> {
+/// Waits for the dispatcher to process what the peak run queued; answers
+/// the rate it drained at (batches a second), its peak with no HTTP load,
+/// when there was enough backlog to measure it.
+async fn drain(server: &mut Server, stats: &mut StatsReader) -> anyhow::Result<Option<f64>> {
     let started = Instant::now();
     let mut backlog = None;
     loop {
@@ -354,31 +381,30 @@ async fn drain(server: &mut Server, stats: &mut StatsReader) -> anyhow::Result<(
         let queue = stats.read().await?.0;
         let left = queue.waiting + queue.processing;
         let first = *backlog.get_or_insert(left);
+        let took = started.elapsed();
+        let rate = (first > left && took > Duration::from_secs(1))
+            .then(|| (first - left) as f64 / took.as_secs_f64());
         if left == 0 {
-            let took = started.elapsed();
             println!(
                 "  the peak run left {} batches queued; drained in {}{}",
                 thousands(first),
                 secs(took),
-                if first > 0 && took > Duration::from_secs(1) {
-                    format!(
-                        " (about {} batches/s)",
-                        thousands((first as f64 / took.as_secs_f64()) as u64)
-                    )
-                } else {
-                    String::new()
-                }
+                rate.map_or(String::new(), |rate| format!(
+                    " (about {} batches/s)",
+                    thousands(rate as u64)
+                ))
             );
-            return Ok(());
+            return Ok(rate);
         }
-        if started.elapsed() > DRAIN_LIMIT {
+        if took > DRAIN_LIMIT {
             println!(
-                "  the peak run left {} batches queued; {} still queued after {}: the soak starts on them",
+                "  the peak run left {} batches queued; {} still queued after {} (about {} batches/s): the soak starts on them",
                 thousands(first),
                 thousands(left),
-                secs(DRAIN_LIMIT)
+                secs(DRAIN_LIMIT),
+                thousands(rate.unwrap_or(0.0) as u64),
             );
-            return Ok(());
+            return Ok(rate);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

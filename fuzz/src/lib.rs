@@ -388,6 +388,23 @@ impl Store for RecordingStore {
         unreachable!("{UNUSED}")
     }
 
+    async fn tenant_ingestions(
+        &self,
+        _: &sluice::domain::TenantName,
+        _: usize,
+    ) -> Result<Vec<IngestionSummary>, StoreError> {
+        unreachable!("{UNUSED}")
+    }
+
+    async fn tenant_events_after(
+        &self,
+        _: u64,
+        _: &sluice::domain::TenantName,
+        _: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        unreachable!("{UNUSED}")
+    }
+
     async fn waiting_batches(&self) -> Result<Vec<(QueueName, u64)>, StoreError> {
         unreachable!("{UNUSED}")
     }

@@ -1,11 +1,18 @@
-//! Optional API keys (`--api-keys-file`): one key per line with a role.
+//! Optional API keys (`--api-keys-file`): one key per line with a role, and
+//! optionally the tenant the key belongs to.
 //!
 //! ```text
-//! # role   key
-//! read     3f1c…   (GET: status, results, events, lists, stats, metrics, docs)
-//! submit   9a77…   (read, and POST /ingest)
-//! admin    c0de…   (submit, and cancelling requests)
+//! # role   key      tenant
+//! read     3f1c…             (GET: status, results, events, lists, stats, metrics, docs)
+//! submit   9a77…    acme     (read, and POST /ingest)
+//! admin    c0de…             (submit, and cancelling requests)
 //! ```
+//!
+//! A key with a tenant sees and acts on only its tenant's requests, and is
+//! refused the operator endpoints (the operations whose `api_key`
+//! requirement names the `operator` scope: metrics, stats, the queues);
+//! a key without a tenant is an operator's and sees everything, as does
+//! every caller when no keys file is given.
 //!
 //! Keys are kept as SHA-256 digests and compared in constant time, every key
 //! every time, so neither timing nor length gives one away. The file is read
@@ -26,6 +33,7 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::domain::TenantName;
 
 /// Shorter keys are refused: they could be guessed.
 const MIN_KEY_LEN: usize = 16;
@@ -78,8 +86,59 @@ struct Loaded {
     keys: Keys,
 }
 
-/// SHA-256 digests of the keys, with their roles.
-type Keys = Vec<([u8; 32], Role)>;
+/// SHA-256 digests of the keys, with what each key is.
+type Keys = Vec<([u8; 32], Key)>;
+
+/// What a known key is: its role and, for a tenant's key, its tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    pub role: Role,
+    pub tenant: Option<TenantName>,
+}
+
+/// Who is asking, as the key middleware found it; in every request's
+/// extensions. `tenant` is `None` for an operator's key, for what is open to
+/// all, and for everyone when no keys file is given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// The key's role; `None` without a key.
+    pub role: Option<Role>,
+    pub tenant: Option<TenantName>,
+}
+
+impl Caller {
+    /// The tenant this caller is confined to, if any.
+    pub fn tenant(&self) -> Option<&TenantName> {
+        self.tenant.as_ref()
+    }
+
+    /// Whether this caller may see a request of `owner` (its tenant, `None`
+    /// for a request without one): a tenant sees only its own; everyone else
+    /// sees all.
+    pub fn may_see(&self, owner: Option<&TenantName>) -> bool {
+        match &self.tenant {
+            Some(mine) => owner == Some(mine),
+            None => true,
+        }
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        // A request the middleware did not see (none in the served router)
+        // is nobody's: tenant-less.
+        Ok(parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
 
 impl ApiKeys {
     /// Reads the keys file; an unreadable or malformed file stops the start.
@@ -107,19 +166,24 @@ impl ApiKeys {
         self.loaded.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The role of a presented key, if it is one of ours.
-    pub fn role_of(&self, presented: &str) -> Option<Role> {
+    /// What a presented key is, if it is one of ours.
+    pub fn key_of(&self, presented: &str) -> Option<Key> {
         self.reload_if_changed();
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let loaded = self.lock();
         // Look at every key, whatever matches, so the time taken says nothing.
         let mut found = None;
-        for (key, role) in &loaded.keys {
+        for (key, what) in &loaded.keys {
             if bool::from(key.ct_eq(&digest)) {
-                found = Some(*role);
+                found = Some(what);
             }
         }
-        found
+        found.cloned()
+    }
+
+    /// The role of a presented key, if it is one of ours.
+    pub fn role_of(&self, presented: &str) -> Option<Role> {
+        self.key_of(presented).map(|key| key.role)
     }
 
     fn reload_if_changed(&self) {
@@ -156,18 +220,27 @@ fn read_keys(path: &Path) -> Result<(Option<SystemTime>, Keys), KeysError> {
             continue;
         }
         let bad = |why: &str| KeysError::Line(path.to_owned(), n + 1, why.to_owned());
-        let (role, key) = line
-            .split_once(char::is_whitespace)
-            .ok_or_else(|| bad("expected `<role> <key>`"))?;
+        let mut columns = line.split_whitespace();
+        let (Some(role), Some(key)) = (columns.next(), columns.next()) else {
+            return Err(bad("expected `<role> <key> [tenant]`"));
+        };
+        let tenant = columns.next();
+        if columns.next().is_some() {
+            return Err(bad("expected `<role> <key> [tenant]`: too many columns"));
+        }
         let role =
             Role::parse(role).ok_or_else(|| bad("the role must be read, submit or admin"))?;
-        let key = key.trim();
         if key.len() < MIN_KEY_LEN {
             return Err(bad(&format!(
                 "a key needs at least {MIN_KEY_LEN} characters"
             )));
         }
-        keys.push((Sha256::digest(key.as_bytes()).into(), role));
+        let tenant = tenant
+            .map(|name| {
+                TenantName::parse(name).map_err(|why| bad(&format!("tenant `{name}`: {why}")))
+            })
+            .transpose()?;
+        keys.push((Sha256::digest(key.as_bytes()).into(), Key { role, tenant }));
     }
     Ok((modified, keys))
 }
@@ -187,6 +260,19 @@ struct Operation {
     segments: Vec<Option<String>>,
     /// `None` for an operation open to all (`/healthz`).
     role: Option<Role>,
+    /// Whether it needs an operator's key (one without a tenant): its
+    /// `api_key` requirement names the `operator` scope.
+    operator: bool,
+}
+
+/// The scope that marks an operation as an operator's.
+pub const OPERATOR_SCOPE: &str = "operator";
+
+/// What an operation needs of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Needed {
+    role: Role,
+    operator: bool,
 }
 
 impl Roles {
@@ -206,14 +292,16 @@ impl Roles {
                 let Ok(method) = method.to_ascii_uppercase().parse::<Method>() else {
                     continue;
                 };
-                let role = operation["security"]
+                let scopes: Vec<&str> = operation["security"]
                     .as_array()
                     .into_iter()
                     .flatten()
                     .filter_map(|requirement| requirement["api_key"].as_array())
                     .flatten()
-                    .filter_map(|scope| scope.as_str().and_then(Role::parse))
-                    .min();
+                    .filter_map(|scope| scope.as_str())
+                    .collect();
+                let role = scopes.iter().filter_map(|scope| Role::parse(scope)).min();
+                let operator = scopes.contains(&OPERATOR_SCOPE);
                 let segments = path
                     .split('/')
                     .map(|segment| (!segment.starts_with('{')).then(|| segment.to_owned()))
@@ -222,14 +310,15 @@ impl Roles {
                     method,
                     segments,
                     role,
+                    operator,
                 });
             }
         }
         Self { operations }
     }
 
-    /// The role a request needs; `None` for what is open to all.
-    fn needed(&self, method: &Method, path: &str) -> Option<Role> {
+    /// What a request needs; `None` for what is open to all.
+    fn needed(&self, method: &Method, path: &str) -> Option<Needed> {
         let method = if method == Method::HEAD {
             &Method::GET
         } else {
@@ -252,8 +341,14 @@ impl Roles {
             })
             .max_by_key(|op| op.segments.iter().filter(|s| s.is_some()).count());
         match documented {
-            Some(operation) => operation.role,
-            None => undocumented_role(method, path),
+            Some(operation) => operation.role.map(|role| Needed {
+                role,
+                operator: operation.operator,
+            }),
+            None => undocumented_role(method, path).map(|role| Needed {
+                role,
+                operator: false,
+            }),
         }
     }
 }
@@ -274,13 +369,15 @@ fn undocumented_role(method: &Method, path: &str) -> Option<Role> {
 /// Checks the bearer key of every request when keys are configured.
 pub async fn require_key(
     State((app, roles)): State<(AppState, Arc<Roles>)>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let Some(keys) = &app.api_keys else {
+        request.extensions_mut().insert(Caller::default());
         return next.run(request).await;
     };
     let Some(needed) = roles.needed(request.method(), request.uri().path()) else {
+        request.extensions_mut().insert(Caller::default());
         return next.run(request).await;
     };
     let presented = request
@@ -289,14 +386,27 @@ pub async fn require_key(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match presented.and_then(|key| keys.role_of(key)) {
-        Some(role) if role >= needed => next.run(request).await,
-        Some(role) => ApiError::forbidden(format!(
+    match presented.and_then(|key| keys.key_of(key)) {
+        // A tenant's key is told first what no other role would change.
+        Some(Key {
+            tenant: Some(_), ..
+        }) if needed.operator => {
+            ApiError::forbidden("this endpoint needs an operator key (a key without a tenant)")
+                .into_response()
+        }
+        Some(key) if key.role < needed.role => ApiError::forbidden(format!(
             "this key's role is {}; this needs {}",
-            role.as_str(),
-            needed.as_str()
+            key.role.as_str(),
+            needed.role.as_str()
         ))
         .into_response(),
+        Some(Key { role, tenant }) => {
+            request.extensions_mut().insert(Caller {
+                role: Some(role),
+                tenant,
+            });
+            next.run(request).await
+        }
         None => {
             let mut response = ApiError::unauthorized(if presented.is_some() {
                 "unknown API key"
@@ -337,7 +447,14 @@ mod tests {
     fn bad_files_are_refused() {
         let dir = tempfile::TempDir::new().unwrap();
         let path = dir.path().join("keys");
-        for bad in ["owner aaaaaaaaaaaaaaaaaaaa", "read short", "justonetoken"] {
+        for bad in [
+            "owner aaaaaaaaaaaaaaaaaaaa",
+            "read short",
+            "justonetoken",
+            "read aaaaaaaaaaaaaaaaaaaa acme extra",
+            "read aaaaaaaaaaaaaaaaaaaa ac/me",
+            "read aaaaaaaaaaaaaaaaaaaa acmé",
+        ] {
             std::fs::write(&path, bad).unwrap();
             assert!(ApiKeys::load(&path).is_err(), "{bad}");
         }
@@ -347,7 +464,7 @@ mod tests {
     #[test]
     fn roles_needed_per_endpoint_come_from_the_document() {
         let roles = Roles::from_document(&crate::api::document());
-        let needed = |method: Method, path: &str| roles.needed(&method, path);
+        let needed = |method: Method, path: &str| roles.needed(&method, path).map(|n| n.role);
         assert_eq!(needed(Method::GET, "/healthz"), None);
         assert_eq!(needed(Method::GET, "/"), None);
         assert_eq!(needed(Method::HEAD, "/"), None);
@@ -368,5 +485,95 @@ mod tests {
         // An unknown path: a read needs a key, anything else the most.
         assert_eq!(needed(Method::GET, "/nope"), Some(Role::Read));
         assert_eq!(needed(Method::PUT, "/ingest"), Some(Role::Admin));
+    }
+
+    #[test]
+    fn the_third_column_is_the_keys_tenant() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("keys");
+        let long = "t".repeat(64);
+        std::fs::write(
+            &path,
+            format!(
+                "# role key tenant\nsubmit aaaaaaaaaaaaaaaaaaaa acme\n\
+                 read\tbbbbbbbbbbbbbbbbbbbb   Globex_2.eu-1  \n\
+                 admin cccccccccccccccccccc\nread dddddddddddddddddddd {long}\n"
+            ),
+        )
+        .unwrap();
+        let keys = ApiKeys::load(&path).unwrap();
+        let key = |k: &str| keys.key_of(k).unwrap();
+        assert_eq!(key("aaaaaaaaaaaaaaaaaaaa").role, Role::Submit);
+        assert_eq!(key("aaaaaaaaaaaaaaaaaaaa").tenant.unwrap().as_str(), "acme");
+        assert_eq!(
+            key("bbbbbbbbbbbbbbbbbbbb").tenant.unwrap().as_str(),
+            "Globex_2.eu-1"
+        );
+        assert_eq!(key("cccccccccccccccccccc").role, Role::Admin);
+        assert_eq!(key("cccccccccccccccccccc").tenant, None);
+        assert_eq!(key("dddddddddddddddddddd").tenant.unwrap().as_str(), long);
+    }
+
+    #[test]
+    fn a_bad_tenant_is_refused_with_its_file_and_line() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("keys");
+        let long = "t".repeat(65);
+        for bad in ["ac/me", "acmé", "a:b", long.as_str()] {
+            std::fs::write(
+                &path,
+                format!(
+                    "# keys\nread aaaaaaaaaaaaaaaaaaaa acme\nsubmit bbbbbbbbbbbbbbbbbbbb {bad}\n"
+                ),
+            )
+            .unwrap();
+            let error = ApiKeys::load(&path).err().unwrap().to_string();
+            assert!(
+                error.contains(&path.display().to_string()) && error.contains("line 3"),
+                "{error}"
+            );
+            assert!(error.contains("tenant"), "{error}");
+        }
+    }
+
+    #[test]
+    fn operator_endpoints_come_from_the_document() {
+        let roles = Roles::from_document(&crate::api::document());
+        let operator = |method: Method, path: &str| roles.needed(&method, path).map(|n| n.operator);
+        for (method, path) in [
+            (Method::GET, "/stats"),
+            (Method::GET, "/metrics"),
+            (Method::GET, "/queues"),
+            (Method::GET, "/queues/x"),
+            (Method::PATCH, "/queues/x"),
+            (Method::POST, "/queues/x/pause"),
+            (Method::POST, "/queues/x/resume"),
+        ] {
+            assert_eq!(
+                operator(method.clone(), path),
+                Some(true),
+                "{method} {path}"
+            );
+        }
+        for (method, path) in [
+            (Method::GET, "/status/x"),
+            (Method::GET, "/ingestions"),
+            (Method::GET, "/ingestions/x/results"),
+            (Method::GET, "/events"),
+            (Method::GET, "/status/x/events"),
+            (Method::POST, "/ingest"),
+            (Method::POST, "/ingestions/x/cancel"),
+            (Method::DELETE, "/ingestions/x"),
+            (Method::GET, "/readyz"),
+            (Method::GET, "/openapi.json"),
+            (Method::GET, "/nope"),
+        ] {
+            assert_eq!(
+                operator(method.clone(), path),
+                Some(false),
+                "{method} {path}"
+            );
+        }
+        assert_eq!(operator(Method::GET, "/healthz"), None);
     }
 }

@@ -19,11 +19,13 @@ use tokio::sync::OwnedSemaphorePermit;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::ApiError;
 use super::error::{BadRequest, Internal, NotFound, RequestTimeout, Unauthorized, Unavailable};
+use super::ingestions::visible_to;
 use super::path::PathParam;
 use super::status::{parse_ingestion_id, unknown_ingestion};
-use crate::domain::{BatchId, BatchStatus, IngestionId, IngestionStatus, Timestamp};
+use crate::domain::{BatchId, BatchStatus, IngestionId, IngestionStatus, TenantName, Timestamp};
 use crate::store::{Event, EventSubject};
 
 /// Events read from the store at a time.
@@ -161,17 +163,23 @@ pub struct LostEvents {
 )]
 pub async fn ingestion_events(
     State(app): State<AppState>,
+    caller: Caller,
     PathParam(raw_id): PathParam,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let id = parse_ingestion_id(&raw_id)?;
     let after = last_event_id(&headers)?.unwrap_or(0);
-    app.store
-        .batch_outcomes(id, None, 1)
-        .await?
-        .ok_or_else(|| unknown_ingestion(&raw_id))?;
+    if caller.tenant().is_some() {
+        visible_to(&app, &caller, id, &raw_id).await?;
+    } else {
+        app.store
+            .batch_outcomes(id, None, 1)
+            .await?
+            .ok_or_else(|| unknown_ingestion(&raw_id))?;
+    }
     let slot = stream_slot(&app)?;
-    Ok(Sse::new(events(app, Some(id), after, slot)).keep_alive(KeepAlive::default()))
+    let of = Of::Ingestion(id);
+    Ok(Sse::new(events(app, of, after, slot)).keep_alive(KeepAlive::default()))
 }
 
 /// `GET /events`: every status change in the service, from now (or after
@@ -197,6 +205,7 @@ pub async fn ingestion_events(
 )]
 pub async fn all_events(
     State(app): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let resumed = last_event_id(&headers)?;
@@ -216,7 +225,12 @@ pub async fn all_events(
         None => None,
     };
     let slot = stream_slot(&app)?;
-    let stream = stream::iter(lost.map(Ok)).chain(events(app, None, after, slot));
+    // A tenant's key follows only its tenant's requests.
+    let of = match caller.tenant {
+        Some(tenant) => Of::Tenant(tenant),
+        None => Of::All,
+    };
+    let stream = stream::iter(lost.map(Ok)).chain(events(app, of, after, slot));
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
@@ -237,9 +251,17 @@ fn stream_slot(app: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
 /// milliseconds.
 const STREAM_RETRY_AFTER_SECS: u64 = 5;
 
+/// Whose events a stream carries.
+enum Of {
+    All,
+    Ingestion(IngestionId),
+    /// Those of one tenant's requests.
+    Tenant(TenantName),
+}
+
 struct Cursor {
     app: AppState,
-    ingestion: Option<IngestionId>,
+    of: Of,
     after: u64,
     ended: bool,
     _slot: OwnedSemaphorePermit,
@@ -249,13 +271,13 @@ struct Cursor {
 /// Every stream ends when the service shuts down.
 fn events(
     app: AppState,
-    ingestion: Option<IngestionId>,
+    of: Of,
     after: u64,
     slot: OwnedSemaphorePermit,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let cursor = Cursor {
         app,
-        ingestion,
+        of,
         after,
         ended: false,
         _slot: slot,
@@ -267,14 +289,15 @@ fn events(
         loop {
             // Armed before reading, so an event stored meanwhile wakes us.
             let stored = cursor.app.signals.next_events();
-            match cursor
-                .app
-                .store
-                .events_after(cursor.after, cursor.ingestion, PAGE)
-                .await
-            {
+            let store = &cursor.app.store;
+            let page = match &cursor.of {
+                Of::All => store.events_after(cursor.after, None, PAGE).await,
+                Of::Ingestion(id) => store.events_after(cursor.after, Some(*id), PAGE).await,
+                Of::Tenant(tenant) => store.tenant_events_after(cursor.after, tenant, PAGE).await,
+            };
+            match page {
                 Ok(mut page) if !page.is_empty() => {
-                    if cursor.ingestion.is_some()
+                    if matches!(cursor.of, Of::Ingestion(_))
                         && let Some(end) = page.iter().position(is_request_end)
                     {
                         page.truncate(end + 1);

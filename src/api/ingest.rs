@@ -14,6 +14,7 @@ use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
+use super::auth::Caller;
 use super::body::{JsonBody, StringField};
 use super::error::{ApiError, FieldError};
 use super::error::{
@@ -138,10 +139,17 @@ pub struct LoggedIngestion(pub IngestionId);
 )]
 pub async fn ingest(
     State(app): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     JsonBody(body): JsonBody<IngestBody>,
 ) -> Result<Response, ApiError> {
-    let key = idempotency_key(&headers)?;
+    // A tenant's keys are its own: stored as "{tenant}\n{key}". A header
+    // cannot carry '\n', so no tenant's key is ever another's, nor one sent
+    // with a key without a tenant (stored as it came).
+    let key = idempotency_key(&headers)?.map(|key| match caller.tenant() {
+        Some(tenant) => format!("{tenant}\n{key}", tenant = tenant.as_str()),
+        None => key,
+    });
     let request = body.validate(app.limits.max_ids_per_request, &app.queues)?;
     let created_at = app.clock.now();
     let idempotency = key.map(|key| IdempotencyKey {
@@ -158,7 +166,7 @@ pub async fn ingest(
         created_at,
         callback_url: request.callback_url.map(CallbackUrl::into_string),
         idempotency,
-        tenant: None,
+        tenant: caller.tenant,
         group: request.group,
     };
     let (priority, id_count, batches) = (new.priority, new.ids.len(), new.batches().len());

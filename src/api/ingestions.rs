@@ -12,6 +12,7 @@ use utoipa::openapi::schema::Object;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::ApiError;
 use super::error::{
     BadRequest, Forbidden, Internal, NotFound, RequestTimeout, Unauthorized, Unavailable,
@@ -163,12 +164,14 @@ pub struct ResultsPage {
 )]
 pub async fn results(
     State(app): State<AppState>,
+    caller: Caller,
     PathParam(raw_id): PathParam,
     query: Result<Query<ResultsQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
     let id = parse_ingestion_id(&raw_id)?;
+    visible_to(&app, &caller, id, &raw_id).await?;
     let wants_ndjson = query.format.as_deref() == Some("ndjson")
         || headers
             .get(header::ACCEPT)
@@ -280,9 +283,12 @@ pub struct CancelResponse {
 )]
 pub async fn cancel(
     State(app): State<AppState>,
+    caller: Caller,
     PathParam(raw_id): PathParam,
 ) -> Result<Json<CancelResponse>, ApiError> {
     let id = parse_ingestion_id(&raw_id)?;
+    // Another tenant's request is left as it is, and answered as unknown.
+    visible_to(&app, &caller, id, &raw_id).await?;
     let cancelled = app
         .store
         .cancel_ingestion(id, app.clock.now())
@@ -332,7 +338,28 @@ const CANCEL_DESCRIPTION: &str = "Batches that have not started become `cancelle
 )]
 pub async fn cancel_by_post(
     state: State<AppState>,
+    caller: Caller,
     id: PathParam,
 ) -> Result<Json<CancelResponse>, ApiError> {
-    cancel(state, id).await
+    cancel(state, caller, id).await
+}
+
+/// Fails with the unknown request's 404 unless `caller` may see request
+/// `id`: a tenant's key sees only its tenant's requests, and cannot tell
+/// another tenant's from one that never was. Reads nothing for a caller
+/// without a tenant, who sees them all.
+pub async fn visible_to(
+    app: &AppState,
+    caller: &Caller,
+    id: IngestionId,
+    raw_id: &str,
+) -> Result<(), ApiError> {
+    if caller.tenant().is_none() {
+        return Ok(());
+    }
+    // The request without its batches.
+    match app.store.ingestion_page(id, None, 0).await? {
+        Some(record) if caller.may_see(record.tenant.as_ref()) => Ok(()),
+        _ => Err(unknown_ingestion(raw_id)),
+    }
 }

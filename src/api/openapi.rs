@@ -91,7 +91,11 @@ impl Modify for ApiKeys {
             .description(Some(
                 "A key from `--api-keys-file`, each with a role: `read` (every GET), `submit` \
                  (read, and `POST /ingest`) or `admin` (submit, cancelling, and the queue controls). Operations \
-                 name the role they need.",
+                 name the role they need. A key may also name a tenant: it then sees and acts on only \
+                 its tenant's requests (another tenant's answer 404, as unknown ones), lists and \
+                 streams show only its own, and its `Idempotency-Key`s are its own. Operations whose \
+                 requirement also names `operator` (metrics, stats, the queues) need a key without a \
+                 tenant: a tenant's key gets 403.",
             ))
             .build();
         openapi

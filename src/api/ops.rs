@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::ApiError;
-use super::error::{BadRequest, Internal, RequestTimeout, Unauthorized, Unavailable};
+use super::error::{BadRequest, Forbidden, Internal, RequestTimeout, Unauthorized, Unavailable};
 use super::openapi::string_enum;
 use super::status::BatchCounts;
 use crate::domain::{BatchId, IngestionId, IngestionStatus, Priority, Timestamp};
@@ -103,11 +103,12 @@ const READY_WITHIN: std::time::Duration = std::time::Duration::from_millis(800);
         status; batches started, completed and failed; ids fetched; upstream latency; time \
         spent waiting for the rate limit; dispatcher lag; HTTP requests by route and status, \
         with latency; rows deleted by pruning, by kind (`sluice_pruned_total`).",
-    security((), ("api_key" = ["read"])),
+    security((), ("api_key" = ["read", "operator"])),
     responses(
         (status = 200, description = "The metrics.",
             content((String = "application/openmetrics-text; version=1.0.0; charset=utf-8"))),
         (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 408, response = RequestTimeout),
         (status = 500, response = Internal),
         (status = 503, response = Unavailable),
@@ -215,10 +216,11 @@ fn queue_schema() -> Object {
     summary = "The queue at a glance",
     description = "Queue depth per priority and status, the batches processing now, and the \
         rate limiter's last and next slot. What the dashboard shows.",
-    security((), ("api_key" = ["read"])),
+    security((), ("api_key" = ["read", "operator"])),
     responses(
         (status = 200, description = "The queue now.", body = Stats),
         (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 408, response = RequestTimeout),
         (status = 500, response = Internal),
         (status = 503, response = Unavailable),
@@ -346,6 +348,7 @@ impl From<IngestionSummary> for IngestionListItem {
 )]
 pub async fn list(
     State(app): State<AppState>,
+    caller: super::auth::Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<IngestionList>, ApiError> {
     let Query(query) = query?;
@@ -353,7 +356,11 @@ pub async fn list(
     if !(1..=500).contains(&limit) {
         return Err(ApiError::bad_request("limit: from 1 to 500"));
     }
-    let recent = app.store.recent_ingestions(limit).await?;
+    // A tenant's key lists only its tenant's requests.
+    let recent = match caller.tenant() {
+        Some(tenant) => app.store.tenant_ingestions(tenant, limit).await?,
+        None => app.store.recent_ingestions(limit).await?,
+    };
     Ok(Json(IngestionList {
         ingestions: recent.into_iter().map(IngestionListItem::from).collect(),
     }))

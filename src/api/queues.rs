@@ -181,10 +181,11 @@ async fn view(app: &AppState, queue: &Queue) -> Result<QueueView, ApiError> {
     tag = "queues",
     operation_id = "list_queues",
     summary = "Every queue, with its settings, state and batches",
-    security((), ("api_key" = ["read"])),
+    security((), ("api_key" = ["read", "operator"])),
     responses(
         (status = 200, description = "The queues, by name.", body = QueueList),
         (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 408, response = RequestTimeout),
         (status = 500, response = Internal),
         (status = 503, response = Unavailable),
@@ -206,10 +207,11 @@ pub async fn list(State(app): State<AppState>) -> Result<Json<QueueList>, ApiErr
     operation_id = "get_queue",
     summary = "One queue, with its settings, state and batches",
     params(("name" = String, Path, description = "The queue's name.")),
-    security((), ("api_key" = ["read"])),
+    security((), ("api_key" = ["read", "operator"])),
     responses(
         (status = 200, description = "The queue.", body = QueueView),
         (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
         (status = 408, response = RequestTimeout),
         (status = 500, response = Internal),
@@ -234,7 +236,7 @@ pub async fn show(
     description = "Batches already processing finish; `POST /ingest` still accepts work for \
         the queue. Holds for every node, and across restarts, until resumed.",
     params(("name" = String, Path, description = "The queue's name.")),
-    security((), ("api_key" = ["admin"])),
+    security((), ("api_key" = ["admin", "operator"])),
     responses(
         (status = 200, description = "The queue, now paused.", body = QueueView),
         (status = 401, response = Unauthorized),
@@ -264,7 +266,7 @@ pub async fn pause(
     operation_id = "resume_queue",
     summary = "Resume a paused queue",
     params(("name" = String, Path, description = "The queue's name.")),
-    security((), ("api_key" = ["admin"])),
+    security((), ("api_key" = ["admin", "operator"])),
     responses(
         (status = 200, description = "The queue, now running.", body = QueueView),
         (status = 401, response = Unauthorized),
@@ -314,7 +316,7 @@ pub struct QueuePatch {
         field is refused.",
     params(("name" = String, Path, description = "The queue's name.")),
     request_body(content = QueuePatch, content_type = "application/json"),
-    security((), ("api_key" = ["admin"])),
+    security((), ("api_key" = ["admin", "operator"])),
     responses(
         (status = 200, description = "The queue, with its new settings.", body = QueueView),
         (status = 400, response = BadRequest),

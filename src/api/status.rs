@@ -13,6 +13,7 @@ use utoipa::openapi::schema::Object;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
+use super::auth::Caller;
 use super::body::{StringField, parse_json};
 use super::error::{ApiError, FieldError};
 use super::error::{
@@ -244,9 +245,10 @@ impl From<CallbackRecord> for CallbackView {
 )]
 pub async fn status_by_path(
     State(app): State<AppState>,
+    caller: Caller,
     PathParam(id): PathParam,
 ) -> Result<Response, ApiError> {
-    lookup(&app, &id).await
+    lookup(&app, &caller, &id).await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -299,6 +301,7 @@ pub struct StatusRequest {
 )]
 pub async fn status_by_query_or_body(
     State(app): State<AppState>,
+    caller: Caller,
     query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -314,7 +317,7 @@ pub async fn status_by_query_or_body(
         }
     })?;
     if let Some(id) = query.ingestion_id {
-        return lookup(&app, &id).await;
+        return lookup(&app, &caller, &id).await;
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(
@@ -324,7 +327,7 @@ pub async fn status_by_query_or_body(
     }
     let StatusBody { ingestion_id } = parse_json(&body)?;
     match ingestion_id {
-        Some(id) => lookup(&app, &id).await,
+        Some(id) => lookup(&app, &caller, &id).await,
         None => Err(ApiError::validation(vec![FieldError::new(
             "ingestion_id",
             "is required, as a string",
@@ -410,12 +413,14 @@ const FIRST_PAGE: usize = 256;
 /// Batches read at a time for a larger answer, streamed as they are read.
 const STREAM_PAGE: usize = 1000;
 
-async fn lookup(app: &AppState, raw_id: &str) -> Result<Response, ApiError> {
+async fn lookup(app: &AppState, caller: &Caller, raw_id: &str) -> Result<Response, ApiError> {
     let id = parse_ingestion_id(raw_id)?;
     let first = app
         .store
         .ingestion_page(id, None, FIRST_PAGE)
         .await?
+        // Another tenant's request is answered as an unknown one.
+        .filter(|record| caller.may_see(record.tenant.as_ref()))
         .ok_or_else(|| unknown_ingestion(raw_id))?;
     if first.batches.len() < FIRST_PAGE {
         let ranking = ranking(app, &first);

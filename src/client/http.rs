@@ -29,6 +29,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 const LARGE_BODY: u64 = 1 << 20;
 /// The `detail` of Sluice's 404 for a path it has no route for.
 const NO_SUCH_ENDPOINT: &str = "no such endpoint";
+/// What Sluice's 403 says when a tenant's key asks for an operator endpoint.
+const NEEDS_OPERATOR: &str = "needs an operator key";
 /// How much of a body that is not a problem document to show.
 const EXCERPT_CHARS: usize = 200;
 
@@ -150,6 +152,12 @@ pub enum ClientError {
     NoQueuesApi { server: String },
     #[error("the API key (--api-key or SLUICE_API_KEY) {0}")]
     BadApiKey(&'static str),
+    /// A tenant's key asked for what only an operator may see or do.
+    #[error(
+        "Sluice at {server} answered 403: the queues need an operator key (a key without a \
+         tenant), and this API key belongs to a tenant"
+    )]
+    NeedsOperatorKey { server: String },
     /// The server refused or failed the request and said why (RFC 9457).
     #[error("Sluice answered {problem}")]
     Problem { problem: Problem },
@@ -173,6 +181,7 @@ impl ClientError {
             | Self::NoSuchQueue { .. }
             | Self::NoQueuesApi { .. }
             | Self::BadApiKey(_)
+            | Self::NeedsOperatorKey { .. }
             | Self::UploadBroken { .. } => false,
         }
     }
@@ -374,6 +383,14 @@ impl Sluice {
             .ok()
             .filter(Problem::is_problem);
         match (status, subject, problem) {
+            (StatusCode::FORBIDDEN, Subject::Queue(_) | Subject::QueueList, Some(problem))
+                if problem
+                    .detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains(NEEDS_OPERATOR)) =>
+            {
+                Err(ClientError::NeedsOperatorKey { server })
+            }
             (StatusCode::NOT_FOUND, Subject::Queue(name), problem) => {
                 // A server without queues answers its catch-all 404.
                 if problem.is_some_and(|p| p.detail.as_deref() == Some(NO_SUCH_ENDPOINT)) {

@@ -467,6 +467,23 @@ pub trait Store: Send + Sync + 'static {
     /// The most recent requests, newest first, without their batches.
     async fn recent_ingestions(&self, limit: usize) -> Result<Vec<IngestionSummary>, StoreError>;
 
+    /// The most recent requests of `tenant`, newest first, without their
+    /// batches: what `GET /ingestions` lists to a tenant's key.
+    async fn tenant_ingestions(
+        &self,
+        tenant: &TenantName,
+        limit: usize,
+    ) -> Result<Vec<IngestionSummary>, StoreError>;
+
+    /// Up to `limit` events after `after` of `tenant`'s requests: what
+    /// `GET /events` streams to a tenant's key.
+    async fn tenant_events_after(
+        &self,
+        after: u64,
+        tenant: &TenantName,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError>;
+
     /// How many batches wait to start (including those between attempts),
     /// per queue that has any.
     async fn waiting_batches(&self) -> Result<Vec<(QueueName, u64)>, StoreError>;

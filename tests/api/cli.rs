@@ -737,6 +737,101 @@ async fn the_api_key_goes_with_every_command_and_is_never_shown() {
     run.assert_tidy();
 }
 
+const ACME_KEY: &str = "cli-acme-submit-key-0123456789";
+const GLOBEX_KEY: &str = "cli-globex-read-key-0123456789";
+
+#[tokio::test]
+async fn a_tenants_key_submits_and_follows_its_own_and_is_told_the_queues_need_an_operator() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(
+        &keys,
+        format!(
+            "submit {ACME_KEY} acme
+read {GLOBEX_KEY} globex
+"
+        ),
+    )
+    .unwrap();
+    let app = spawn_app_with(|c| {
+        c.api_keys_file = Some(keys.clone());
+        c.interval = "100ms".parse().unwrap();
+        c.mock_latency = "5ms".parse().unwrap();
+    })
+    .await;
+    let acme = [("SLUICE_API_KEY", ACME_KEY)];
+    let globex = [("SLUICE_API_KEY", GLOBEX_KEY)];
+
+    // Submit and wait, status and watch: as with any key.
+    let run = sluice_with_env(
+        &[
+            "submit",
+            "--server",
+            &app.address,
+            "--wait",
+            "--poll",
+            "50ms",
+            "1-7",
+        ],
+        None,
+        &acme,
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_is_only_an_id(&run.stdout);
+    let id = run.stdout.trim_end().to_owned();
+    let run = sluice_with_env(
+        &["status", "--server", &app.address, "--json", &id],
+        None,
+        &acme,
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let status: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(status["tenant"], "acme");
+    assert_eq!(status["status"], "completed");
+    let run = sluice_with_env(&["status", "--server", &app.address, &id], None, &acme).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let run = sluice_with_env(&["watch", &id, "--server", &app.address], None, &acme).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(
+        run.stdout.contains(&format!("{id} completed: 3 batches")),
+        "{run:#?}"
+    );
+
+    // Another tenant's key does not find it.
+    for command in ["status", "watch"] {
+        let run = sluice_with_env(&[command, &id, "--server", &app.address], None, &globex).await;
+        assert_eq!(run.code, Some(2), "{command}: {run:#?}");
+        assert_eq!(
+            run.stderr,
+            format!("error: no ingestion {id:?} at {}\n", app.address),
+            "{command}"
+        );
+    }
+
+    // The queue commands say what key they need.
+    for args in [
+        vec!["queues"],
+        vec!["queue", "pause", "default"],
+        vec!["queue", "set", "default", "--interval", "1s"],
+    ] {
+        let mut all = args.clone();
+        all.extend(["--server", app.address.as_str()]);
+        let run = sluice_with_env(&all, None, &acme).await;
+        assert_eq!(run.code, Some(2), "{args:?}: {run:#?}");
+        assert!(run.stdout.is_empty(), "{run:#?}");
+        assert!(
+            run.stderr.contains("403")
+                && run
+                    .stderr
+                    .contains("need an operator key (a key without a tenant)"),
+            "{args:?}: {run:#?}"
+        );
+        run.assert_tidy();
+    }
+}
+
 // ----------------------------------------------- queues on an older server
 
 /// A server from before named queues: every path is its catch-all 404.

@@ -996,3 +996,139 @@ async fn the_queues_panel_highlights_a_queue_slowed_down_by_its_upstream() {
     page.no_console_errors("with a slowed queue", |_| false)
         .await;
 }
+
+// ---------------------------------------------------------------- tenants
+
+const ACME_KEY: &str = "dashboard-acme-key-0123456789";
+const GLOBEX_KEY: &str = "dashboard-globex-key-0123456789";
+
+/// Submits `ids` with `key`; the new request's id.
+async fn submit_with_key(app: &TestApp, key: &str, ids: &[u64]) -> String {
+    let answer = app
+        .client
+        .post(format!("{}/ingest", app.address))
+        .bearer_auth(key)
+        .json(&json!({"ids": ids, "priority": "HIGH"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.unwrap();
+    body["ingestion_id"].as_str().unwrap().to_owned()
+}
+
+/// Whether the activity list has a line about request `arguments[0]`.
+const IN_ACTIVITY: &str =
+    r#"return document.querySelector(`#activity button[title="${arguments[0]}"]`) !== null;"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_tenants_key_the_dashboard_shows_its_own_requests_and_no_operator_panels() {
+    let mut driver = ChromeDriver::start();
+    let upstream = start_upstream(Duration::from_millis(15)).await;
+    let dir = TempDir::new().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(
+        &keys,
+        format!("admin {ACME_KEY} acme\nadmin {GLOBEX_KEY} globex\n"),
+    )
+    .unwrap();
+    let app = spawn_app_with(|c| {
+        c.interval = "100ms".parse().unwrap();
+        c.upstream_url = Some(upstream);
+        c.api_keys_file = Some(keys.clone());
+    })
+    .await;
+    let theirs = submit_with_key(&app, GLOBEX_KEY, &[1, 2, 3]).await;
+    let mine = submit_with_key(&app, ACME_KEY, &[4, 5, 6]).await;
+
+    // Without a key the page asks for one.
+    let page = open(&mut driver, &app.address).await;
+    page.wait_for(
+        "the key form",
+        "return !document.getElementById('key-form').hidden;",
+        vec![],
+        |v| v == true,
+    )
+    .await;
+    page.js(
+        "document.getElementById('key-input').value = arguments[0];
+         document.getElementById('key-form').requestSubmit();",
+        vec![json!(ACME_KEY)],
+    )
+    .await;
+
+    // With it: acme's request, followed to its end, and not globex's.
+    page.wait_for("acme's row completed", ROW_STATUS, vec![json!(mine)], |v| {
+        v == "completed"
+    })
+    .await;
+    let rows = page
+        .js(
+            "return [...document.querySelectorAll('#requests-body tr[data-id]')].map(r => r.dataset.id);",
+            vec![],
+        )
+        .await;
+    assert_eq!(rows, json!([mine]), "only acme's requests are listed");
+
+    // The operator panels are left out, and the page says why.
+    let panels = page
+        .js(
+            "const shown = (el) => el !== null && !el.hidden && el.offsetParent !== null;
+             return {
+               queue: shown(document.querySelector('.card.queue')),
+               now: shown(document.querySelector('.card.now')),
+               queues: shown(document.getElementById('queues-card')),
+               facts: shown(document.querySelector('.facts')),
+               note: shown(document.getElementById('operator-note')),
+               noteText: document.getElementById('operator-note').textContent,
+             };",
+            vec![],
+        )
+        .await;
+    assert_eq!(panels["queue"], false, "{panels}");
+    assert_eq!(panels["now"], false, "{panels}");
+    assert_eq!(panels["queues"], false, "{panels}");
+    assert_eq!(panels["facts"], false, "{panels}");
+    assert_eq!(panels["note"], true, "{panels}");
+    assert!(
+        panels["noteText"]
+            .as_str()
+            .unwrap()
+            .contains("need an operator key"),
+        "{panels}"
+    );
+
+    // Live, through the stream the page reads with its key: a new acme
+    // request shows up in the activity, another tenant's does not.
+    let later_theirs = submit_with_key(&app, GLOBEX_KEY, &[7]).await;
+    let later_mine = submit_with_key(&app, ACME_KEY, &[8]).await;
+    page.wait_for(
+        "acme's new request in the activity",
+        IN_ACTIVITY,
+        vec![json!(later_mine)],
+        |v| v == true,
+    )
+    .await;
+    page.wait_for(
+        "acme's new row completed",
+        ROW_STATUS,
+        vec![json!(later_mine)],
+        |v| v == "completed",
+    )
+    .await;
+    for id in [&theirs, &later_theirs] {
+        assert_eq!(page.js(IN_ACTIVITY, vec![json!(id)]).await, false, "{id}");
+        assert_eq!(
+            page.js(ROW_STATUS, vec![json!(id)]).await,
+            Value::Null,
+            "{id}"
+        );
+    }
+    // The 401 before the key, and the operator endpoints' 403, are the
+    // only errors.
+    page.no_console_errors("with a tenant's key", |e| {
+        e.contains("401") || (e.contains("403") && (e.contains("/stats") || e.contains("/queues")))
+    })
+    .await;
+    page.screenshot("dashboard-tenant.png").await;
+}

@@ -26,5 +26,6 @@ mod status;
 mod store_conformance;
 mod store_trouble;
 mod supervision;
+mod tenants;
 mod torture;
 mod upstream;

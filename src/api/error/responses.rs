@@ -88,9 +88,11 @@ error_response! {
 }
 
 error_response! {
-    /// 403: the key's role does not allow this operation.
+    /// 403: the key's role does not allow this operation, or the operation
+    /// needs an operator's key and this one has a tenant.
     Forbidden => problem(
-        "The key is known, but its role does not allow this operation.",
+        "The key is known, but its role does not allow this operation, or the operation \
+         needs an operator key (a key without a tenant).",
         403,
         &["forbidden"],
     )

@@ -35,7 +35,8 @@ use super::{
     Store, StoreError,
 };
 use crate::domain::{
-    BatchId, BatchStatus, IdOutcome, IngestionId, Interval, Priority, Timestamp, stored_name,
+    BatchId, BatchStatus, IdOutcome, IngestionId, Interval, Priority, TenantName, Timestamp,
+    stored_name,
 };
 use crate::queue::{Fairness, QueueName, TURN};
 use crate::signals::Signals;
@@ -79,6 +80,61 @@ pub struct PostgresStore {
 pub(crate) type Processing = Arc<Mutex<HashSet<BatchKey>>>;
 
 impl PostgresStore {
+    /// The most recent requests, of one tenant or of all, newest first.
+    async fn recent_of(
+        &self,
+        tenant: Option<&TenantName>,
+        limit: usize,
+    ) -> Result<Vec<IngestionSummary>, StoreError> {
+        // Two statements rather than `$2 IS NULL OR …`, so that each has its index.
+        let heads = sqlx::query(match tenant {
+            None => {
+                "SELECT i.seq, i.id, i.priority, i.created_at, i.finished_at, q.name
+                 FROM ingestions i JOIN queues q ON q.id = i.queue
+                 WHERE $2::text IS NULL ORDER BY i.seq DESC LIMIT $1"
+            }
+            Some(_) => {
+                "SELECT i.seq, i.id, i.priority, i.created_at, i.finished_at, q.name
+                 FROM ingestions i JOIN queues q ON q.id = i.queue
+                 WHERE i.tenant = $2 ORDER BY i.seq DESC LIMIT $1"
+            }
+        })
+        .bind(limit as i64)
+        .bind(tenant.map(TenantName::as_str))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let mut summaries = Vec::with_capacity(heads.len());
+        for head in &heads {
+            let counts = sqlx::query(
+                "SELECT status, count(*), (sum(length(ids)) / 4)::BIGINT FROM batches
+                 WHERE ingestion_seq = $1 GROUP BY status",
+            )
+            .bind(head.get::<i64, _>(0))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            summaries.push(IngestionSummary {
+                id: IngestionId::from_bytes(head.get::<Uuid, _>(1).into_bytes()),
+                queue: codec::queue_name(head.get(5))?,
+                priority: codec::priority(head.get::<i16, _>(2).into())?,
+                created_at: Timestamp::from_micros(head.get(3)),
+                finished_at: codec::time(head.get(4)),
+                ids: counts.iter().map(|c| c.get::<i64, _>(2) as u64).sum(),
+                batches: counts
+                    .iter()
+                    .map(|c| {
+                        Ok((
+                            codec::status(c.get::<i16, _>(0).into())?,
+                            c.get::<i64, _>(1) as u64,
+                        ))
+                    })
+                    .collect::<Result<_, StoreError>>()?,
+            });
+        }
+        Ok(summaries)
+    }
+
     /// Connects to a `postgres://` URL and applies pending migrations; several
     /// nodes may start at once (the migrator takes an advisory lock).
     pub async fn open(url: &str, leases: LeaseSettings) -> Result<Self, StoreError> {
@@ -514,6 +570,37 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn tenant_events_after(
+        &self,
+        after: u64,
+        tenant: &TenantName,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT e.seq, i.id, e.position, e.status, e.at FROM events e
+             JOIN ingestions i ON i.seq = e.ingestion_seq
+             WHERE i.tenant = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3",
+        )
+        .bind(tenant.as_str())
+        .bind(after as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                let position: Option<i32> = row.get(2);
+                event(
+                    row.get(0),
+                    IngestionId::from_bytes(row.get::<Uuid, _>(1).into_bytes()),
+                    position.map(|p| p as u32),
+                    row.get::<i16, _>(3).into(),
+                    row.get(4),
+                )
+            })
+            .collect()
+    }
+
     async fn latest_event(&self) -> Result<u64, StoreError> {
         let seq: Option<i64> = sqlx::query("SELECT max(seq) FROM events")
             .fetch_one(&self.pool)
@@ -533,44 +620,15 @@ impl Store for PostgresStore {
     }
 
     async fn recent_ingestions(&self, limit: usize) -> Result<Vec<IngestionSummary>, StoreError> {
-        let heads = sqlx::query(
-            "SELECT i.seq, i.id, i.priority, i.created_at, i.finished_at, q.name
-             FROM ingestions i JOIN queues q ON q.id = i.queue
-             ORDER BY i.seq DESC LIMIT $1",
-        )
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        let mut summaries = Vec::with_capacity(heads.len());
-        for head in &heads {
-            let counts = sqlx::query(
-                "SELECT status, count(*), (sum(length(ids)) / 4)::BIGINT FROM batches
-                 WHERE ingestion_seq = $1 GROUP BY status",
-            )
-            .bind(head.get::<i64, _>(0))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
-            summaries.push(IngestionSummary {
-                id: IngestionId::from_bytes(head.get::<Uuid, _>(1).into_bytes()),
-                queue: codec::queue_name(head.get(5))?,
-                priority: codec::priority(head.get::<i16, _>(2).into())?,
-                created_at: Timestamp::from_micros(head.get(3)),
-                finished_at: codec::time(head.get(4)),
-                ids: counts.iter().map(|c| c.get::<i64, _>(2) as u64).sum(),
-                batches: counts
-                    .iter()
-                    .map(|c| {
-                        Ok((
-                            codec::status(c.get::<i16, _>(0).into())?,
-                            c.get::<i64, _>(1) as u64,
-                        ))
-                    })
-                    .collect::<Result<_, StoreError>>()?,
-            });
-        }
-        Ok(summaries)
+        self.recent_of(None, limit).await
+    }
+
+    async fn tenant_ingestions(
+        &self,
+        tenant: &TenantName,
+        limit: usize,
+    ) -> Result<Vec<IngestionSummary>, StoreError> {
+        self.recent_of(Some(tenant), limit).await
     }
 
     async fn waiting_batches(&self) -> Result<Vec<(QueueName, u64)>, StoreError> {
@@ -817,9 +875,7 @@ impl Store for PostgresStore {
     }
 
     fn pruning(&self) -> Option<Arc<dyn Prune>> {
-        Some(Arc::new(prune::PostgresPrune {
-            pool: self.pool.clone(),
-        }))
+        Some(Arc::new(prune::PostgresPrune::new(self.pool.clone())))
     }
 
     fn background(&self, signals: Signals, shutdown: CancellationToken) -> Vec<BackgroundPart> {

@@ -2,6 +2,9 @@
 //! order of the migrations (requests, then their batches, then their events),
 //! and holds the pruning lock, so that only one node prunes at a time.
 
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use async_trait::async_trait;
 use sqlx::PgPool;
 use sqlx::Row;
@@ -13,8 +16,64 @@ use crate::store::{Prune, Pruned, StoreError};
 /// The advisory lock a chunk holds (see `migrations/postgres/0003_retention.sql`).
 const PRUNING_LOCK: i64 = 7311002;
 
+/// With autovacuum off, the pruning node vacuums the pruned tables itself,
+/// at most this often.
+const VACUUM_EVERY: Duration = Duration::from_secs(60);
+
+/// The tables pruning deletes from, which churn the most.
+const VACUUMED: &str = "VACUUM (ANALYZE) ingestions, batches, events, idempotency_keys";
+
 pub(super) struct PostgresPrune {
     pub(super) pool: PgPool,
+    /// When this node last vacuumed, if it has.
+    pub(super) last_vacuum: Mutex<Option<Instant>>,
+}
+
+impl PostgresPrune {
+    pub(super) fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            last_vacuum: Mutex::new(None),
+        }
+    }
+
+    /// Pruning frees rows, but only vacuum makes their space reusable. The
+    /// tables' autovacuum settings (0003) do it where autovacuum runs, as it
+    /// does by default; a server with `autovacuum = off` applies none of
+    /// them, and would grow with every pruned row, so there the node that
+    /// prunes vacuums, at most once every [`VACUUM_EVERY`]. A plain VACUUM
+    /// takes no lock that requests or claims wait for.
+    async fn vacuum_if_nobody_does(&self) -> Result<(), StoreError> {
+        {
+            let last = self.last_vacuum.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| at.elapsed() < VACUUM_EVERY) {
+                return Ok(());
+            }
+        }
+        let autovacuum: String = sqlx::query_scalar("SELECT current_setting('autovacuum')")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        *self.last_vacuum.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        if autovacuum != "off" {
+            return Ok(());
+        }
+        let started = Instant::now();
+        // One statement, outside any transaction block, as VACUUM must be.
+        match sqlx::raw_sql(VACUUMED).execute(&self.pool).await {
+            Ok(_) => tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "autovacuum is off on this server: the pruner vacuumed the pruned tables"
+            ),
+            // Not the owner, say: pruning still works; the space is not reused.
+            Err(error) => tracing::warn!(
+                %error,
+                "autovacuum is off on this server and the pruner cannot vacuum: \
+                 pruned space will not be reused"
+            ),
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -93,6 +152,6 @@ impl Prune for PostgresPrune {
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;
-        Ok(())
+        self.vacuum_if_nobody_does().await
     }
 }

@@ -34,7 +34,7 @@ use super::{
     DueCallback, Event, IngestionRecord, IngestionSummary, NewIngestion, Prune, QueueChange,
     QueueState, QueueStats, Store, StoreError,
 };
-use crate::domain::{IdOutcome, IngestionId, Timestamp};
+use crate::domain::{IdOutcome, IngestionId, TenantName, Timestamp};
 use crate::queue::QueueName;
 
 /// How many writes may wait for the writer before callers are held back.
@@ -205,6 +205,27 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
         self.read(move |conn| reads::events_after(conn, after, ingestion, limit))
+            .await
+    }
+
+    async fn tenant_events_after(
+        &self,
+        after: u64,
+        tenant: &TenantName,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let tenant = tenant.clone();
+        self.read(move |conn| reads::tenant_events_after(conn, after, &tenant, limit))
+            .await
+    }
+
+    async fn tenant_ingestions(
+        &self,
+        tenant: &TenantName,
+        limit: usize,
+    ) -> Result<Vec<IngestionSummary>, StoreError> {
+        let tenant = tenant.clone();
+        self.read(move |conn| reads::tenant_ingestions(conn, &tenant, limit))
             .await
     }
 

@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::domain::{BatchId, BatchStatus, IngestionId, Priority, Timestamp};
+use crate::domain::{BatchId, BatchStatus, IngestionId, Priority, TenantName, Timestamp};
 use crate::queue::QueueName;
 use crate::store::codec::{self, decode_ids, decode_outcomes, event};
 use crate::store::{
@@ -241,6 +241,32 @@ pub fn events_after(
     Ok(events)
 }
 
+/// Up to `limit` events after `after` of `tenant`'s requests.
+pub fn tenant_events_after(
+    conn: &Connection,
+    after: u64,
+    tenant: &TenantName,
+    limit: usize,
+) -> Result<Vec<Event>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT e.seq, i.id, e.position, e.status, e.at FROM events e
+         JOIN ingestions i ON i.seq = e.ingestion_seq
+         WHERE i.tenant = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3",
+    )?;
+    let mut rows = stmt.query(params![tenant.as_str(), after as i64, limit as i64])?;
+    let mut events = Vec::new();
+    while let Some(row) = rows.next()? {
+        events.push(event(
+            row.get(0)?,
+            IngestionId::from_bytes(row.get(1)?),
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+        )?);
+    }
+    Ok(events)
+}
+
 pub fn latest_event(conn: &Connection) -> Result<u64, StoreError> {
     let seq: Option<i64> = conn
         .prepare_cached("SELECT max(seq) FROM events")?
@@ -252,11 +278,37 @@ pub fn recent_ingestions(
     conn: &Connection,
     limit: usize,
 ) -> Result<Vec<IngestionSummary>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT i.seq, i.id, i.priority, i.created_at, i.finished_at, q.name
-         FROM ingestions i JOIN queues q ON q.id = i.queue
-         ORDER BY i.seq DESC LIMIT ?1",
-    )?;
+    recent_of(conn, None, limit)
+}
+
+/// The most recent requests of `tenant`, newest first.
+pub fn tenant_ingestions(
+    conn: &Connection,
+    tenant: &TenantName,
+    limit: usize,
+) -> Result<Vec<IngestionSummary>, StoreError> {
+    recent_of(conn, Some(tenant), limit)
+}
+
+/// The most recent requests, of one tenant or of all.
+fn recent_of(
+    conn: &Connection,
+    tenant: Option<&TenantName>,
+    limit: usize,
+) -> Result<Vec<IngestionSummary>, StoreError> {
+    // Two statements rather than `?2 IS NULL OR …`, so that each has its index.
+    let mut stmt = conn.prepare_cached(match tenant {
+        None => {
+            "SELECT i.seq, i.id, i.priority, i.created_at, i.finished_at, q.name
+             FROM ingestions i JOIN queues q ON q.id = i.queue
+             WHERE ?2 IS NULL ORDER BY i.seq DESC LIMIT ?1"
+        }
+        Some(_) => {
+            "SELECT i.seq, i.id, i.priority, i.created_at, i.finished_at, q.name
+             FROM ingestions i JOIN queues q ON q.id = i.queue
+             WHERE i.tenant = ?2 ORDER BY i.seq DESC LIMIT ?1"
+        }
+    })?;
     // Each request's counts come from a second query: collect the heads first.
     struct Head {
         seq: i64,
@@ -267,16 +319,19 @@ pub fn recent_ingestions(
         queue: String,
     }
     let heads: Vec<Head> = stmt
-        .query_map([limit as i64], |row| {
-            Ok(Head {
-                seq: row.get(0)?,
-                id: row.get(1)?,
-                priority: row.get(2)?,
-                created_at: row.get(3)?,
-                finished_at: row.get(4)?,
-                queue: row.get(5)?,
-            })
-        })?
+        .query_map(
+            params![limit as i64, tenant.map(TenantName::as_str)],
+            |row| {
+                Ok(Head {
+                    seq: row.get(0)?,
+                    id: row.get(1)?,
+                    priority: row.get(2)?,
+                    created_at: row.get(3)?,
+                    finished_at: row.get(4)?,
+                    queue: row.get(5)?,
+                })
+            },
+        )?
         .collect::<Result<_, _>>()?;
     let mut counts = conn.prepare_cached(
         "SELECT status, count(*), sum(length(ids)) / 4 FROM batches

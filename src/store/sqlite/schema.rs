@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0004_retention.sql"),
     include_str!("../../../migrations/sqlite/0005_queues.sql"),
     include_str!("../../../migrations/sqlite/0006_fairness.sql"),
+    include_str!("../../../migrations/sqlite/0007_tenant_reads.sql"),
 ];
 
 /// Waiting for a lock beats failing at once: the only other holder is a
