@@ -8,9 +8,11 @@
 //! cargo run --release -p sluice-bench -- --scenario ingest  # one scenario, full length
 //! cargo run --release -p sluice-bench -- --scenario soak    # issue 7's soak, ~12 min
 //! cargo run --release -p sluice-bench -- --scenario adaptive  # issue 12's adaptive rate, ~2 min
+//! cargo run --release -p sluice-bench -- --scenario claim     # issue 13's claim cost, no server
 //! ```
 
 mod adaptive;
+mod claim;
 mod hostile;
 mod http;
 mod load;
@@ -197,6 +199,16 @@ struct Args {
     #[arg(long, value_parser = humantime::parse_duration)]
     adaptive_duration: Option<Duration>,
 
+    /// Claims timed at each tenant count of the claim scenario, with each
+    /// fairness [default: 1000; 300 with --quick].
+    #[arg(long)]
+    claim_count: Option<usize>,
+
+    /// Tenant counts of the claim scenario, comma-separated [default:
+    /// 1,100,10000].
+    #[arg(long, value_delimiter = ',')]
+    claim_tenants: Vec<usize>,
+
     /// Also write the summary as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -227,6 +239,10 @@ enum Scenario {
     /// Issue 12: a queue at twice an upstream's hidden limit, with adaptive
     /// rate on and off: 429 share and successes per second.
     Adaptive,
+    /// Issue 13: one claim's time at 1, 100 and 10,000 tenants with work
+    /// waiting, through the store (no server): SQLite, and PostgreSQL too
+    /// with --database.
+    Claim,
     All,
 }
 
@@ -240,10 +256,11 @@ const ORDER: [Scenario; 6] = [
 ];
 
 /// Scenarios that run only when named, after the others.
-const ON_REQUEST: [Scenario; 6] = [
+const ON_REQUEST: [Scenario; 7] = [
     Scenario::Soak,
     Scenario::Prune,
     Scenario::Adaptive,
+    Scenario::Claim,
     Scenario::HostileBodies,
     Scenario::BigStatus,
     Scenario::Slowloris,
@@ -279,17 +296,34 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             "warning: this is a debug build of the load generator; use `cargo run --release -p sluice-bench`"
         );
     }
+    // `all` is the six scenarios of issue 6; the soak runs only when named.
+    let all = args.scenario.contains(&Scenario::All);
+    let chosen: Vec<Scenario> = ORDER
+        .iter()
+        .copied()
+        .filter(|s| all || args.scenario.contains(s))
+        .chain(ON_REQUEST.iter().copied().filter(|s| {
+            args.scenario.contains(s)
+                || (args.scenario.contains(&Scenario::Hostile)
+                    && !matches!(
+                        s,
+                        Scenario::Soak | Scenario::Prune | Scenario::Adaptive | Scenario::Claim
+                    ))
+        }))
+        .collect();
+    // The claim scenario drives the store itself.
+    let needs_server = chosen.iter().any(|s| *s != Scenario::Claim);
     let binary = match &args.server {
         Some(path) => path.clone(),
         None => default_server_binary()?,
     };
-    if !binary.is_file() {
+    if needs_server && !binary.is_file() {
         bail!(
             "no server binary at {}: run `cargo build --release` first (or pass --server PATH)",
             binary.display()
         );
     }
-    if args.server.is_none() {
+    if needs_server && args.server.is_none() {
         warn_if_stale(&binary);
     }
     let database = match &args.database {
@@ -331,6 +365,18 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     memory_ids.sort_unstable();
     memory_ids.dedup();
     let adaptive_duration = pick(args.adaptive_duration, 60, 20);
+    let claim_settings = claim::ClaimSettings {
+        claims: args
+            .claim_count
+            .unwrap_or(if quick { 300 } else { 1_000 })
+            .max(1),
+        tenants: if args.claim_tenants.is_empty() {
+            claim::TENANTS.to_vec()
+        } else {
+            args.claim_tenants.iter().map(|n| (*n).max(1)).collect()
+        },
+        sqlite_parent: args.tmpdir.clone().unwrap_or_else(std::env::temp_dir),
+    };
     let settings = Settings {
         connections: args.connections.max(1),
         ids_per_request: args.ids_per_request.max(1),
@@ -366,21 +412,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         wait_quiet: args.wait_quiet,
     };
 
-    // `all` is the six scenarios of issue 6; the soak runs only when named.
-    let all = args.scenario.contains(&Scenario::All);
-    let chosen: Vec<Scenario> = ORDER
-        .iter()
-        .copied()
-        .filter(|s| all || args.scenario.contains(s))
-        .chain(ON_REQUEST.iter().copied().filter(|s| {
-            args.scenario.contains(s)
-                || (args.scenario.contains(&Scenario::Hostile)
-                    && !matches!(s, Scenario::Soak | Scenario::Prune | Scenario::Adaptive))
-        }))
-        .collect();
     let soak = chosen.contains(&Scenario::Soak);
     let prune = chosen.contains(&Scenario::Prune);
     let adaptive = chosen.contains(&Scenario::Adaptive);
+    let claim = chosen.contains(&Scenario::Claim);
     if soak {
         if !(settings.soak_fraction > 0.0 && settings.soak_fraction.is_finite()) {
             bail!(
@@ -401,7 +436,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
     }
 
-    print_header(&binary, &database, &args, &settings);
+    print_header(
+        needs_server.then_some(&*binary),
+        &database,
+        &args,
+        &settings,
+    );
     let mut bench = Bench {
         binary,
         database,
@@ -424,6 +464,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             Scenario::Soak => bench.soak(args.soak_retention).await,
             Scenario::Prune => bench.prune().await,
             Scenario::Adaptive => bench.adaptive(adaptive_duration).await,
+            Scenario::Claim => bench.claim(&claim_settings).await,
             Scenario::HostileBodies => bench.hostile_bodies().await,
             Scenario::BigStatus => bench.big_status().await,
             Scenario::Slowloris => bench.slowloris().await,
@@ -436,7 +477,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
 
     println!(
-        "\n== Summary ({} in all; targets from issue 6{}{}{}) ==\n",
+        "\n== Summary ({} in all; targets from issue 6{}{}{}{}) ==\n",
         report::secs(started.elapsed()),
         if soak {
             ", the soak's from issue 7"
@@ -450,6 +491,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         },
         if adaptive {
             ", the adaptive rate's from issue 12"
+        } else {
+            ""
+        },
+        if claim {
+            "; the claim cost of issue 13 has none"
         } else {
             ""
         }
@@ -515,7 +561,7 @@ fn newest_mtime(path: &Path) -> Option<SystemTime> {
     }
 }
 
-fn print_header(binary: &Path, database: &DatabaseSpec, args: &Args, settings: &Settings) {
+fn print_header(binary: Option<&Path>, database: &DatabaseSpec, args: &Args, settings: &Settings) {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -534,7 +580,10 @@ fn print_header(binary: &Path, database: &DatabaseSpec, args: &Args, settings: &
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("sluice-bench{}", if args.quick { " --quick" } else { "" });
     println!("  machine:  {cores} cores, {model}, {memory} RAM");
-    println!("  server:   {}", binary.display());
+    match binary {
+        Some(binary) => println!("  server:   {}", binary.display()),
+        None => println!("  server:   none (the claim scenario drives the store itself)"),
+    }
     println!("  database: {}", database.describe());
     println!(
         "  load:     {} connections, {} thread(s) of load generator on the same machine, {} warm-up",

@@ -313,3 +313,34 @@ async fn sigterm_hands_claims_back_without_waiting_for_the_lease() {
         clock.elapsed()
     );
 }
+
+/// Issue 13's fairness test on three nodes: tenant a's 100 batches, then
+/// tenant b's 10, each submitted to another node and read from a third.
+#[tokio::test]
+async fn three_nodes_share_turns_between_tenants() {
+    use crate::fairness::{a_hundred_then_ten, fair_queues_file, tenant_keys_file};
+    let database = fresh_postgres_database().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let keys = tenant_keys_file(dir.path());
+    let queues = fair_queues_file(dir.path(), "fairness = \"tenant\"");
+    let nodes = start_nodes(
+        &database,
+        &[
+            "--api-keys-file",
+            keys.to_str().unwrap(),
+            "--queues-file",
+            queues.to_str().unwrap(),
+            "--mock-latency",
+            "2ms",
+        ],
+    );
+    let client = reqwest::Client::new();
+    a_hundred_then_ten(
+        &client,
+        &nodes[0].address,
+        &nodes[1].address,
+        &nodes[2].address,
+        "PostgreSQL, 3 nodes",
+    )
+    .await;
+}

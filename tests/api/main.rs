@@ -8,6 +8,7 @@ mod cluster;
 mod connections;
 mod dashboard;
 mod durability;
+mod fairness;
 mod helpers;
 mod hostile;
 mod hostile_upstream;

@@ -16,15 +16,16 @@
 //! refused; the one case with a short interval states the rule for a claim
 //! however late it comes, so no case depends on speed.
 
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sluice::config::Config;
 use sluice::domain::{
-    BatchSize, BatchStatus, FailureKind, FetchFailure, IdOutcome, IngestionId, IngestionStatus,
-    Interval, ItemId, Outcome, Priority, Timestamp,
+    BatchSize, BatchStatus, FailureKind, FetchFailure, GroupName, IdOutcome, IngestionId,
+    IngestionStatus, Interval, ItemId, Outcome, Priority, TenantName, Timestamp,
 };
-use sluice::queue::QueueName;
+use sluice::queue::{DispatchOrder, Fairness, QueueName};
 use sluice::store::{
     AttemptEnd, CallbackDelivery, CallbackState, ClaimOutcome, ClaimRequest, ClaimedBatch, Created,
     EventSubject, IdempotencyKey, IngestionRecord, NewIngestion, QueueChange, SharedStore, Store,
@@ -1206,4 +1207,825 @@ async fn a_retry_waits_for_its_time_on_a_node_whose_clock_is_off(store: &dyn Sto
             "node {offset_minutes:+} min: NotBefore {at}, retry at {retry_at}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// Fairness and aging (issue 13): who goes next inside a priority, and how
+// long waiting lifts a batch. Ids name the tenant and group a batch belongs
+// to (see `Lanes`), so a claim sequence reads as a string like "ABAB…".
+
+on_both_stores!(
+    a_tenant_that_arrives_behind_a_backlog_takes_every_other_turn,
+    weights_give_turns_in_proportion,
+    fifo_keeps_the_contracts_order_with_tenants,
+    groups_take_turns_inside_a_tenant_and_tenantless_requests_are_one_tenant,
+    priorities_come_before_tenant_turns,
+    aging_lifts_a_batch_that_waited_and_only_with_aging_set,
+    a_tenant_back_from_idle_gets_no_banked_turns,
+    cancelled_work_gives_up_its_turns,
+    a_claim_of_several_takes_them_in_turn,
+    a_due_retry_goes_first_in_its_priority,
+    turns_hold_when_each_batch_completes_before_the_next_claim,
+    a_tenant_that_arrives_during_claims_joins_at_the_current_turn,
+    a_group_back_from_idle_gets_no_banked_turns,
+);
+
+/// Generous enough that a fairness case is never refused for being busy.
+const MANY_IN_FLIGHT: usize = 10_000;
+
+/// A request of `tenant` (and `group`) whose every id is a batch of its own.
+async fn submit_as(
+    store: &dyn Store,
+    queue_name: &str,
+    priority: Priority,
+    tenant: Option<&str>,
+    group: Option<&str>,
+    ids: &[u32],
+) -> IngestionId {
+    let new = NewIngestion {
+        tenant: tenant.map(|t| TenantName::parse(t).unwrap()),
+        group: group.map(|g| GroupName::parse(g).unwrap()),
+        ..new_ingestion(queue_name, priority, ids)
+    };
+    let id = new.id;
+    assert_eq!(store.create_ingestion(new).await.unwrap(), Created::New(id));
+    id
+}
+
+/// A claim of one batch with tenant fairness, no rate limit and room in flight.
+fn fair_claim(queue_name: &str) -> ClaimRequest {
+    ordered(
+        queue_name,
+        DispatchOrder {
+            fairness: Fairness::Tenant,
+            ..DispatchOrder::default()
+        },
+    )
+}
+
+/// A claim of one batch in `order`, no rate limit and room in flight.
+fn ordered(queue_name: &str, order: DispatchOrder) -> ClaimRequest {
+    ClaimRequest {
+        order,
+        ..with_max_in_flight(claim(queue_name, NO_LIMIT), MANY_IN_FLIGHT)
+    }
+}
+
+/// A fair claim with `tenant` weighing `weight` (the others 1).
+fn weighted(queue_name: &str, tenant: &str, weight: u32) -> ClaimRequest {
+    let weights = [(
+        TenantName::parse(tenant).unwrap(),
+        NonZeroU32::new(weight).unwrap(),
+    )];
+    ordered(
+        queue_name,
+        DispatchOrder {
+            fairness: Fairness::Tenant,
+            weights: Arc::new(weights.into_iter().collect()),
+            aging: None,
+        },
+    )
+}
+
+/// The ids of `n` single-batch claims made with `request`, in claim order.
+async fn claim_ids(store: &dyn Store, n: usize, request: impl Fn() -> ClaimRequest) -> Vec<u32> {
+    let mut order = Vec::with_capacity(n);
+    for _ in 0..n {
+        let batch = start_one(store, request()).await;
+        assert_eq!(batch.ids.len(), 1);
+        order.push(ids(&batch)[0]);
+    }
+    order
+}
+
+/// Which letter a batch's id stands for: ids `k*1000+1 ..= k*1000+999` are
+/// the `k`th lane (A, B, C, …).
+fn lane(id: u32) -> char {
+    char::from(b'A' + u8::try_from(id / 1000).unwrap())
+}
+
+fn lanes(order: &[u32]) -> String {
+    order.iter().map(|&id| lane(id)).collect()
+}
+
+/// `n` ids of lane `letter`, from its first.
+fn lane_ids(letter: char, n: u32) -> Vec<u32> {
+    let base = (u32::from(letter) - u32::from('A')) * 1000;
+    (base + 1..=base + n).collect()
+}
+
+/// The ids of `letter` in `order` are its own first ones, in order: inside a
+/// lane, the contract's order.
+fn assert_lane_in_order(order: &[u32], letter: char) {
+    let mine: Vec<u32> = order
+        .iter()
+        .copied()
+        .filter(|&id| lane(id) == letter)
+        .collect();
+    let first = lane_ids(letter, mine.len() as u32);
+    assert_eq!(mine, first, "lane {letter} out of its own order");
+}
+
+/// No lane takes two turns in a row in `sequence`.
+fn assert_alternates(sequence: &str) {
+    let chars: Vec<char> = sequence.chars().collect();
+    for pair in chars.windows(2) {
+        assert_ne!(pair[0], pair[1], "two turns in a row in {sequence}");
+    }
+}
+
+async fn a_tenant_that_arrives_behind_a_backlog_takes_every_other_turn(store: &dyn Store) {
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("a"),
+        None,
+        &lane_ids('A', 100),
+    )
+    .await;
+    let before = claim_ids(store, 3, || fair_claim("default")).await;
+    assert_eq!(lanes(&before), "AAA", "alone, A takes every turn");
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("b"),
+        None,
+        &lane_ids('B', 10),
+    )
+    .await;
+
+    let order = claim_ids(store, 20, || fair_claim("default")).await;
+    let sequence = lanes(&order);
+    eprintln!("fairness A100 then B10 (store): AAA|{sequence}");
+    assert_eq!(
+        sequence.matches('B').count(),
+        10,
+        "B's 10 within 20 claims: {sequence}"
+    );
+    assert_alternates(&sequence);
+    assert_lane_in_order(&[before.clone(), order.clone()].concat(), 'A');
+    assert_lane_in_order(&order, 'B');
+    // B is done: A has every turn again.
+    let rest = claim_ids(store, 5, || fair_claim("default")).await;
+    assert_eq!(lanes(&rest), "AAAAA");
+}
+
+async fn weights_give_turns_in_proportion(store: &dyn Store) {
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("a"),
+        None,
+        &lane_ids('A', 60),
+    )
+    .await;
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("b"),
+        None,
+        &lane_ids('B', 60),
+    )
+    .await;
+    let order = claim_ids(store, 40, || weighted("default", "a", 3)).await;
+    let sequence = lanes(&order);
+    eprintln!("fairness weights a=3 b=1 (store): {sequence}");
+    assert_eq!(sequence.matches('A').count(), 30, "{sequence}");
+    assert_eq!(sequence.matches('B').count(), 10, "{sequence}");
+    // Spread out, not 30 then 10: every prefix is within 2 of 3:1.
+    for n in 1..=order.len() {
+        let b = sequence[..n].matches('B').count() as f64;
+        assert!(
+            (b - n as f64 / 4.0).abs() <= 2.0,
+            "prefix {n} of {sequence} has {b} B"
+        );
+    }
+    assert_lane_in_order(&order, 'A');
+    assert_lane_in_order(&order, 'B');
+
+    // A weight is per tenant: in another queue, b weighted 3 turns it round.
+    submit_as(
+        store,
+        "alpha",
+        Priority::Medium,
+        Some("a"),
+        None,
+        &lane_ids('A', 30),
+    )
+    .await;
+    submit_as(
+        store,
+        "alpha",
+        Priority::Medium,
+        Some("b"),
+        None,
+        &lane_ids('B', 30),
+    )
+    .await;
+    let reversed = claim_ids(store, 20, || weighted("alpha", "b", 3)).await;
+    let sequence = lanes(&reversed);
+    eprintln!("fairness weights a=1 b=3 (store): {sequence}");
+    assert_eq!(
+        sequence.matches('B').count(),
+        15,
+        "b weighted 3: {sequence}"
+    );
+}
+
+async fn fifo_keeps_the_contracts_order_with_tenants(store: &dyn Store) {
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("a"),
+        None,
+        &lane_ids('A', 100),
+    )
+    .await;
+    let fifo = || with_max_in_flight(claim("default", NO_LIMIT), MANY_IN_FLIGHT);
+    let mut order = claim_ids(store, 3, fifo).await;
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("b"),
+        None,
+        &lane_ids('B', 10),
+    )
+    .await;
+    order.extend(claim_ids(store, 107, fifo).await);
+    let expected: Vec<u32> = [lane_ids('A', 100), lane_ids('B', 10)].concat();
+    assert_eq!(order, expected, "fifo: oldest request first, then position");
+    assert_outcome(store, fifo(), "idle").await;
+}
+
+async fn groups_take_turns_inside_a_tenant_and_tenantless_requests_are_one_tenant(
+    store: &dyn Store,
+) {
+    // Tenant t: groups g1 (A) and g2 (B), g1 first; tenant u (C) alone.
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("t"),
+        Some("g1"),
+        &lane_ids('A', 20),
+    )
+    .await;
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("t"),
+        Some("g2"),
+        &lane_ids('B', 20),
+    )
+    .await;
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("u"),
+        None,
+        &lane_ids('C', 20),
+    )
+    .await;
+    let order = claim_ids(store, 20, || fair_claim("default")).await;
+    let sequence = lanes(&order);
+    eprintln!("fairness groups g1=A g2=B of t, tenant u=C (store): {sequence}");
+    // Tenants alternate: t (A or B) and u (C) ...
+    let tenants: String = sequence
+        .chars()
+        .map(|c| if c == 'C' { 'u' } else { 't' })
+        .collect();
+    assert_alternates(&tenants);
+    // ... and t's turns alternate between its groups.
+    let groups: String = sequence.chars().filter(|&c| c != 'C').collect();
+    assert_eq!(groups.len(), 10, "{sequence}");
+    assert_alternates(&groups);
+    for letter in ['A', 'B', 'C'] {
+        assert_lane_in_order(&order, letter);
+    }
+
+    // In another queue: two requests without a tenant (D then E) are one
+    // tenant, in the contract's order, sharing turns with tenant v (F).
+    submit_as(
+        store,
+        "alpha",
+        Priority::Medium,
+        None,
+        None,
+        &lane_ids('D', 20),
+    )
+    .await;
+    submit_as(
+        store,
+        "alpha",
+        Priority::Medium,
+        None,
+        None,
+        &lane_ids('E', 20),
+    )
+    .await;
+    submit_as(
+        store,
+        "alpha",
+        Priority::Medium,
+        Some("v"),
+        None,
+        &lane_ids('F', 20),
+    )
+    .await;
+    let order = claim_ids(store, 20, || fair_claim("alpha")).await;
+    let sequence = lanes(&order);
+    eprintln!("fairness tenantless D, E and tenant v=F (store): {sequence}");
+    assert_eq!(sequence.matches('F').count(), 10, "{sequence}");
+    assert_eq!(sequence.matches('D').count(), 10, "D before E: {sequence}");
+    let tenants: String = sequence
+        .chars()
+        .map(|c| if c == 'F' { 'v' } else { '-' })
+        .collect();
+    assert_alternates(&tenants);
+
+    // Groups of a request without a tenant take turns too (G and H).
+    submit_as(
+        store,
+        "beta",
+        Priority::Medium,
+        None,
+        Some("g1"),
+        &lane_ids('G', 10),
+    )
+    .await;
+    submit_as(
+        store,
+        "beta",
+        Priority::Medium,
+        None,
+        Some("g2"),
+        &lane_ids('H', 10),
+    )
+    .await;
+    let order = claim_ids(store, 10, || fair_claim("beta")).await;
+    let sequence = lanes(&order);
+    assert_eq!(sequence.matches('H').count(), 5, "{sequence}");
+    assert_alternates(&sequence);
+}
+
+async fn priorities_come_before_tenant_turns(store: &dyn Store) {
+    // b's LOW is the oldest request; a and b share MEDIUM.
+    submit_as(
+        store,
+        "default",
+        Priority::Low,
+        Some("b"),
+        None,
+        &lane_ids('C', 3),
+    )
+    .await;
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("a"),
+        None,
+        &lane_ids('A', 10),
+    )
+    .await;
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("b"),
+        None,
+        &lane_ids('B', 10),
+    )
+    .await;
+    let mut order = claim_ids(store, 3, || fair_claim("default")).await;
+    // Whoever's turn is next, every waiting HIGH goes first: d's three (D),
+    // arriving after the turns began, and then a's one (E).
+    let next = lane(*order.last().unwrap());
+    submit_as(
+        store,
+        "default",
+        Priority::High,
+        Some("d"),
+        None,
+        &lane_ids('D', 3),
+    )
+    .await;
+    submit_as(
+        store,
+        "default",
+        Priority::High,
+        Some("a"),
+        None,
+        &lane_ids('E', 1),
+    )
+    .await;
+    order.extend(claim_ids(store, 24, || fair_claim("default")).await);
+    let sequence = lanes(&order);
+    eprintln!("fairness priorities (store; {next} went last before HIGH came): {sequence}");
+    let high = &sequence[3..7];
+    assert!(high.chars().all(|c| c == 'D' || c == 'E'), "{sequence}");
+    assert_eq!(high.matches('D').count(), 3, "{sequence}");
+    let medium = &sequence[7..24];
+    assert!(medium.chars().all(|c| c == 'A' || c == 'B'), "{sequence}");
+    assert!(
+        !medium.contains("AAA") && !medium.contains("BBB"),
+        "{sequence}"
+    );
+    assert_alternates(&sequence[..3]);
+    assert_eq!(
+        &sequence[24..],
+        "CCC",
+        "LOW last, whatever b's turn: {sequence}"
+    );
+    assert_outcome(store, fair_claim("default"), "idle").await;
+}
+
+async fn aging_lifts_a_batch_that_waited_and_only_with_aging_set(store: &dyn Store) {
+    const AGING_US: i64 = 10_000_000;
+    let aging = Interval::from_duration(Duration::from_micros(AGING_US as u64));
+    // In each queue: a LOW created 25 s ago (two agings: ranks as HIGH), a
+    // LOW created 15 s ago (one aging: MEDIUM), then HIGH and MEDIUM now.
+    for queue_name in ["default", "alpha"] {
+        for (letter, waited) in [('A', 25_000_000), ('B', 15_000_000)] {
+            let mut old = new_ingestion(queue_name, Priority::Low, &lane_ids(letter, 2));
+            old.created_at = now().saturating_add_micros(-waited);
+            old.tenant = Some(TenantName::parse("late").unwrap());
+            store.create_ingestion(old).await.unwrap();
+        }
+        submit_as(
+            store,
+            queue_name,
+            Priority::High,
+            Some("h"),
+            None,
+            &lane_ids('C', 2),
+        )
+        .await;
+        submit_as(
+            store,
+            queue_name,
+            Priority::Medium,
+            Some("m"),
+            None,
+            &lane_ids('D', 2),
+        )
+        .await;
+    }
+    for fairness in [Fairness::Tenant, Fairness::Fifo] {
+        let queue_name = if fairness == Fairness::Tenant {
+            "default"
+        } else {
+            "alpha"
+        };
+        let aged = || {
+            ordered(
+                queue_name,
+                DispatchOrder {
+                    fairness,
+                    aging: Some(aging),
+                    ..DispatchOrder::default()
+                },
+            )
+        };
+        let sequence = lanes(&claim_ids(store, 8, aged).await);
+        eprintln!("aging {fairness:?} (store): {sequence}");
+        // Aged batches go before the work native to the level they reached.
+        assert_eq!(sequence, "AACCBBDD", "{fairness:?} with aging");
+    }
+
+    // Without aging the same batches wait for every HIGH and MEDIUM.
+    for (letter, waited) in [('A', 25_000_000), ('B', 15_000_000)] {
+        let mut old = new_ingestion("beta", Priority::Low, &lane_ids(letter, 2));
+        old.created_at = now().saturating_add_micros(-waited);
+        store.create_ingestion(old).await.unwrap();
+    }
+    submit_as(
+        store,
+        "beta",
+        Priority::High,
+        Some("h"),
+        None,
+        &lane_ids('C', 2),
+    )
+    .await;
+    submit_as(
+        store,
+        "beta",
+        Priority::Medium,
+        Some("m"),
+        None,
+        &lane_ids('D', 2),
+    )
+    .await;
+    let sequence = lanes(&claim_ids(store, 8, || fair_claim("beta")).await);
+    assert_eq!(sequence, "CCDDAABB", "without aging");
+}
+
+async fn a_tenant_back_from_idle_gets_no_banked_turns(store: &dyn Store) {
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("a"),
+        None,
+        &lane_ids('A', 100),
+    )
+    .await;
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("b"),
+        None,
+        &[1001, 1002],
+    )
+    .await;
+    let first = lanes(&claim_ids(store, 12, || fair_claim("default")).await);
+    assert_eq!(first.matches('B').count(), 2, "{first}");
+    assert_alternates(&first[..4]);
+    // A ran alone for eight turns; b comes back and joins at the current
+    // turn, with no credit for the time it had nothing waiting.
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("b"),
+        None,
+        &(1003..=1012).collect::<Vec<_>>(),
+    )
+    .await;
+    let order = claim_ids(store, 20, || fair_claim("default")).await;
+    let sequence = lanes(&order);
+    eprintln!("fairness idle b back (store): {first}|{sequence}");
+    assert_eq!(sequence.matches('B').count(), 10, "{sequence}");
+    assert_alternates(&sequence);
+}
+
+async fn cancelled_work_gives_up_its_turns(store: &dyn Store) {
+    let a = submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("a"),
+        None,
+        &lane_ids('A', 10),
+    )
+    .await;
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("b"),
+        None,
+        &lane_ids('B', 10),
+    )
+    .await;
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("c"),
+        None,
+        &lane_ids('C', 10),
+    )
+    .await;
+    let first = lanes(&claim_ids(store, 3, || fair_claim("default")).await);
+    assert_eq!(first.len(), 3);
+    for letter in ['A', 'B', 'C'] {
+        assert!(first.contains(letter), "{first}");
+    }
+    assert_eq!(store.cancel_ingestion(a, now()).await.unwrap(), Some(9));
+    // a's turns go to the others; nothing of a's starts, and the queue is
+    // never idle while b and c wait.
+    let order = claim_ids(store, 18, || fair_claim("default")).await;
+    let sequence = lanes(&order);
+    eprintln!("fairness a cancelled (store): {first}|{sequence}");
+    assert!(!sequence.contains('A'), "{sequence}");
+    assert_alternates(&sequence);
+    assert_outcome(store, fair_claim("default"), "idle").await;
+    // a comes back with new work, and has turns again.
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("a"),
+        None,
+        &[11, 12],
+    )
+    .await;
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("b"),
+        None,
+        &[1011, 1012],
+    )
+    .await;
+    // (b keeps the turn it paid for before it went idle, so a, joining
+    // where the turns are, may take two in a row: "AABB".)
+    let back = lanes(&claim_ids(store, 4, || fair_claim("default")).await);
+    eprintln!("fairness a and b back (store): {back}");
+    assert_eq!(back.matches('A').count(), 2, "{back}");
+    assert_outcome(store, fair_claim("default"), "idle").await;
+}
+
+async fn a_claim_of_several_takes_them_in_turn(store: &dyn Store) {
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("a"),
+        None,
+        &lane_ids('A', 10),
+    )
+    .await;
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("b"),
+        None,
+        &lane_ids('B', 10),
+    )
+    .await;
+    let mut sequence = String::new();
+    for _ in 0..3 {
+        let mut request = fair_claim("default");
+        request.batches = NonZeroUsize::new(4).unwrap();
+        let started = start(store, request).await;
+        assert_eq!(started.len(), 4, "no interval: four in one claim");
+        sequence.extend(started.iter().map(|b| lane(ids(b)[0])));
+    }
+    eprintln!("fairness claims of 4 (store): {sequence}");
+    assert_alternates(&sequence);
+}
+
+async fn a_due_retry_goes_first_in_its_priority(store: &dyn Store) {
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("a"),
+        None,
+        &lane_ids('A', 10),
+    )
+    .await;
+    submit_as(
+        store,
+        "default",
+        Priority::Medium,
+        Some("b"),
+        None,
+        &lane_ids('B', 10),
+    )
+    .await;
+    let failed = start_one(store, fair_claim("default")).await;
+    let retried = ids(&failed)[0];
+    let end = AttemptEnd::RetryAt(now());
+    assert!(
+        !store
+            .finish_attempt(failed.key, Vec::new(), end, now())
+            .await
+            .unwrap()
+    );
+    // Due now: it goes before the other tenant's turn ...
+    let again = start_one(store, fair_claim("default")).await;
+    assert_eq!((ids(&again)[0], again.attempt), (retried, 2));
+    // ... and the turns go on.
+    let sequence = lanes(&claim_ids(store, 6, || fair_claim("default")).await);
+    eprintln!(
+        "fairness after a retry of {} (store): {sequence}",
+        lane(retried)
+    );
+    assert_alternates(&sequence);
+    assert_eq!(sequence.matches('A').count(), 3, "{sequence}");
+}
+
+/// As the dispatcher runs a queue with one batch in flight: each claim's batch
+/// completes before the next claim.
+async fn turns_hold_when_each_batch_completes_before_the_next_claim(store: &dyn Store) {
+    let run = |n: usize| async move {
+        let mut order = Vec::new();
+        for _ in 0..n {
+            let batch = start_one(store, fair_claim("default")).await;
+            order.push(ids(&batch)[0]);
+            finish(store, &batch, AttemptEnd::Completed).await;
+        }
+        order
+    };
+    let medium = Priority::Medium;
+    submit_as(
+        store,
+        "default",
+        medium,
+        Some("a"),
+        None,
+        &lane_ids('A', 100),
+    )
+    .await;
+    let mut before = lanes(&run(3).await);
+    // b comes while one of a's is processing.
+    let processing = start_one(store, fair_claim("default")).await;
+    before.push(lane(ids(&processing)[0]));
+    submit_as(
+        store,
+        "default",
+        medium,
+        Some("b"),
+        None,
+        &lane_ids('B', 10),
+    )
+    .await;
+    finish(store, &processing, AttemptEnd::Completed).await;
+    let sequence = lanes(&run(20).await);
+    eprintln!("fairness A100 then B10, each completed (store): {before}|{sequence}");
+    assert_eq!(sequence.matches('B').count(), 10, "{sequence}");
+    assert_alternates(&sequence);
+}
+
+/// b's request is stored while claims go on (as on a busy node, or another
+/// node): it joins where the turns are when it commits, not where they were
+/// when its transaction began.
+async fn a_tenant_that_arrives_during_claims_joins_at_the_current_turn(store: &dyn Store) {
+    let medium = Priority::Medium;
+    submit_as(
+        store,
+        "default",
+        medium,
+        Some("a"),
+        None,
+        &lane_ids('A', 400),
+    )
+    .await;
+    let claims = async {
+        let mut order = Vec::new();
+        for _ in 0..60 {
+            let batch = start_one(store, fair_claim("default")).await;
+            order.push(ids(&batch)[0]);
+            finish(store, &batch, AttemptEnd::Completed).await;
+        }
+        order
+    };
+    let arrival = async {
+        // A few claims in, while they go on.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        submit_as(
+            store,
+            "default",
+            medium,
+            Some("b"),
+            None,
+            &lane_ids('B', 10),
+        )
+        .await;
+    };
+    let (order, ()) = tokio::join!(claims, arrival);
+    let sequence = lanes(&order);
+    let first_b = sequence.find('B').expect("b started");
+    eprintln!(
+        "fairness b arrives during claims (store): {}|{}",
+        &sequence[..first_b],
+        &sequence[first_b..]
+    );
+    assert_alternates(&sequence[first_b..first_b + 19]);
+}
+
+async fn a_group_back_from_idle_gets_no_banked_turns(store: &dyn Store) {
+    // One tenant, t: its groups g1 (A) and g2 (B) share its turns.
+    let medium = Priority::Medium;
+    submit_as(
+        store,
+        "default",
+        medium,
+        Some("t"),
+        Some("g1"),
+        &lane_ids('A', 100),
+    )
+    .await;
+    submit_as(
+        store,
+        "default",
+        medium,
+        Some("t"),
+        Some("g2"),
+        &[1001, 1002],
+    )
+    .await;
+    let first = lanes(&claim_ids(store, 12, || fair_claim("default")).await);
+    assert_eq!(first.matches('B').count(), 2, "{first}");
+    let again: Vec<u32> = (1003..=1012).collect();
+    submit_as(store, "default", medium, Some("t"), Some("g2"), &again).await;
+    let sequence = lanes(&claim_ids(store, 20, || fair_claim("default")).await);
+    eprintln!("fairness idle group g2 back (store): {first}|{sequence}");
+    assert_eq!(sequence.matches('B').count(), 10, "{sequence}");
+    assert_alternates(&sequence);
 }
