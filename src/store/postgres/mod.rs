@@ -558,18 +558,7 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        rows.iter()
-            .map(|row| {
-                let position: Option<i32> = row.get(2);
-                event(
-                    row.get(0),
-                    IngestionId::from_bytes(row.get::<Uuid, _>(1).into_bytes()),
-                    position.map(|p| p as u32),
-                    row.get::<i16, _>(3).into(),
-                    row.get(4),
-                )
-            })
-            .collect()
+        rows.iter().map(event_of_row).collect()
     }
 
     async fn tenant_events_after(
@@ -589,18 +578,7 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        rows.iter()
-            .map(|row| {
-                let position: Option<i32> = row.get(2);
-                event(
-                    row.get(0),
-                    IngestionId::from_bytes(row.get::<Uuid, _>(1).into_bytes()),
-                    position.map(|p| p as u32),
-                    row.get::<i16, _>(3).into(),
-                    row.get(4),
-                )
-            })
-            .collect()
+        rows.iter().map(event_of_row).collect()
     }
 
     async fn latest_event(&self) -> Result<u64, StoreError> {
@@ -972,6 +950,18 @@ async fn notify<'e>(
         .await
         .map_err(unavailable)?;
     Ok(())
+}
+
+/// An event from a row of `seq, ingestion id, position, status, at`.
+fn event_of_row(row: &sqlx::postgres::PgRow) -> Result<Event, StoreError> {
+    let position: Option<i32> = row.get(2);
+    event(
+        row.get(0),
+        IngestionId::from_bytes(row.get::<Uuid, _>(1).into_bytes()),
+        position.map(|p| p as u32),
+        row.get::<i16, _>(3).into(),
+        row.get(4),
+    )
 }
 
 fn uuid(id: IngestionId) -> Uuid {
