@@ -244,6 +244,7 @@ impl Metrics {
             ("batches", pruned.batches),
             ("events", pruned.events),
             ("idempotency_keys", pruned.idempotency_keys),
+            ("flows", pruned.flows),
         ] {
             self.pruned.get_or_create(&KindLabels { kind }).inc_by(n);
         }

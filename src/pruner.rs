@@ -88,6 +88,7 @@ impl Pruner {
                         batches = pruned.batches,
                         events = pruned.events,
                         idempotency_keys = pruned.idempotency_keys,
+                        flows = pruned.flows,
                         "pruning pass done"
                     ),
                     Ok(PassEnd::Yielded(pruned)) => tracing::info!(
@@ -95,6 +96,7 @@ impl Pruner {
                         batches = pruned.batches,
                         events = pruned.events,
                         idempotency_keys = pruned.idempotency_keys,
+                        flows = pruned.flows,
                         "pruning pass left to another node"
                     ),
                     Err(error) => tracing::warn!(%error, "pruning pass failed; trying again later"),
@@ -118,8 +120,9 @@ impl Pruner {
             };
             self.metrics.count_pruned(&pruned);
             total.add(pruned);
-            let more =
-                pruned.ingestions as usize >= CHUNK || pruned.idempotency_keys as usize >= CHUNK;
+            let more = [pruned.ingestions, pruned.idempotency_keys, pruned.flows]
+                .iter()
+                .any(|&n| n as usize >= CHUNK);
             if !more {
                 break PassEnd::Done(total);
             }

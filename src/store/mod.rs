@@ -533,6 +533,10 @@ pub struct Pruned {
     pub batches: u64,
     pub events: u64,
     pub idempotency_keys: u64,
+    /// Fair-turn flows (a queue, priority, tenant and group) with nothing
+    /// waiting: one is made for every group a request names, so without this
+    /// they would pile up forever.
+    pub flows: u64,
 }
 
 impl Pruned {
@@ -541,6 +545,7 @@ impl Pruned {
         self.batches += other.batches;
         self.events += other.events;
         self.idempotency_keys += other.idempotency_keys;
+        self.flows += other.flows;
     }
 }
 

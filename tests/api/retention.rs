@@ -451,3 +451,58 @@ async fn two_nodes_on_postgres_prune_each_request_once() {
     }
     assert_eq!(total, 20, "each request pruned by exactly one node");
 }
+
+#[tokio::test]
+async fn idle_fair_turn_flows_are_pruned_and_busy_ones_kept() {
+    // A flow (queue, priority, tenant, group) is made for every group a
+    // request names: unique groups must not pile up forever.
+    let dir = tempfile::TempDir::new().unwrap();
+    let queues = crate::helpers::queues_file(
+        dir.path(),
+        "[queues.default]\ninterval = \"0\"\nbatch_size = 1\n\n[queues.slow]\ninterval = \"1h\"\nbatch_size = 1\n",
+    );
+    let app = spawn_app_with(|c| {
+        short_retention(c);
+        c.queues_file = Some(queues);
+    })
+    .await;
+    let submit = |body: Value| {
+        let app = &app;
+        async move {
+            let response = app.post_ingest(&body).await;
+            assert_eq!(response.status(), 200);
+            let body: Value = response.json().await.unwrap();
+            body["ingestion_id"].as_str().unwrap().to_owned()
+        }
+    };
+    // Its second batch waits an hour: its flow has work waiting all test long.
+    let busy =
+        submit(json!({"ids": [1, 2], "priority": "LOW", "queue": "slow", "group": "busy"})).await;
+    let mut ended = Vec::new();
+    for n in 0..5 {
+        ended.push(
+            submit(json!({"ids": [n + 10], "priority": "HIGH", "group": format!("customer-{n}")}))
+                .await,
+        );
+    }
+    // The newest request is kept whatever its age (see the migration); its
+    // flow has nothing waiting all the same.
+    for id in &ended[..4] {
+        wait_until_pruned(&app, id).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while pruned_total(&metrics(&app).await, "flows") < 5 {
+        assert!(tokio::time::Instant::now() < deadline, "idle flows kept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A few more passes: the busy flow stays, so exactly five went.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pruned_total(&metrics(&app).await, "flows"), 5);
+    let (status, kept) = get_json(&app, &format!("/status/{busy}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(kept["batches"][1]["status"], "yet_to_start");
+    // A pruned flow is made again by the next request that needs it.
+    let again = submit(json!({"ids": [99], "priority": "HIGH", "group": "customer-0"})).await;
+    app.wait_until_completed(&again, Duration::from_secs(10))
+        .await;
+}

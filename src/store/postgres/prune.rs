@@ -142,6 +142,21 @@ impl Prune for PostgresPrune {
         .await
         .map_err(unavailable)?
         .rows_affected();
+        // As on SQLite: a flow with nothing waiting goes, and the next request
+        // that needs it makes it again at the current turn. A flow a new
+        // request or a claim holds is skipped.
+        pruned.flows = sqlx::query(
+            "DELETE FROM fair_flows WHERE id IN
+                (SELECT f.id FROM fair_flows f
+                 WHERE f.waiting = 0 AND NOT EXISTS
+                     (SELECT 1 FROM batches b WHERE b.flow = f.id AND b.status = 0 AND b.lane = 1)
+                 LIMIT $1 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(limit as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
         tx.commit().await.map_err(unavailable)?;
         Ok(Some(pruned))
     }

@@ -110,6 +110,19 @@ pub(super) fn prune_chunk(
                  ORDER BY expires_at LIMIT ?2)",
         )?
         .execute(params![now.as_micros(), limit as i64])? as u64;
+
+    // A flow with nothing waiting is made again, at the current turn, by the
+    // next request that needs it: what it loses is the turn it stood at,
+    // which is what an idle flow rejoins at anyway.
+    pruned.flows = conn
+        .prepare_cached(
+            "DELETE FROM fair_flows WHERE id IN
+                (SELECT f.id FROM fair_flows f
+                 WHERE f.waiting = 0 AND NOT EXISTS
+                     (SELECT 1 FROM batches b WHERE b.flow = f.id AND b.status = 0 AND b.lane = 1)
+                 LIMIT ?1)",
+        )?
+        .execute([limit as i64])? as u64;
     Ok(pruned)
 }
 
