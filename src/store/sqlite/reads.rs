@@ -228,17 +228,7 @@ pub fn events_after(
         after as i64,
         limit as i64
     ])?;
-    let mut events = Vec::new();
-    while let Some(row) = rows.next()? {
-        events.push(event(
-            row.get(0)?,
-            IngestionId::from_bytes(row.get(1)?),
-            row.get(2)?,
-            row.get(3)?,
-            row.get(4)?,
-        )?);
-    }
-    Ok(events)
+    collect_events(&mut rows)
 }
 
 /// Up to `limit` events after `after` of `tenant`'s requests.
@@ -254,6 +244,11 @@ pub fn tenant_events_after(
          WHERE i.tenant = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3",
     )?;
     let mut rows = stmt.query(params![tenant.as_str(), after as i64, limit as i64])?;
+    collect_events(&mut rows)
+}
+
+/// The events of rows of `seq, ingestion id, position, status, at`.
+fn collect_events(rows: &mut rusqlite::Rows<'_>) -> Result<Vec<Event>, StoreError> {
     let mut events = Vec::new();
     while let Some(row) = rows.next()? {
         events.push(event(
