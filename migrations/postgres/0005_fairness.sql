@@ -82,18 +82,23 @@ BEGIN
 END
 $$;
 
--- A fresh batch of `flow_` was claimed: its tenant pays `stride`, its group
--- a whole turn, and the turns' clocks move to where they were served.
-CREATE FUNCTION sluice_take_turn(flow_ BIGINT, stride BIGINT, turn BIGINT) RETURNS VOID
+-- A fresh batch of `flow_` was claimed: its tenant pays its stride (from
+-- the weights, `turn` for a tenant not named), its group a whole turn, and
+-- the turns' clocks move to where they were served.
+CREATE FUNCTION sluice_take_turn(
+    flow_ BIGINT, weight_tenants TEXT[], weight_strides BIGINT[], turn BIGINT
+) RETURNS VOID
 LANGUAGE plpgsql AS $$
 DECLARE
     f      RECORD;
     v_pass BIGINT;
+    stride BIGINT;
 BEGIN
     SELECT x.queue, x.priority, x.tenant, x.pass INTO f FROM fair_flows x WHERE x.id = flow_;
     IF NOT FOUND THEN
         RETURN;
     END IF;
+    stride := coalesce(weight_strides[array_position(weight_tenants, f.tenant)], turn);
     UPDATE fair_tenants t SET waiting = GREATEST(t.waiting - 1, 0), pass = t.pass + stride,
                               group_clock = f.pass
     WHERE t.queue = f.queue AND t.priority = f.priority AND t.tenant = f.tenant
@@ -328,9 +333,7 @@ BEGIN
             CONTINUE;
         END IF;
         IF chosen.status = 0 AND chosen.lane = 1 THEN
-            PERFORM sluice_take_turn(chosen.flow, coalesce(
-                weight_strides[array_position(weight_tenants, (SELECT f.tenant FROM fair_flows f WHERE f.id = chosen.flow))],
-                turn), turn);
+            PERFORM sluice_take_turn(chosen.flow, weight_tenants, weight_strides, turn);
         END IF;
 
         UPDATE queues SET last_slot = v_slot WHERE queues.id = v_queue.id;

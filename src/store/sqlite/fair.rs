@@ -220,7 +220,7 @@ pub fn next_batch(
 }
 
 /// The oldest batch that may start now, of `priority` or of any priority,
-/// with its priority; and its request's arrival time.
+/// with its priority.
 fn oldest(
     conn: &Connection,
     queue: i64,
