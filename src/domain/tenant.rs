@@ -123,6 +123,14 @@ macro_rules! text_name {
 }
 
 text_name!(TenantName);
+
+// Ordered, compared and hashed as its text (the derives go through the
+// `Arc<str>`), so a map by tenant can be looked up with a `&str`.
+impl std::borrow::Borrow<str> for TenantName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
 text_name!(GroupName);
 
 #[cfg(test)]
