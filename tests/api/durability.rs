@@ -201,15 +201,18 @@ async fn sigterm_stops_an_unthrottled_backlog_at_once() {
         started.len() < batches.len(),
         "the backlog was not finished before the SIGTERM"
     );
-    // Claims already on their way when the signal came may still land.
+    // Claims already on their way when the signal came may still land, and a
+    // loaded machine (CI runs many PostgreSQL tests at once) may take a few
+    // hundred ms to deliver the signal and answer them. Starts that went on,
+    // the fault this test is for, go on until the process exits (seen: 15 s).
     let late: Vec<i64> = started
         .iter()
-        .filter(|&&at| at > sigterm_at + 200_000)
+        .filter(|&&at| at > sigterm_at + 1_000_000)
         .copied()
         .collect();
     assert!(
         late.is_empty(),
-        "{} batches started more than 200 ms after SIGTERM",
+        "{} batches started more than 1 s after SIGTERM",
         late.len()
     );
 }
