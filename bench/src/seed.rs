@@ -252,7 +252,8 @@ fn print_comparison(reference: &Column, sluice: &[(Column, Targets)]) {
     let columns: Vec<&Column> = std::iter::once(reference)
         .chain(sluice.iter().map(|(c, _)| c))
         .collect();
-    let per_run: [(&str, fn(&LoadResult) -> String); 3] = [
+    type Cell = fn(&LoadResult) -> String;
+    let per_run: [(&str, Cell); 3] = [
         ("server CPU, POST / GET", |r| {
             format!("{:.2}", r.server_cpu.as_secs_f64() / r.window.as_secs_f64())
         }),
