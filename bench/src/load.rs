@@ -14,7 +14,14 @@ use hdrhistogram::Histogram;
 use hyper::{Method, StatusCode};
 
 use crate::http::Connection;
-use crate::server::{Server, cpu_time_of, machine_busy_time};
+use crate::server::{cpu_time_of, machine_busy_time};
+
+/// A server process under load: where it listens, and the CPU it has used (a
+/// `sluice serve`, or the seed-design reference server).
+pub trait Target {
+    fn addr(&self) -> SocketAddr;
+    fn cpu_time(&self) -> Duration;
+}
 
 /// What each connection sends.
 #[derive(Clone)]
@@ -231,7 +238,7 @@ impl LoadResult {
 
 /// Runs `workload` against the server with `spec.connections` connections.
 pub async fn run(
-    server: &Server,
+    server: &impl Target,
     workload: Workload,
     spec: &LoadSpec,
 ) -> anyhow::Result<LoadResult> {

@@ -9,6 +9,7 @@
 //! cargo run --release -p sluice-bench -- --scenario soak    # issue 7's soak, ~12 min
 //! cargo run --release -p sluice-bench -- --scenario adaptive  # issue 12's adaptive rate, ~2 min
 //! cargo run --release -p sluice-bench -- --scenario claim     # issue 13's claim cost, no server
+//! cargo run --release -p sluice-bench -- --scenario versus-seed  # issue 14: ratios to the seed's design
 //! ```
 
 mod adaptive;
@@ -19,6 +20,7 @@ mod load;
 mod prune;
 mod report;
 mod scenarios;
+mod seed;
 mod server;
 mod soak;
 
@@ -41,8 +43,8 @@ use crate::server::DatabaseSpec;
 #[command(name = "sluice-bench", version)]
 struct Args {
     /// Scenarios to run, comma-separated. `all` is the six of issue 6; the
-    /// soak (10+ minutes), the hostile ones and `prune` (issue 11) run only
-    /// when named: `--scenario soak`.
+    /// soak (10+ minutes), the hostile ones, `prune` (issue 11), `adaptive`,
+    /// `claim` and `versus-seed` run only when named: `--scenario soak`.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     scenario: Vec<Scenario>,
 
@@ -209,6 +211,14 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     claim_tenants: Vec<usize>,
 
+    /// The seed-design reference server for `versus-seed`: a folder with its
+    /// `server.js` and `package.json`, copied to a temporary folder (with `npm
+    /// install` there when the copy has no `node_modules/`) [default:
+    /// `shared/seedref` beside the repository, i.e. its `../shared/seedref`,
+    /// or beside the main checkout of a git worktree].
+    #[arg(long)]
+    seedref: Option<PathBuf>,
+
     /// Also write the summary as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -243,6 +253,11 @@ enum Scenario {
     /// waiting, through the store (no server): SQLite, and PostgreSQL too
     /// with --database.
     Claim,
+    /// Issue 14: the `ingest` and `status` loads on the seed-design reference
+    /// server (node, Express, in memory), then on Sluice on SQLite, and on
+    /// PostgreSQL with --database; Sluice's req/s as multiples of the seed's,
+    /// all from the same run. Not part of `all`: it needs node and npm.
+    VersusSeed,
     All,
 }
 
@@ -256,11 +271,12 @@ const ORDER: [Scenario; 6] = [
 ];
 
 /// Scenarios that run only when named, after the others.
-const ON_REQUEST: [Scenario; 7] = [
+const ON_REQUEST: [Scenario; 8] = [
     Scenario::Soak,
     Scenario::Prune,
     Scenario::Adaptive,
     Scenario::Claim,
+    Scenario::VersusSeed,
     Scenario::HostileBodies,
     Scenario::BigStatus,
     Scenario::Slowloris,
@@ -307,7 +323,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 || (args.scenario.contains(&Scenario::Hostile)
                     && !matches!(
                         s,
-                        Scenario::Soak | Scenario::Prune | Scenario::Adaptive | Scenario::Claim
+                        Scenario::Soak
+                            | Scenario::Prune
+                            | Scenario::Adaptive
+                            | Scenario::Claim
+                            | Scenario::VersusSeed
                     ))
         }))
         .collect();
@@ -377,6 +397,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         },
         sqlite_parent: args.tmpdir.clone().unwrap_or_else(std::env::temp_dir),
     };
+    let seed_settings = seed::SeedSettings {
+        dir: args.seedref.clone().unwrap_or_else(seed::default_dir),
+        sqlite_parent: args.tmpdir.clone().unwrap_or_else(std::env::temp_dir),
+    };
     let settings = Settings {
         connections: args.connections.max(1),
         ids_per_request: args.ids_per_request.max(1),
@@ -416,6 +440,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let prune = chosen.contains(&Scenario::Prune);
     let adaptive = chosen.contains(&Scenario::Adaptive);
     let claim = chosen.contains(&Scenario::Claim);
+    let versus_seed = chosen.contains(&Scenario::VersusSeed);
     if soak {
         if !(settings.soak_fraction > 0.0 && settings.soak_fraction.is_finite()) {
             bail!(
@@ -465,6 +490,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             Scenario::Prune => bench.prune().await,
             Scenario::Adaptive => bench.adaptive(adaptive_duration).await,
             Scenario::Claim => bench.claim(&claim_settings).await,
+            Scenario::VersusSeed => bench.versus_seed(&seed_settings).await,
             Scenario::HostileBodies => bench.hostile_bodies().await,
             Scenario::BigStatus => bench.big_status().await,
             Scenario::Slowloris => bench.slowloris().await,
@@ -477,7 +503,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
 
     println!(
-        "\n== Summary ({} in all; targets from issue 6{}{}{}{}) ==\n",
+        "\n== Summary ({} in all; targets from issue 6{}{}{}{}{}) ==\n",
         report::secs(started.elapsed()),
         if soak {
             ", the soak's from issue 7"
@@ -491,6 +517,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         },
         if adaptive {
             ", the adaptive rate's from issue 12"
+        } else {
+            ""
+        },
+        if versus_seed {
+            ", the ratios to the seed design's from issue 14"
         } else {
             ""
         },

@@ -35,37 +35,53 @@ impl Summary {
     }
 
     pub fn print(&self) {
-        let headers = ["figure", "measured", "target", ""];
         let verdict = |met: Option<bool>| match met {
             Some(true) => "met",
             Some(false) => "MISSED",
             None => "-",
         };
-        let mut widths = headers.map(str::len);
-        for row in &self.rows {
-            widths[0] = widths[0].max(row.figure.chars().count());
-            widths[1] = widths[1].max(row.measured.chars().count());
-            widths[2] = widths[2].max(row.target.chars().count());
-            widths[3] = widths[3].max(verdict(row.met).len());
-        }
-        let line = |cells: [&str; 4]| {
-            let mut out = String::from("|");
-            for (cell, width) in cells.iter().zip(widths) {
-                let pad = width - cell.chars().count();
-                out.push_str(&format!(" {cell}{} |", " ".repeat(pad)));
-            }
-            println!("{out}");
-        };
-        line(headers);
-        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-        line([&rule[0], &rule[1], &rule[2], &rule[3]]);
-        for row in &self.rows {
-            line([&row.figure, &row.measured, &row.target, verdict(row.met)]);
-        }
+        let rows: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|row| {
+                vec![
+                    row.figure.clone(),
+                    row.measured.clone(),
+                    row.target.clone(),
+                    verdict(row.met).to_string(),
+                ]
+            })
+            .collect();
+        print_table(&["figure", "measured", "target", ""], &rows);
         let missed = self.rows.iter().filter(|r| r.met == Some(false)).count();
         let met = self.rows.iter().filter(|r| r.met == Some(true)).count();
         println!("\n{met} targets met, {missed} missed.");
     }
+}
+
+/// Prints a table with a header row, every column as wide as its widest cell.
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    print_row(headers.iter().copied(), &widths);
+    print_row(rule.iter().map(String::as_str), &widths);
+    for row in rows {
+        print_row(row.iter().map(String::as_str), &widths);
+    }
+}
+
+fn print_row<'a>(cells: impl Iterator<Item = &'a str>, widths: &[usize]) {
+    let mut out = String::from("|");
+    for (cell, width) in cells.zip(widths) {
+        let pad = width.saturating_sub(cell.chars().count());
+        out.push_str(&format!(" {cell}{} |", " ".repeat(pad)));
+    }
+    println!("{out}");
 }
 
 /// Nearest-rank percentile of sorted values.

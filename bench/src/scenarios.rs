@@ -10,7 +10,7 @@ use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 
 use crate::http::{BatchStatus, Connection, Status, with_deadline};
-use crate::load::{self, LoadResult, LoadSpec, Rng, Workload, ms, thousands};
+use crate::load::{self, LoadResult, LoadSpec, Rng, Target, Workload, ms, thousands};
 use crate::report::{Summary, mib, micros_ms, percentile, secs};
 use crate::server::{Database, DatabaseSpec, Server, ServerConfig, cpu_time_of, machine_busy_time};
 
@@ -138,7 +138,7 @@ impl Bench {
 
     pub(crate) async fn measure(
         &self,
-        server: &Server,
+        server: &impl Target,
         workload: Workload,
         duration: Duration,
     ) -> anyhow::Result<LoadResult> {
@@ -164,12 +164,15 @@ impl Bench {
     }
 
     /// Creates the ingestions that `GET /status` reads; their load.
-    async fn status_targets(&self, server: &Server) -> anyhow::Result<Workload> {
+    pub(crate) async fn status_targets(&self, server: &impl Target) -> anyhow::Result<Workload> {
         Ok(Workload::Get(self.status_paths(server).await?))
     }
 
     /// Creates the ingestions that `GET /status` reads; their paths.
-    pub(crate) async fn status_paths(&self, server: &Server) -> anyhow::Result<Arc<Vec<String>>> {
+    pub(crate) async fn status_paths(
+        &self,
+        server: &impl Target,
+    ) -> anyhow::Result<Arc<Vec<String>>> {
         let count = self.settings.status_ingestions;
         let started = Instant::now();
         let ids = load::create_ingestions(server.addr(), count, self.settings.ids_per_request, 16)
@@ -192,13 +195,7 @@ impl Bench {
             "\n== a. POST /ingest: {} connections, {} ids per request, random priority ==",
             self.settings.connections, self.settings.ids_per_request
         );
-        let db = self.database.create("ingest")?;
-        let server = self.start_server(&db, "ingest", &["--interval", "1h"])?;
-        let result = self
-            .measure(&server, self.ingest_workload(1), self.settings.duration)
-            .await?;
-        result.print();
-        server.stop()?;
+        let result = self.ingest_run(&self.database, "ingest").await?;
         self.add_throughput_rows("POST /ingest", &result, TARGET_POST_RPS, TARGET_POST_P99);
         Ok(())
     }
@@ -209,16 +206,46 @@ impl Bench {
             "\n== b. GET /status/{{id}}: {} connections ==",
             self.settings.connections
         );
-        let db = self.database.create("status")?;
-        let server = self.start_server(&db, "status", &["--interval", "1h"])?;
+        let result = self.status_run(&self.database, "status").await?;
+        self.add_throughput_rows("GET /status", &result, TARGET_GET_RPS, TARGET_GET_P99);
+        Ok(())
+    }
+
+    /// The `ingest` scenario's run: `POST /ingest` closed loop for
+    /// `--duration` on a fresh server (`--interval 1h`) on a fresh database of
+    /// `spec`; printed, and returned.
+    pub(crate) async fn ingest_run(
+        &self,
+        spec: &DatabaseSpec,
+        label: &str,
+    ) -> anyhow::Result<LoadResult> {
+        let db = spec.create(label)?;
+        let server = self.start_server(&db, label, &["--interval", "1h"])?;
+        let result = self
+            .measure(&server, self.ingest_workload(1), self.settings.duration)
+            .await?;
+        result.print();
+        server.stop()?;
+        Ok(result)
+    }
+
+    /// The `status` scenario's run: `--status-ingestions` created, then `GET
+    /// /status/{id}` of them closed loop for `--duration`, on a fresh server
+    /// (`--interval 1h`) on a fresh database of `spec`; printed, and returned.
+    pub(crate) async fn status_run(
+        &self,
+        spec: &DatabaseSpec,
+        label: &str,
+    ) -> anyhow::Result<LoadResult> {
+        let db = spec.create(label)?;
+        let server = self.start_server(&db, label, &["--interval", "1h"])?;
         let workload = self.status_targets(&server).await?;
         let result = self
             .measure(&server, workload, self.settings.duration)
             .await?;
         result.print();
         server.stop()?;
-        self.add_throughput_rows("GET /status", &result, TARGET_GET_RPS, TARGET_GET_P99);
-        Ok(())
+        Ok(result)
     }
 
     fn add_throughput_rows(

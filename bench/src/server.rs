@@ -1,5 +1,6 @@
 //! Starting and stopping the release `sluice` binary, on a database of its own,
-//! and reading what the kernel says about it (resident memory, CPU time).
+//! and the seed-design reference server, and reading what the kernel says about
+//! them (resident memory, CPU time).
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -8,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+use crate::load::Target;
 
 /// Where a scenario's servers keep their data: a fresh SQLite file in a
 /// temporary folder, or a PostgreSQL database.
@@ -209,31 +212,8 @@ impl Server {
             .spawn()
             .with_context(|| format!("starting {}", config.binary.display()))?;
         let mut server = Self { child, addr, log };
-        server.wait_ready()?;
+        wait_listening(&mut server.child, addr, &server.log, "the server")?;
         Ok(server)
-    }
-
-    fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "the server exited at start ({status}); its log:\n{}",
-                    self.log_tail()
-                );
-            }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the server did not listen on {} within 60 s; its log:\n{}",
-                    self.addr,
-                    self.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -246,9 +226,7 @@ impl Server {
 
     /// The last lines of the server's stderr.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        log_tail(&self.log)
     }
 
     /// Fails if the server has died.
@@ -312,6 +290,108 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+impl Target for Server {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn cpu_time(&self) -> Duration {
+        Server::cpu_time(self)
+    }
+}
+
+/// The seed-design reference server (`node server.js PORT`, Express, in
+/// memory), started in a folder that holds its `server.js` and `node_modules/`.
+/// Killed on drop: it keeps nothing worth a clean shutdown.
+pub struct SeedServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl SeedServer {
+    /// Starts `node server.js <free port>` in `dir`, its stdout and stderr in
+    /// `<log_dir>/server-<label>.log`, and waits until it listens.
+    pub fn start(dir: &Path, log_dir: &Path, label: &str) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let log = log_dir.join(format!("server-{label}.log"));
+        let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new("node")
+            .arg("server.js")
+            .arg(port.to_string())
+            .current_dir(dir)
+            // Its own defaults: one batch per 5 s, a 50 ms simulated fetch.
+            .env_remove("PORT")
+            .env_remove("SEEDREF_INTERVAL_MS")
+            .env_remove("SEEDREF_FETCH_MS")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("starting `node server.js` (is node installed?)")?;
+        let mut server = Self { child, addr };
+        wait_listening(&mut server.child, addr, &log, "the seed-design server")?;
+        Ok(server)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Target for SeedServer {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn cpu_time(&self) -> Duration {
+        cpu_time_of(&self.pid().to_string())
+    }
+}
+
+impl Drop for SeedServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (up to 60 s) until `child` accepts TCP connections on `addr`; fails
+/// with the tail of its log if it exits first or never listens.
+fn wait_listening(
+    child: &mut Child,
+    addr: SocketAddr,
+    log: &Path,
+    what: &str,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "{what} exited at start ({status}); its log:\n{}",
+                log_tail(log)
+            );
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what} did not listen on {addr} within 60 s; its log:\n{}",
+                log_tail(log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last lines of a log file.
+pub fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 #[derive(Debug, Clone, Copy)]
