@@ -346,9 +346,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if needs_server && args.server.is_none() {
         warn_if_stale(&binary);
     }
+    let sqlite_parent = args.tmpdir.clone().unwrap_or_else(std::env::temp_dir);
     let database = match &args.database {
         None => DatabaseSpec::Sqlite {
-            parent: args.tmpdir.clone().unwrap_or_else(std::env::temp_dir),
+            parent: sqlite_parent.clone(),
         },
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             DatabaseSpec::Postgres {
@@ -395,11 +396,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         } else {
             args.claim_tenants.iter().map(|n| (*n).max(1)).collect()
         },
-        sqlite_parent: args.tmpdir.clone().unwrap_or_else(std::env::temp_dir),
+        sqlite_parent: sqlite_parent.clone(),
     };
     let seed_settings = seed::SeedSettings {
         dir: args.seedref.clone().unwrap_or_else(seed::default_dir),
-        sqlite_parent: args.tmpdir.clone().unwrap_or_else(std::env::temp_dir),
+        sqlite_parent,
     };
     let settings = Settings {
         connections: args.connections.max(1),

@@ -66,6 +66,15 @@ const QUIET_CORES: f64 = 0.15;
 
 /// Ids per batch in every scenario (the service's default).
 pub(crate) const BATCH_SIZE: usize = 3;
+
+/// The two throughput loads of the `ingest` and `status` scenarios.
+#[derive(Clone, Copy)]
+pub(crate) enum Throughput {
+    /// `POST /ingest` of `--ids-per-request` ids, random priority.
+    Ingest,
+    /// `GET /status/{id}` of `--status-ingestions` requests created first.
+    Status,
+}
 const TARGET_POST_RPS: f64 = 40_000.0;
 const TARGET_POST_P99: Duration = Duration::from_millis(5);
 const TARGET_GET_RPS: f64 = 60_000.0;
@@ -195,7 +204,9 @@ impl Bench {
             "\n== a. POST /ingest: {} connections, {} ids per request, random priority ==",
             self.settings.connections, self.settings.ids_per_request
         );
-        let result = self.ingest_run(&self.database, "ingest").await?;
+        let result = self
+            .fresh_throughput_run(&self.database, "ingest", Throughput::Ingest)
+            .await?;
         self.add_throughput_rows("POST /ingest", &result, TARGET_POST_RPS, TARGET_POST_P99);
         Ok(())
     }
@@ -206,44 +217,42 @@ impl Bench {
             "\n== b. GET /status/{{id}}: {} connections ==",
             self.settings.connections
         );
-        let result = self.status_run(&self.database, "status").await?;
+        let result = self
+            .fresh_throughput_run(&self.database, "status", Throughput::Status)
+            .await?;
         self.add_throughput_rows("GET /status", &result, TARGET_GET_RPS, TARGET_GET_P99);
         Ok(())
     }
 
-    /// The `ingest` scenario's run: `POST /ingest` closed loop for
-    /// `--duration` on a fresh server (`--interval 1h`) on a fresh database of
-    /// `spec`; printed, and returned.
-    pub(crate) async fn ingest_run(
+    /// `load` closed loop on `server` for `--duration` (for `Status`, its
+    /// `--status-ingestions` created first); printed, and returned.
+    pub(crate) async fn throughput_run(
         &self,
-        spec: &DatabaseSpec,
-        label: &str,
+        server: &impl Target,
+        load: Throughput,
     ) -> anyhow::Result<LoadResult> {
-        let db = spec.create(label)?;
-        let server = self.start_server(&db, label, &["--interval", "1h"])?;
+        let workload = match load {
+            Throughput::Ingest => self.ingest_workload(1),
+            Throughput::Status => self.status_targets(server).await?,
+        };
         let result = self
-            .measure(&server, self.ingest_workload(1), self.settings.duration)
+            .measure(server, workload, self.settings.duration)
             .await?;
         result.print();
-        server.stop()?;
         Ok(result)
     }
 
-    /// The `status` scenario's run: `--status-ingestions` created, then `GET
-    /// /status/{id}` of them closed loop for `--duration`, on a fresh server
-    /// (`--interval 1h`) on a fresh database of `spec`; printed, and returned.
-    pub(crate) async fn status_run(
+    /// The `ingest` or `status` scenario's run, on a fresh server
+    /// (`--interval 1h`) on a fresh database of `spec`.
+    pub(crate) async fn fresh_throughput_run(
         &self,
         spec: &DatabaseSpec,
         label: &str,
+        load: Throughput,
     ) -> anyhow::Result<LoadResult> {
         let db = spec.create(label)?;
         let server = self.start_server(&db, label, &["--interval", "1h"])?;
-        let workload = self.status_targets(&server).await?;
-        let result = self
-            .measure(&server, workload, self.settings.duration)
-            .await?;
-        result.print();
+        let result = self.throughput_run(&server, load).await?;
         server.stop()?;
         Ok(result)
     }

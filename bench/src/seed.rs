@@ -13,7 +13,7 @@ use tempfile::TempDir;
 
 use crate::load::{LoadResult, Target, ms, thousands};
 use crate::report::{print_table, secs};
-use crate::scenarios::Bench;
+use crate::scenarios::{Bench, Throughput};
 use crate::server::{DatabaseSpec, SeedServer, log_tail};
 
 /// Where the reference server is, and where Sluice's SQLite files go.
@@ -55,8 +55,11 @@ struct Column {
 }
 
 impl Column {
-    fn run(&self, ingest: bool) -> &LoadResult {
-        if ingest { &self.ingest } else { &self.status }
+    fn run(&self, load: Throughput) -> &LoadResult {
+        match load {
+            Throughput::Ingest => &self.ingest,
+            Throughput::Status => &self.status,
+        }
     }
 }
 
@@ -97,22 +100,14 @@ impl Bench {
         let copy = prepare(&seed.dir, &self.log_dir)?;
 
         println!("  -- seed design ({})", seed.dir.display());
+        // Each run on a server of its own, as Sluice's are, killed after it.
         let ingest = {
             let server = self.start_seed(copy.path(), "seed-ingest")?;
-            let result = self
-                .measure(&server, self.ingest_workload(1), self.settings.duration)
-                .await?;
-            result.print();
-            result
+            self.throughput_run(&server, Throughput::Ingest).await?
         };
         let status = {
             let server = self.start_seed(copy.path(), "seed-status")?;
-            let workload = self.status_targets(&server).await?;
-            let result = self
-                .measure(&server, workload, self.settings.duration)
-                .await?;
-            result.print();
-            result
+            self.throughput_run(&server, Throughput::Status).await?
         };
         ensure!(
             ingest.ok > 0 && status.ok > 0,
@@ -145,10 +140,18 @@ impl Bench {
         for (name, short, spec, targets) in stores {
             println!("  -- {name}");
             let ingest = self
-                .ingest_run(&spec, &format!("versus-seed-{short}-ingest"))
+                .fresh_throughput_run(
+                    &spec,
+                    &format!("versus-seed-{short}-ingest"),
+                    Throughput::Ingest,
+                )
                 .await?;
             let status = self
-                .status_run(&spec, &format!("versus-seed-{short}-status"))
+                .fresh_throughput_run(
+                    &spec,
+                    &format!("versus-seed-{short}-status"),
+                    Throughput::Status,
+                )
                 .await?;
             sluice.push((
                 Column {
@@ -227,8 +230,11 @@ fn print_comparison(reference: &Column, sluice: &[(Column, Targets)]) {
     }
     let not_run = || (sluice.len() < 2).then(|| "not run (no --database)".to_string());
     let mut rows = Vec::new();
-    for (figure, ingest) in [("POST /ingest", true), ("GET /status/{id}", false)] {
-        let seed = reference.run(ingest);
+    for (figure, load) in [
+        ("POST /ingest", Throughput::Ingest),
+        ("GET /status/{id}", Throughput::Status),
+    ] {
+        let seed = reference.run(load);
         let mut row = vec![
             figure.to_string(),
             format!(
@@ -238,7 +244,7 @@ fn print_comparison(reference: &Column, sluice: &[(Column, Targets)]) {
             ),
         ];
         row.extend(sluice.iter().map(|(c, _)| {
-            let run = c.run(ingest);
+            let run = c.run(load);
             format!(
                 "{:.1}× ({} req/s), p99 {}",
                 run.per_second() / seed.per_second(),
