@@ -20,8 +20,14 @@ const PRUNING_LOCK: i64 = 7311002;
 /// at most this often.
 const VACUUM_EVERY: Duration = Duration::from_secs(60);
 
-/// The tables pruning deletes from, which churn the most.
-const VACUUMED: &str = "VACUUM (ANALYZE) ingestions, batches, events, idempotency_keys";
+/// Every table whose rows are deleted or updated as work goes through: the
+/// four pruning deletes from, and the small rows every request and claim
+/// updates. The turns' rows (`fair_tenants`, `fair_flows`) are updated on
+/// every claim in a column their partial indexes hold, so those updates are
+/// never HOT: unvacuumed, their heap and indexes grow with every batch
+/// started, whatever is pruned.
+const VACUUMED: &str = "VACUUM (ANALYZE) ingestions, batches, events, idempotency_keys, \
+                        fair_tenants, fair_flows, fair_clocks, queues, pruning";
 
 pub(super) struct PostgresPrune {
     pub(super) pool: PgPool,
