@@ -83,6 +83,7 @@ on_both_stores!(
     a_callback_is_due_when_the_request_ends_and_held_while_delivered,
     a_retry_waits_for_its_time_on_a_node_whose_clock_is_off,
     queue_counts_match_the_batches,
+    attempts_that_end_together_are_each_recorded_once,
 );
 
 // ---------------------------------------------------------------------------
@@ -669,6 +670,132 @@ async fn a_request_ends_with_its_last_batch_and_its_status_derives_from_them(sto
             IngestionStatus::Triggered,
             derived
         ]
+    );
+}
+
+/// Many attempts ending at once, as an unthrottled queue ends them: a store
+/// may record them together (PostgreSQL groups them into one commit), and
+/// each must still be recorded as if alone. Two requests: `whole` (30
+/// batches, all completed, one of them reported twice at once) ends once,
+/// `failing` (20 batches: failed, retried, completed) does not end while its
+/// retries wait.
+async fn attempts_that_end_together_are_each_recorded_once(store: &dyn Store) {
+    use BatchStatus::*;
+
+    let whole = submit(
+        store,
+        "default",
+        Priority::Medium,
+        &(1..=30).collect::<Vec<_>>(),
+    )
+    .await;
+    let failing = submit(
+        store,
+        "default",
+        Priority::Medium,
+        &(31..=50).collect::<Vec<_>>(),
+    )
+    .await;
+    let mut request = with_max_in_flight(claim("default", NO_LIMIT), 64);
+    request.batches = NonZeroUsize::new(64).unwrap();
+    let batches = start(store, request).await;
+    assert_eq!(batches.len(), 50);
+    let later = Timestamp::from_micros(now().as_micros() + 3_600_000_000);
+    let end_of = |id: u32| match id {
+        1..=30 => AttemptEnd::Completed,
+        _ if id.is_multiple_of(3) => AttemptEnd::Failed,
+        _ if id % 3 == 1 => AttemptEnd::RetryAt(later),
+        _ => AttemptEnd::Completed,
+    };
+    // Every attempt at once, and batch 7's twice.
+    let attempts = batches
+        .iter()
+        .chain(batches.iter().filter(|b| ids(b) == [7]))
+        .map(|batch| async move {
+            let id = ids(batch)[0];
+            let ended = store
+                .finish_attempt(batch.key, Vec::new(), end_of(id), now())
+                .await
+                .unwrap();
+            (id, ended)
+        });
+    let answers = futures_util::future::join_all(attempts).await;
+    assert_eq!(answers.len(), 51);
+    let ended: Vec<u32> = answers
+        .iter()
+        .filter(|(_, e)| *e)
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(
+        ended.len(),
+        1,
+        "only `whole` ended, and it is said once: {ended:?}"
+    );
+    assert!((1..=30).contains(&ended[0]), "{ended:?}");
+
+    let whole_now = record(store, whole).await;
+    assert_eq!(statuses(&whole_now), vec![Completed; 30]);
+    assert!(whole_now.finished_at.is_some());
+    assert!(whole_now.batches.iter().all(|b| b.completed_at.is_some()));
+    assert_eq!(
+        announced(store, whole).await,
+        [
+            IngestionStatus::YetToStart,
+            IngestionStatus::Triggered,
+            IngestionStatus::Completed
+        ]
+    );
+    let failing_now = record(store, failing).await;
+    let expected: Vec<BatchStatus> = (31..=50u32)
+        .map(|id| match end_of(id) {
+            AttemptEnd::Completed => Completed,
+            AttemptEnd::Failed => Failed,
+            AttemptEnd::RetryAt(_) => Retrying,
+        })
+        .collect();
+    assert_eq!(statuses(&failing_now), expected);
+    assert_eq!(
+        failing_now.finished_at, None,
+        "its retries are still to run"
+    );
+    // Each batch's end announced once: 30 + the 20 - 7 retrying, none twice.
+    let events = store.events_after(0, None, 10_000).await.unwrap();
+    let batch_ends: Vec<(IngestionId, u32)> = events
+        .iter()
+        .filter_map(|event| match event.subject {
+            EventSubject::Batch {
+                position,
+                status: Completed | Failed,
+            } => Some((event.ingestion, position)),
+            _ => None,
+        })
+        .collect();
+    let announced_count = batch_ends.len();
+    let distinct: std::collections::HashSet<_> = batch_ends.iter().collect();
+    assert_eq!(
+        announced_count,
+        distinct.len(),
+        "a batch's end announced twice"
+    );
+    assert_eq!(announced_count, 30 + 13);
+    let ids_in_order: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert!(
+        ids_in_order.windows(2).all(|w| w[0] < w[1]),
+        "event ids in order"
+    );
+    // The counts agree with the batches.
+    let stats = store.stats().await.unwrap();
+    let count = |status: BatchStatus| -> u64 {
+        stats
+            .batches
+            .iter()
+            .filter(|(_, s, _)| *s == status)
+            .map(|(_, _, n)| *n)
+            .sum()
+    };
+    assert_eq!(
+        (count(Completed), count(Failed), count(Retrying)),
+        (30 + 7, 6, 7)
     );
 }
 

@@ -13,10 +13,13 @@
 //!   every node `LISTEN`s, with a slow poll as a fallback.
 
 mod background;
+mod group;
 mod prune;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+
+use group::Grouper;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -74,6 +77,21 @@ pub struct PostgresStore {
     /// after committing it) is not in here, so its lease runs out and another
     /// node, or this one, runs the batch.
     processing: Processing,
+    /// Attempts that ended, recorded in groups (see `finish_group`).
+    finishes: Grouper<Finish, Option<bool>>,
+}
+
+/// The most attempts one group records (`sluice_finish_many`).
+const FINISH_GROUP: usize = 256;
+
+/// An attempt to record: its batch, its status code, when a retry may start,
+/// the batch's outcomes so far, and when it ended.
+struct Finish {
+    batch: BatchKey,
+    code: i32,
+    retry_at: Option<i64>,
+    results: String,
+    at: i64,
 }
 
 /// The batches a node holds and is working on.
@@ -157,14 +175,92 @@ impl PostgresStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Unavailable(format!("migrating the database: {e}")))?;
+        let node = Uuid::now_v7();
+        let finishes = {
+            let pool = pool.clone();
+            Grouper::start("attempts", FINISH_GROUP, move |group| {
+                finish_group(pool.clone(), node, group)
+            })
+        };
         Ok(Self {
             pool,
             heartbeat_pool,
-            node: Uuid::now_v7(),
+            node,
             leases,
             processing: Processing::default(),
+            finishes,
         })
     }
+}
+
+/// Records a group of ended attempts in one statement and one commit
+/// (`sluice_finish_many`). Should the database refuse the group for what one
+/// attempt holds, each is recorded alone, so that only that one fails.
+async fn finish_group(
+    pool: PgPool,
+    node: Uuid,
+    group: Vec<Finish>,
+) -> Vec<Result<Option<bool>, StoreError>> {
+    let column = |f: fn(&Finish) -> i64| group.iter().map(f).collect::<Vec<_>>();
+    let written = sqlx::query("SELECT ended FROM sluice_finish_many($1, $2, $3, $4, $5, $6, $7)")
+        .bind(node)
+        .bind(column(|f| f.batch.ingestion_seq))
+        .bind(
+            group
+                .iter()
+                .map(|f| f.batch.position as i32)
+                .collect::<Vec<_>>(),
+        )
+        .bind(group.iter().map(|f| f.code).collect::<Vec<_>>())
+        .bind(group.iter().map(|f| f.retry_at).collect::<Vec<_>>())
+        .bind(group.iter().map(|f| f.results.as_str()).collect::<Vec<_>>())
+        .bind(column(|f| f.at))
+        .fetch_all(&pool)
+        .await;
+    match written {
+        Ok(rows) if rows.len() == group.len() => rows
+            .iter()
+            .map(|row| Ok(row.get::<Option<bool>, _>(0)))
+            .collect(),
+        Ok(rows) => {
+            let e = corrupt(format!(
+                "{} answers for {} attempts",
+                rows.len(),
+                group.len()
+            ));
+            group.iter().map(|_| Err(e.clone())).collect()
+        }
+        Err(e) if group.len() > 1 && e.as_database_error().is_some() => {
+            tracing::warn!(error = %e, attempts = group.len(), "a group of attempts was refused: recording them one by one");
+            let mut answers = Vec::with_capacity(group.len());
+            for finish in &group {
+                answers.push(finish_one(&pool, node, finish).await);
+            }
+            answers
+        }
+        Err(e) => {
+            let e = refused_or_unavailable(e);
+            group.iter().map(|_| Err(e.clone())).collect()
+        }
+    }
+}
+
+/// Records one ended attempt in a commit of its own (`sluice_finish`).
+async fn finish_one(pool: &PgPool, node: Uuid, f: &Finish) -> Result<Option<bool>, StoreError> {
+    Ok(
+        sqlx::query("SELECT sluice_finish($1, $2, $3, $4, $5, $6, $7)")
+            .bind(node)
+            .bind(f.batch.ingestion_seq)
+            .bind(f.batch.position as i32)
+            .bind(f.code)
+            .bind(f.retry_at)
+            .bind(f.results.as_str())
+            .bind(f.at)
+            .fetch_one(pool)
+            .await
+            .map_err(refused_or_unavailable)?
+            .get(0),
+    )
 }
 
 /// Puts back in the queue every batch whose lease has run out; wakes every
@@ -303,51 +399,52 @@ impl Store for PostgresStore {
         after: Option<u32>,
         limit: usize,
     ) -> Result<Option<IngestionRecord>, StoreError> {
-        // One snapshot for both queries: never a request half-way through a commit.
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        let Some(head) = sqlx::query(
+        // One statement, so one snapshot (never a request half-way through a
+        // commit) and one round trip: the request's columns repeat on each of
+        // its batches' rows, and come alone, with NULL batch columns, when the
+        // page holds no batch.
+        let rows = sqlx::query(
             "SELECT i.seq, i.priority, i.created_at, i.finished_at, i.callback_url,
                     i.callback_state, i.callback_attempts, i.callback_error, q.name,
-                    i.tenant, i.grp
-             FROM ingestions i JOIN queues q ON q.id = i.queue WHERE i.id = $1",
+                    i.tenant, i.grp,
+                    b.position, b.status, b.attempts, b.ids, b.retry_at, b.scheduled_at,
+                    b.started_at, b.completed_at
+             FROM ingestions i JOIN queues q ON q.id = i.queue
+             LEFT JOIN LATERAL
+                 (SELECT position, status, attempts, ids, retry_at, scheduled_at, started_at,
+                         completed_at
+                  FROM batches WHERE ingestion_seq = i.seq AND position > $2
+                  ORDER BY position LIMIT $3) b ON TRUE
+             WHERE i.id = $1
+             ORDER BY b.position",
         )
         .bind(uuid(id))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        else {
-            return Ok(None);
-        };
-        let rows = sqlx::query(
-            "SELECT position, status, attempts, ids, retry_at, scheduled_at, started_at, completed_at
-             FROM batches WHERE ingestion_seq = $1 AND position > $2 ORDER BY position LIMIT $3",
-        )
-        .bind(head.get::<i64, _>(0))
         .bind(after.map_or(-1, i64::from))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
+        let Some(head) = rows.first() else {
+            return Ok(None);
+        };
         let batches = rows
             .iter()
-            .map(|row| {
-                let position: i32 = row.get(0);
-                Ok(BatchRecord {
-                    id: BatchId {
-                        ingestion: id,
-                        position: position as u32,
-                    },
-                    status: codec::status(row.get::<i16, _>(1).into())?,
-                    attempts: row.get::<i32, _>(2) as u32,
-                    ids: decode_ids(row.get(3))?,
-                    retry_at: codec::time(row.get(4)),
-                    scheduled_at: codec::time(row.get(5)),
-                    started_at: codec::time(row.get(6)),
-                    completed_at: codec::time(row.get(7)),
+            .filter_map(|row| {
+                let position: Option<i32> = row.get(11);
+                position.map(|position| {
+                    Ok(BatchRecord {
+                        id: BatchId {
+                            ingestion: id,
+                            position: position as u32,
+                        },
+                        status: codec::status(row.get::<i16, _>(12).into())?,
+                        attempts: row.get::<i32, _>(13) as u32,
+                        ids: decode_ids(row.get(14))?,
+                        retry_at: codec::time(row.get(15)),
+                        scheduled_at: codec::time(row.get(16)),
+                        started_at: codec::time(row.get(17)),
+                        completed_at: codec::time(row.get(18)),
+                    })
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -434,21 +531,16 @@ impl Store for PostgresStore {
             AttemptEnd::Failed => (BatchStatus::Failed.code(), None),
             AttemptEnd::RetryAt(when) => (BatchStatus::Retrying.code(), Some(when.as_micros())),
         };
-        let results = encode_outcomes(&outcomes)?;
+        let finish = Finish {
+            batch,
+            code: code as i32,
+            retry_at,
+            results: encode_outcomes(&outcomes)?,
+            at: at.as_micros(),
+        };
         // Only the lease holder records an attempt: a node whose lease ran out
         // while it worked must not overwrite the run that rescued its batch.
-        let ended: Option<bool> = sqlx::query("SELECT sluice_finish($1, $2, $3, $4, $5, $6, $7)")
-            .bind(self.node)
-            .bind(batch.ingestion_seq)
-            .bind(batch.position as i32)
-            .bind(code as i32)
-            .bind(retry_at)
-            .bind(results)
-            .bind(at.as_micros())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(refused_or_unavailable)?
-            .get(0);
+        let ended = self.finishes.submit(finish).await?;
         self.processing
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -486,26 +578,29 @@ impl Store for PostgresStore {
         after: Option<u32>,
         limit: usize,
     ) -> Result<Option<Vec<BatchOutcomes>>, StoreError> {
-        let Some(seq) = sqlx::query("SELECT seq FROM ingestions WHERE id = $1")
-            .bind(uuid(id))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?
-            .map(|row| row.get::<i64, _>(0))
-        else {
-            return Ok(None);
-        };
+        // One statement and one round trip, as for `ingestion_page`: a row
+        // with NULL batch columns says the request exists but the page is empty.
         let rows = sqlx::query(
-            "SELECT position, status, ids, results FROM batches
-             WHERE ingestion_seq = $1 AND position > $2 ORDER BY position LIMIT $3",
+            "SELECT b.position, b.status, b.ids, b.results
+             FROM ingestions i
+             LEFT JOIN LATERAL
+                 (SELECT position, status, ids, results FROM batches
+                  WHERE ingestion_seq = i.seq AND position > $2
+                  ORDER BY position LIMIT $3) b ON TRUE
+             WHERE i.id = $1
+             ORDER BY b.position",
         )
-        .bind(seq)
+        .bind(uuid(id))
         .bind(after.map_or(-1, |p| p as i32))
-        .bind(limit as i64)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
         rows.iter()
+            .filter(|row| row.get::<Option<i32>, _>(0).is_some())
             .map(|row| {
                 let outcomes: Option<&str> = row.try_get(3).map_err(corrupt)?;
                 Ok(BatchOutcomes {
