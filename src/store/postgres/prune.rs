@@ -25,8 +25,10 @@ const VACUUM_EVERY: Duration = Duration::from_secs(60);
 /// updates. The turns' rows (`fair_tenants`, `fair_flows`) are updated on
 /// every claim in a column their partial indexes hold, so those updates are
 /// never HOT: unvacuumed, their heap and indexes grow with every batch
-/// started, whatever is pruned.
-const VACUUMED: &str = "VACUUM (ANALYZE) ingestions, batches, events, idempotency_keys, \
+/// started, whatever is pruned. `TRUNCATE false`: giving empty pages at a
+/// table's end back to the system takes an exclusive lock on the table, which
+/// every claim and completion would queue behind; they are reused instead.
+const VACUUMED: &str = "VACUUM (ANALYZE, TRUNCATE false) ingestions, batches, events, idempotency_keys, \
                         fair_tenants, fair_flows, fair_clocks, queues, pruning";
 
 pub(super) struct PostgresPrune {
